@@ -1,0 +1,403 @@
+//! Sending signatures and canvases with Celery's message layout.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use chrono::{Duration as ChronoDuration, Utc};
+use serde_json::{Map, Value};
+
+use super::App;
+use crate::async_result::AsyncResult;
+use crate::error::{Error, ProtocolError};
+use crate::message::{ContentType, Embed, TaskMessageBuilder, TimeLimit};
+use crate::signature::{CanvasKind, Signature};
+use crate::time::parse_iso;
+
+/// The task that sends a signature from inside a worker (chain step, link,
+/// chord body): its id and root, and the result to prepend.
+#[derive(Debug, Clone, Default)]
+pub struct Parent {
+    /// The sending task's id (becomes `parent_id`).
+    pub id: String,
+    /// The workflow's root id.
+    pub root_id: Option<String>,
+    /// Prepended to a mutable signature's args.
+    pub result: Option<Value>,
+}
+
+type BoxFut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+fn new_id() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+fn sigs_of(v: Option<&Value>) -> Result<Option<Vec<Signature>>, Error> {
+    match v {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Array(a)) if a.is_empty() => Ok(None),
+        Some(Value::Array(a)) => a
+            .iter()
+            .map(|x| serde_json::from_value(x.clone()).map_err(|e| ProtocolError::decode("signature", e).into()))
+            .collect::<Result<Vec<_>, Error>>()
+            .map(Some),
+        Some(x @ Value::Object(_)) => serde_json::from_value(x.clone())
+            .map(|s| Some(vec![s]))
+            .map_err(|e| ProtocolError::decode("signature", e).into()),
+        Some(other) => Err(ProtocolError::Invalid(format!("expected signatures, got {other}")).into()),
+    }
+}
+
+fn secs_opt(v: Option<&Value>) -> Option<f64> {
+    v.and_then(Value::as_f64).filter(|f| f.is_finite() && *f >= 0.0)
+}
+
+fn date_opt(key: &str, v: Option<&Value>) -> Result<Option<chrono::DateTime<Utc>>, Error> {
+    match v {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(parse_iso(s)?)),
+        Some(Value::Number(n)) => {
+            let secs = n.as_f64().unwrap_or(0.0).max(0.0);
+            Ok(Some(Utc::now() + ChronoDuration::microseconds((secs * 1e6) as i64)))
+        }
+        Some(other) => {
+            Err(ProtocolError::Invalid(format!("option {key} must be seconds or a date, got {other}")).into())
+        }
+    }
+}
+
+impl App {
+    /// Send any signature (task, chain, group, chord) on behalf of `parent`.
+    /// The producer API and the worker's canvas continuation both end here.
+    pub fn apply_signature(
+        &self,
+        sig: Signature,
+        parent: Option<Parent>,
+    ) -> BoxFut<'_, Result<AsyncResult<Value>, Error>> {
+        Box::pin(async move {
+            match sig.kind() {
+                CanvasKind::Task => {
+                    let id = self.send_task_signature(sig, parent.as_ref()).await?;
+                    Ok(AsyncResult::new(self.clone(), id))
+                }
+                CanvasKind::Chain => self.apply_chain(sig, parent).await,
+                CanvasKind::Group => self.apply_group(sig, parent).await,
+                CanvasKind::Chord => self.apply_chord(sig, parent).await,
+            }
+        })
+    }
+
+    /// Send one task signature; returns its id.
+    async fn send_task_signature(&self, mut sig: Signature, parent: Option<&Parent>) -> Result<String, Error> {
+        if let Some(p) = parent {
+            if let (Some(r), false) = (&p.result, sig.immutable) {
+                sig.args.insert(0, r.clone());
+            }
+        }
+        let o = &sig.options;
+        let id = o.get("task_id").and_then(Value::as_str).map(str::to_owned).unwrap_or_else(new_id);
+        let eta = match o.get("eta") {
+            Some(v) if !v.is_null() => date_opt("eta", Some(v))?,
+            _ => secs_opt(o.get("countdown")).map(|s| Utc::now() + ChronoDuration::microseconds((s * 1e6) as i64)),
+        };
+        let expires = date_opt("expires", o.get("expires"))?;
+        let task_opts = self.task_options(&sig.task);
+        let queue = match o.get("queue") {
+            Some(Value::String(q)) => q.clone(),
+            Some(Value::Object(q)) => {
+                q.get("name").and_then(Value::as_str).map(str::to_owned).unwrap_or_else(|| self.route(&sig.task))
+            }
+            _ => {
+                o.get("routing_key").and_then(Value::as_str).map(str::to_owned).unwrap_or_else(|| self.route(&sig.task))
+            }
+        };
+        let priority = o.get("priority").and_then(Value::as_u64).map(|p| p.min(255) as u8).unwrap_or(0);
+        let content_type = match o.get("serializer").and_then(Value::as_str) {
+            Some(s) => ContentType::from_mime(s)?,
+            None => self.config().task_serializer,
+        };
+        let limit = |k: &str, d: Option<std::time::Duration>| secs_opt(o.get(k)).or(d.map(|d| d.as_secs_f64()));
+        let timelimit = TimeLimit {
+            hard: limit("time_limit", task_opts.time_limit),
+            soft: limit("soft_time_limit", task_opts.soft_time_limit),
+        };
+        let ignore_result = o.get("ignore_result").and_then(Value::as_bool).unwrap_or(task_opts.ignore_result);
+        let extra_headers = match o.get("headers") {
+            Some(Value::Object(h)) => h.clone(),
+            _ => Map::new(),
+        };
+        let embed = Embed {
+            callbacks: sigs_of(o.get("link"))?,
+            errbacks: sigs_of(o.get("link_error"))?,
+            chain: match o.get("chain") {
+                Some(Value::Array(a)) => Some(
+                    a.iter()
+                        .map(|x| {
+                            serde_json::from_value(x.clone())
+                                .map_err(|e| Error::from(ProtocolError::decode("chain step", e)))
+                        })
+                        .collect::<Result<Vec<Signature>, Error>>()?,
+                ),
+                _ => None,
+            },
+            chord: match o.get("chord") {
+                Some(v @ Value::Object(_)) => {
+                    Some(serde_json::from_value(v.clone()).map_err(|e| ProtocolError::decode("chord body", e))?)
+                }
+                _ => None,
+            },
+            extra: Map::new(),
+        };
+        let root_id = parent
+            .and_then(|p| p.root_id.clone().or_else(|| Some(p.id.clone())))
+            .or_else(|| o.get("root_id").and_then(Value::as_str).map(str::to_owned));
+        let parent_id =
+            parent.map(|p| p.id.clone()).or_else(|| o.get("parent_id").and_then(Value::as_str).map(str::to_owned));
+        let builder = TaskMessageBuilder {
+            id: id.clone(),
+            task: sig.task.clone(),
+            args: sig.args,
+            kwargs: sig.kwargs,
+            embed,
+            eta,
+            expires,
+            group: o.get("group_id").and_then(Value::as_str).map(str::to_owned),
+            group_index: o.get("group_index").and_then(Value::as_u64),
+            retries: o.get("retries").and_then(Value::as_u64).unwrap_or(0) as u32,
+            timelimit,
+            root_id,
+            parent_id,
+            shadow: o.get("shadow").and_then(Value::as_str).map(str::to_owned),
+            origin: self.origin().to_string(),
+            ignore_result,
+            extra_headers,
+            content_type,
+            priority,
+            reply_to: Some(self.reply_to().to_string()),
+        };
+        let msg = builder.build()?;
+        self.dispatch(&queue, msg).await?;
+        Ok(id)
+    }
+
+    async fn apply_chain(&self, sig: Signature, parent: Option<Parent>) -> Result<AsyncResult<Value>, Error> {
+        let mut steps = normalize_chain(&sig)?;
+        if steps.is_empty() {
+            return Err(ProtocolError::Invalid("empty chain".into()).into());
+        }
+        // link runs once after the last step; link_error on every step, of
+        // which at most one can fail.
+        if let (Some(v), Some(last)) = (sig.options.get("link"), steps.last_mut()) {
+            last.options.insert("link".into(), v.clone());
+        }
+        if let Some(v) = sig.options.get("link_error") {
+            for step in &mut steps {
+                step.options.insert("link_error".into(), v.clone());
+            }
+        }
+        let handle = steps.last().and_then(|last| self.handle_for(last));
+        let mut first = steps.remove(0);
+        if !steps.is_empty() {
+            let reversed: Vec<Value> = steps.iter().rev().map(Signature::to_value).collect();
+            attach_chain(&mut first, reversed)?;
+        }
+        let first_res = self.apply_signature(first, parent).await?;
+        Ok(handle.unwrap_or(first_res))
+    }
+
+    /// The result handle of a frozen step: a task's id, a chord's body, a group's members.
+    fn handle_for(&self, step: &Signature) -> Option<AsyncResult<Value>> {
+        match step.kind() {
+            CanvasKind::Task => step.id().map(|id| AsyncResult::new(self.clone(), id.to_owned())),
+            CanvasKind::Chord => step.chord_parts().and_then(|(_, b)| self.handle_for(&b)),
+            CanvasKind::Group => {
+                let gid = step.id()?.to_owned();
+                let members = step.tasks().iter().map(|m| self.handle_for(m)).collect::<Option<Vec<_>>>()?;
+                Some(AsyncResult::group(self.clone(), gid, members))
+            }
+            CanvasKind::Chain => step.tasks().last().and_then(|l| self.handle_for(l)),
+        }
+    }
+
+    async fn apply_group(&self, sig: Signature, parent: Option<Parent>) -> Result<AsyncResult<Value>, Error> {
+        let gid = sig.options.get("task_id").and_then(Value::as_str).map(str::to_owned).unwrap_or_else(new_id);
+        let members = sig.tasks();
+        let mut results = Vec::with_capacity(members.len());
+        for (i, mut m) in members.into_iter().enumerate() {
+            set_group_membership(&mut m, &gid, i as u64, None)?;
+            inherit_options(&mut m, &sig.options);
+            results.push(self.apply_signature(m, parent.clone()).await?);
+        }
+        Ok(AsyncResult::group(self.clone(), gid, results))
+    }
+
+    async fn apply_chord(&self, sig: Signature, parent: Option<Parent>) -> Result<AsyncResult<Value>, Error> {
+        let (header, mut body) =
+            sig.chord_parts().ok_or_else(|| ProtocolError::Invalid("chord without header or body".into()))?;
+        let backend = self.backend().ok_or(Error::NoBackend)?.clone();
+        let gid = header.options.get("task_id").and_then(Value::as_str).map(str::to_owned).unwrap_or_else(new_id);
+        let body_id = body.id().map(str::to_owned).unwrap_or_else(new_id);
+        body.options.insert("task_id".into(), body_id.clone().into());
+        body.options.insert("group_id".into(), gid.clone().into());
+        // A chain continuing after the chord rides on the body.
+        if let Some(Value::Array(rest)) = sig.options.get("chain") {
+            attach_chain(&mut body, rest.clone())?;
+        }
+        for k in ["link", "link_error"] {
+            if let Some(v) = sig.options.get(k) {
+                body.options.insert(k.into(), v.clone());
+            }
+        }
+        let members = header.tasks();
+        if members.is_empty() {
+            let p = Parent { result: Some(Value::Array(Vec::new())), ..parent.unwrap_or_default() };
+            let id = self.send_task_signature(body, Some(&p)).await?;
+            return Ok(AsyncResult::new(self.clone(), id));
+        }
+        backend.chord_init(&gid, members.len() as u64, Some(self.config().result_expires)).await?;
+        let body_value = body.to_value();
+        for (i, mut m) in members.into_iter().enumerate() {
+            set_group_membership(&mut m, &gid, i as u64, Some(&body_value))?;
+            self.apply_signature(m, parent.clone()).await?;
+        }
+        Ok(AsyncResult::new(self.clone(), body_id))
+    }
+}
+
+/// Options a group passes on to its members.
+fn inherit_options(member: &mut Signature, group_opts: &Map<String, Value>) {
+    for k in ["queue", "priority", "countdown", "eta", "expires"] {
+        if let Some(v) = group_opts.get(k) {
+            member.options.entry(k).or_insert_with(|| v.clone());
+        }
+    }
+}
+
+/// Mark a header/group member: `group_id`, `group_index`, and for chords the
+/// body in `chord`. A chain member is marked on its last step, which is the
+/// one that joins.
+fn set_group_membership(m: &mut Signature, gid: &str, index: u64, chord: Option<&Value>) -> Result<(), Error> {
+    match m.kind() {
+        CanvasKind::Task => {
+            m.options.insert("group_id".into(), gid.into());
+            m.options.insert("group_index".into(), index.into());
+            if let Some(body) = chord {
+                m.options.insert("chord".into(), body.clone());
+            }
+            Ok(())
+        }
+        CanvasKind::Chain => {
+            let mut steps = normalize_chain(m)?;
+            let last = steps.last_mut().ok_or_else(|| ProtocolError::Invalid("empty chain in group".into()))?;
+            set_group_membership(last, gid, index, chord)?;
+            m.kwargs.insert("tasks".into(), Value::Array(steps.iter().map(Signature::to_value).collect()));
+            Ok(())
+        }
+        _ => Err(ProtocolError::Invalid(
+            "a group or chord nested directly in a group/chord header is not supported; wrap it in a chain".into(),
+        )
+        .into()),
+    }
+}
+
+/// Put the remaining steps (already reversed) where the step that runs last
+/// will find them: in a task's `chain` option, or on a chord's body.
+fn attach_chain(step: &mut Signature, reversed_rest: Vec<Value>) -> Result<(), Error> {
+    match step.kind() {
+        CanvasKind::Task | CanvasKind::Group => {
+            let entry = step.options.entry("chain").or_insert_with(|| Value::Array(Vec::new()));
+            if let Value::Array(existing) = entry {
+                // Steps already pending run after the new ones: they sit at the front.
+                let mut merged = existing.clone();
+                merged.extend(reversed_rest);
+                *existing = merged;
+            }
+            Ok(())
+        }
+        CanvasKind::Chord => {
+            let (header, mut body) =
+                step.chord_parts().ok_or_else(|| ProtocolError::Invalid("chord without body".into()))?;
+            attach_chain(&mut body, reversed_rest)?;
+            step.kwargs.insert("header".into(), header.to_value());
+            step.kwargs.insert("body".into(), body.to_value());
+            Ok(())
+        }
+        CanvasKind::Chain => Err(ProtocolError::Invalid("nested chain was not flattened".into()).into()),
+    }
+}
+
+/// Flatten nested chains, freeze task ids, and rewrite a group followed by
+/// another step into a chord (as Celery does).
+fn normalize_chain(sig: &Signature) -> Result<Vec<Signature>, Error> {
+    let mut flat = Vec::new();
+    flatten(sig, &mut flat);
+    let mut out: Vec<Signature> = Vec::with_capacity(flat.len());
+    let mut iter = flat.into_iter().peekable();
+    while let Some(mut step) = iter.next() {
+        if step.kind() == CanvasKind::Group {
+            if let Some(next) = iter.next() {
+                let mut body = next;
+                freeze(&mut body);
+                let mut header = step;
+                freeze_group(&mut header);
+                let mut c = crate::signature::chord(header.tasks(), body);
+                if let Some(Value::Object(h)) = c.kwargs.get_mut("header") {
+                    if let Some(Value::Object(ho)) = h.get_mut("options") {
+                        ho.insert("task_id".into(), header.options.get("task_id").cloned().unwrap_or(Value::Null));
+                    }
+                }
+                freeze(&mut c);
+                out.push(c);
+                continue;
+            }
+            freeze_group(&mut step);
+        }
+        freeze(&mut step);
+        out.push(step);
+    }
+    Ok(out)
+}
+
+fn flatten(sig: &Signature, out: &mut Vec<Signature>) {
+    if sig.kind() == CanvasKind::Chain {
+        for s in sig.tasks() {
+            flatten(&s, out);
+        }
+    } else {
+        out.push(sig.clone());
+    }
+}
+
+fn freeze(sig: &mut Signature) {
+    match sig.kind() {
+        CanvasKind::Task => {
+            if sig.id().is_none() {
+                sig.options.insert("task_id".into(), new_id().into());
+            }
+        }
+        CanvasKind::Chord => {
+            if let Some((mut header, mut body)) = sig.chord_parts() {
+                freeze_group(&mut header);
+                freeze(&mut body);
+                sig.kwargs.insert("header".into(), header.to_value());
+                sig.kwargs.insert("body".into(), body.to_value());
+            }
+        }
+        CanvasKind::Group => freeze_group(sig),
+        CanvasKind::Chain => {
+            if let Ok(steps) = normalize_chain(sig) {
+                sig.kwargs.insert("tasks".into(), Value::Array(steps.iter().map(Signature::to_value).collect()));
+            }
+        }
+    }
+}
+
+fn freeze_group(sig: &mut Signature) {
+    if sig.options.get("task_id").and_then(Value::as_str).is_none() {
+        sig.options.insert("task_id".into(), new_id().into());
+    }
+    let mut members = sig.tasks();
+    for m in &mut members {
+        freeze(m);
+    }
+    sig.kwargs.insert("tasks".into(), Value::Array(members.iter().map(Signature::to_value).collect()));
+}

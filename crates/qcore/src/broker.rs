@@ -1,0 +1,210 @@
+//! The [`Broker`] contract.
+//!
+//! # Contract
+//!
+//! * **Delivery guarantee: at least once.** A published message is delivered
+//!   to one consumer of its queue until it is acked, rejected without requeue,
+//!   dead-lettered or deferred. A consumer that disappears without acking
+//!   (crash, lost connection) has its deliveries returned to the queue
+//!   (immediately on AMQP, after the visibility timeout on Redis/SQL).
+//! * **Ordering:** FIFO per queue and priority level, except that redelivered
+//!   messages may be delivered ahead of older ones. Higher
+//!   [`Properties::priority`](crate::Properties::priority) is delivered first
+//!   where the broker supports priorities (Celery's numbers: 0–9, 9 highest on
+//!   AMQP; qtask maps them onto each broker's scheme, see the adapter).
+//! * **Prefetch:** a consumer never holds more than
+//!   [`ConsumeOptions::prefetch`] unacked deliveries; the worker asks for more
+//!   only when it has room.
+//! * **Disconnects:** methods return an error of kind
+//!   [`Connection`](crate::ErrorKind::Connection) while the server is away;
+//!   consumers reconnect by themselves and keep yielding deliveries; nothing
+//!   acked is redelivered and nothing unacked is lost.
+//! * **Dead letters:** [`Acker::dead_letter`] parks a message with a reason in
+//!   a place where it can be inspected ([`Broker::dead_letters`]) and
+//!   re-driven; it is never dropped.
+//! * **Fanout:** [`Broker::publish_fanout`] reaches every current subscriber
+//!   of the exchange whose pattern matches (events, remote control); no
+//!   persistence, like Celery's `celeryev` and `celery.pidbox`.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use crate::error::{BrokerError, ErrorKind};
+use crate::message::Message;
+
+/// Options for [`Broker::consume`].
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ConsumeOptions {
+    /// Maximum unacked deliveries held by this consumer
+    /// (worker concurrency × prefetch multiplier).
+    pub prefetch: usize,
+    /// A name for the consumer (logs, AMQP consumer tag).
+    pub tag: String,
+}
+
+impl ConsumeOptions {
+    /// Options with the given prefetch.
+    pub fn new(prefetch: usize) -> Self {
+        Self { prefetch: prefetch.max(1), tag: String::new() }
+    }
+
+    /// Set the consumer tag.
+    pub fn tag(mut self, tag: impl Into<String>) -> Self {
+        self.tag = tag.into();
+        self
+    }
+}
+
+/// Acknowledgement handle of one delivery. Every method is idempotent after
+/// the first settlement (ack, reject, dead-letter, defer) succeeded.
+#[async_trait]
+pub trait Acker: Send + Sync {
+    /// The message was handled; remove it for good.
+    async fn ack(&self) -> Result<(), BrokerError>;
+    /// Give the message back (`requeue`: to the back of its queue) or drop it
+    /// when `requeue` is false.
+    async fn reject(&self, requeue: bool) -> Result<(), BrokerError>;
+    /// Park the message in the dead-letter place with `reason`.
+    async fn dead_letter(&self, reason: &str) -> Result<(), BrokerError>;
+    /// Hand the message back to the broker to be delivered again at `until`
+    /// (ETA tasks), without holding it in worker memory. Brokers that cannot
+    /// return [`ErrorKind::Unsupported`] and the worker keeps it instead.
+    async fn defer(&self, until: DateTime<Utc>) -> Result<(), BrokerError> {
+        let _ = until;
+        Err(BrokerError::new(ErrorKind::Unsupported, "deferred delivery is not supported"))
+    }
+    /// Tell the broker the message is still being worked on (keeps a
+    /// visibility lease fresh). A no-op where leases do not exist.
+    async fn touch(&self) -> Result<(), BrokerError> {
+        Ok(())
+    }
+}
+
+/// One message handed to a consumer.
+pub struct Delivery {
+    /// The message.
+    pub message: Message,
+    /// The queue it came from.
+    pub queue: String,
+    /// Whether it was delivered before (restored, requeued, redelivered).
+    pub redelivered: bool,
+    /// The acknowledgement handle.
+    pub acker: Arc<dyn Acker>,
+}
+
+impl std::fmt::Debug for Delivery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Delivery")
+            .field("queue", &self.queue)
+            .field("redelivered", &self.redelivered)
+            .field("task_id", &self.message.task_id())
+            .finish()
+    }
+}
+
+/// A stream of deliveries from one or more queues.
+#[async_trait]
+pub trait Consumer: Send {
+    /// The next delivery; waits until one is available. `Ok(None)` means the
+    /// consumer was closed and will yield nothing more.
+    async fn recv(&mut self) -> Result<Option<Delivery>, BrokerError>;
+}
+
+/// A subscription to a fanout/topic exchange.
+#[async_trait]
+pub trait Subscription: Send {
+    /// The next message with its routing key. `Ok(None)` when closed.
+    async fn recv(&mut self) -> Result<Option<(String, Message)>, BrokerError>;
+}
+
+/// A message parked in the dead-letter place.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    /// The message as it was delivered.
+    pub message: Message,
+    /// The queue it came from.
+    pub queue: String,
+    /// Why it was parked.
+    pub reason: String,
+}
+
+/// A message broker. Object safe: the app holds an `Arc<dyn Broker>`.
+#[async_trait]
+pub trait Broker: Send + Sync + 'static {
+    /// Create the queue (and whatever binds it) if it does not exist.
+    async fn declare_queue(&self, queue: &str) -> Result<(), BrokerError>;
+
+    /// Publish a message to a queue (Celery: default exchange, routing key =
+    /// queue). Returns once the broker has it (confirmed where supported).
+    async fn publish(&self, queue: &str, message: &Message) -> Result<(), BrokerError>;
+
+    /// Publish several messages; adapters override this to batch round trips.
+    async fn publish_many(&self, items: &[(String, Message)]) -> Result<(), BrokerError> {
+        for (q, m) in items {
+            self.publish(q, m).await?;
+        }
+        Ok(())
+    }
+
+    /// Start consuming from `queues` (earlier queues are not favoured).
+    async fn consume(&self, queues: &[String], options: ConsumeOptions) -> Result<Box<dyn Consumer>, BrokerError>;
+
+    /// Messages waiting in the queue (not counting unacked ones).
+    async fn queue_len(&self, queue: &str) -> Result<u64, BrokerError>;
+
+    /// Delete every waiting message of the queue; returns how many.
+    async fn purge(&self, queue: &str) -> Result<u64, BrokerError>;
+
+    /// Messages parked in the dead-letter place for `queue`, oldest first.
+    async fn dead_letters(&self, queue: &str, limit: usize) -> Result<Vec<DeadLetter>, BrokerError>;
+
+    /// Publish to a fanout/topic exchange (events, remote control).
+    async fn publish_fanout(&self, exchange: &str, routing_key: &str, message: &Message) -> Result<(), BrokerError>;
+
+    /// Subscribe to an exchange; `pattern` uses AMQP topic syntax (`#`, `*`).
+    async fn subscribe(&self, exchange: &str, pattern: &str) -> Result<Box<dyn Subscription>, BrokerError>;
+
+    /// Whether the broker is reachable now (readiness).
+    async fn ping(&self) -> Result<(), BrokerError>;
+
+    /// The broker URL with any password hidden, for logs.
+    fn describe(&self) -> String;
+}
+
+/// Whether an AMQP-style topic `pattern` (`*` one word, `#` any words)
+/// matches `routing_key`.
+pub fn topic_matches(pattern: &str, routing_key: &str) -> bool {
+    fn go(p: &[&str], k: &[&str]) -> bool {
+        match (p.first(), k.first()) {
+            (None, None) => true,
+            (Some(&"#"), _) => go(&p[1..], k) || (!k.is_empty() && go(p, &k[1..])),
+            (Some(&"*"), Some(_)) => go(&p[1..], &k[1..]),
+            (Some(a), Some(b)) if a == b => go(&p[1..], &k[1..]),
+            _ => false,
+        }
+    }
+    if pattern.is_empty() {
+        return true;
+    }
+    let p: Vec<&str> = pattern.split('.').collect();
+    let k: Vec<&str> = routing_key.split('.').collect();
+    go(&p, &k)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::topic_matches;
+
+    #[test]
+    fn topic_patterns() {
+        assert!(topic_matches("#", "task.multi"));
+        assert!(topic_matches("worker.#", "worker.heartbeat"));
+        assert!(topic_matches("task.*", "task.sent"));
+        assert!(!topic_matches("task.*", "worker.online"));
+        assert!(!topic_matches("task.*", "task.a.b"));
+        assert!(topic_matches("", "anything"));
+    }
+}

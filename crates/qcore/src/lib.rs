@@ -1,0 +1,53 @@
+//! # qcore
+//!
+//! The core of qtask: Celery protocol v2 messages ([`Message`],
+//! [`TaskMessage`]), task states ([`State`]), result documents
+//! ([`ResultMeta`]), signatures and the canvas ([`Signature`], [`chain`],
+//! [`group`], [`chord`]), the [`Task`] trait, the [`Broker`] and
+//! [`ResultBackend`] contracts, and the [`App`] with its producer API.
+//!
+//! qcore does no I/O of its own: everything goes through the traits, which
+//! adapter crates (`qmemory`, `qredis`, ...) implement.
+//!
+//! ```
+//! use qcore::{chain, Signature};
+//! let c = chain([Signature::new("tasks.add").arg(1).arg(2), Signature::new("tasks.add").arg(3)]);
+//! assert_eq!(c.tasks().len(), 2);
+//! ```
+
+mod app;
+mod async_result;
+pub mod backend;
+pub mod broker;
+pub mod config;
+pub mod control;
+mod error;
+pub mod json;
+pub mod message;
+pub mod repr;
+mod result;
+mod signature;
+mod state;
+pub mod task;
+pub mod time;
+pub mod trace;
+
+pub use app::{hostname, App, AppBuilder, IntoSignature, Parent, SendOptions, TypedSignature};
+pub use async_result::AsyncResult;
+pub use backend::{ChordJoin, ChordPart, ResultBackend};
+pub use broker::{Acker, Broker, ConsumeOptions, Consumer, DeadLetter, Delivery, Subscription};
+pub use config::Config;
+pub use error::{BackendError, BrokerError, Error, ErrorKind, ProtocolError};
+pub use message::{ContentType, Embed, Message, Properties, TaskMessage, TaskMessageBuilder};
+pub use result::{ExceptionInfo, ResultMeta};
+pub use signature::{chain, chord, group, CanvasKind, Signature};
+pub use state::State;
+pub use task::{Args, RateLimit, RequestInfo, Retry, Task, TaskContext, TaskError, TaskOptions, TaskResult};
+
+/// Re-exports used by code that `#[task]` generates.
+#[doc(hidden)]
+pub mod __private {
+    pub use async_trait::async_trait;
+    pub use serde_json;
+    pub use tokio;
+}
