@@ -438,8 +438,54 @@ fn f64_or_int(v: Option<f64>) -> Value {
     }
 }
 
+/// The `eta`/`expires` header: the spelling received (kept in `hint`, e.g. a
+/// naive `2030-01-02T03:04:05`) when it still denotes `value`, else isoformat.
+fn date_header(hint: Option<&Value>, value: Option<&DateTime<Utc>>) -> Value {
+    match (hint, value) {
+        (Some(Value::String(s)), Some(dt)) if parse_iso(s).is_ok_and(|h| h == *dt) => Value::String(s.clone()),
+        (_, v) => opt_val(v.map(format_iso)),
+    }
+}
+
+/// The `timelimit` header: the received numbers (`60` vs `60.0`) when they
+/// still denote the same limits.
+fn timelimit_header(hint: Option<&Value>, tl: TimeLimit) -> Value {
+    if let Some(Value::Array(a)) = hint {
+        if let [hard, soft] = a.as_slice() {
+            if hard.as_f64() == tl.hard && soft.as_f64() == tl.soft {
+                return Value::Array(a.clone());
+            }
+        }
+    }
+    Value::Array(vec![f64_or_int(tl.hard), f64_or_int(tl.soft)])
+}
+
+/// The `argsrepr` header: `repr(tuple(args))`, or the received text when it
+/// is the list form of the same args (`[4, 4]`, as beat and `send_task` write it).
+fn argsrepr_header(hint: Option<&Value>, args: &[Value]) -> Value {
+    let tuple = crate::repr::args_repr(args);
+    if let Some(Value::String(s)) = hint {
+        if *s != tuple && s.starts_with('[') && *s == crate::repr::list_repr(args) {
+            return Value::String(s.clone());
+        }
+    }
+    Value::String(tuple)
+}
+
+/// Headers whose received spelling [`TaskMessage::to_builder`] passes on in
+/// `extra_headers`, so that re-sending reproduces them as they came as long
+/// as they still say the same thing.
+const SPELLING_HINTS: [&str; 5] = ["eta", "expires", "timelimit", "argsrepr", "ignore_result"];
+
 impl TaskMessageBuilder {
     /// Build the message: headers in Celery's order, the body serialized.
+    ///
+    /// `extra_headers` may also carry the received spelling of `eta`,
+    /// `expires`, `timelimit`, `argsrepr` and `ignore_result` (as
+    /// [`TaskMessage::to_builder`] does); it is used only where it denotes the
+    /// same value as the typed field, so a re-sent message keeps Python's
+    /// exact header text (a naive `eta`, `[4, 4]` as `argsrepr`, `null` for
+    /// `ignore_result`).
     pub fn build(self) -> Result<Message, ProtocolError> {
         let mut h = Map::new();
         let root = self.root_id.clone().unwrap_or_else(|| self.id.clone());
@@ -447,21 +493,24 @@ impl TaskMessageBuilder {
         h.insert("task".into(), self.task.clone().into());
         h.insert("id".into(), self.id.clone().into());
         h.insert("shadow".into(), opt_val(self.shadow));
-        h.insert("eta".into(), opt_val(self.eta.as_ref().map(format_iso)));
-        h.insert("expires".into(), opt_val(self.expires.as_ref().map(format_iso)));
+        let hints = &self.extra_headers;
+        h.insert("eta".into(), date_header(hints.get("eta"), self.eta.as_ref()));
+        h.insert("expires".into(), date_header(hints.get("expires"), self.expires.as_ref()));
         h.insert("group".into(), opt_val(self.group));
         h.insert("group_index".into(), opt_val(self.group_index));
         h.insert("retries".into(), self.retries.into());
-        h.insert(
-            "timelimit".into(),
-            Value::Array(vec![f64_or_int(self.timelimit.hard), f64_or_int(self.timelimit.soft)]),
-        );
+        h.insert("timelimit".into(), timelimit_header(hints.get("timelimit"), self.timelimit));
         h.insert("root_id".into(), root.into());
         h.insert("parent_id".into(), opt_val(self.parent_id));
-        h.insert("argsrepr".into(), crate::repr::args_repr(&self.args).into());
+        h.insert("argsrepr".into(), argsrepr_header(hints.get("argsrepr"), &self.args));
         h.insert("kwargsrepr".into(), crate::repr::kwargs_repr(&self.kwargs).into());
         h.insert("origin".into(), self.origin.into());
-        h.insert("ignore_result".into(), self.ignore_result.into());
+        let ignore_result = match hints.get("ignore_result") {
+            // Celery's `send_task` leaves it unset: `null` means false.
+            Some(Value::Null) if !self.ignore_result => Value::Null,
+            _ => self.ignore_result.into(),
+        };
+        h.insert("ignore_result".into(), ignore_result);
         h.insert("replaced_task_nesting".into(), 0.into());
         h.insert("stamped_headers".into(), Value::Null);
         h.insert("stamps".into(), Value::Object(Map::new()));
@@ -495,13 +544,16 @@ impl TaskMessageBuilder {
 
 impl TaskMessage {
     /// A builder that re-sends this message as is (for retries, requeues):
-    /// same id, args, embed and extra headers.
+    /// same id, args, embed and extra headers. `extra_headers` also carries
+    /// the received spelling of a few headers (see [`TaskMessageBuilder::build`]).
     pub fn to_builder(&self) -> TaskMessageBuilder {
         let extra_headers = self
             .headers
             .iter()
             .filter(|(k, _)| {
-                !is_known_header(k) || matches!(k.as_str(), "replaced_task_nesting" | "stamped_headers" | "stamps")
+                !is_known_header(k)
+                    || matches!(k.as_str(), "replaced_task_nesting" | "stamped_headers" | "stamps")
+                    || SPELLING_HINTS.contains(&k.as_str())
             })
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
@@ -527,5 +579,51 @@ impl TaskMessage {
             priority: 0,
             reply_to: None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn received(headers: Value) -> TaskMessage {
+        let Value::Object(headers) = headers else { panic!("headers must be a map") };
+        let msg = Message { headers, properties: Properties::default(), body: br#"[[4, 4], {}, {}]"#.to_vec() };
+        msg.decode_task().unwrap()
+    }
+
+    #[test]
+    fn resend_keeps_received_spelling_while_it_still_holds() {
+        let tm = received(json!({
+            "lang": "py", "task": "t", "id": "i", "eta": "2030-01-02T03:04:05", "expires": null,
+            "timelimit": [60.0, null], "argsrepr": "[4, 4]", "ignore_result": null,
+        }));
+        let m = tm.to_builder().build().unwrap();
+        assert_eq!(m.headers["eta"], json!("2030-01-02T03:04:05"));
+        assert_eq!(m.headers["timelimit"], json!([60.0, null]));
+        assert_eq!(m.headers["argsrepr"], json!("[4, 4]"));
+        assert_eq!(m.headers["ignore_result"], Value::Null);
+        // Known headers used as spelling hints are not repeated at the end.
+        assert_eq!(m.headers.len(), KNOWN_HEADERS.len());
+    }
+
+    #[test]
+    fn stale_spelling_is_not_reused() {
+        let tm = received(json!({
+            "lang": "py", "task": "t", "id": "i", "eta": "2030-01-02T03:04:05",
+            "timelimit": [60, 50], "argsrepr": "'hidden'", "ignore_result": null,
+        }));
+        let mut b = tm.to_builder();
+        b.eta = Some(parse_iso("2031-01-01T00:00:00+00:00").unwrap());
+        b.timelimit.hard = Some(10.0);
+        b.args.push(json!(5));
+        b.ignore_result = true;
+        let m = b.build().unwrap();
+        assert_eq!(m.headers["eta"], json!("2031-01-01T00:00:00+00:00"));
+        assert_eq!(m.headers["timelimit"], json!([10, 50]));
+        assert_eq!(m.headers["argsrepr"], json!("(4, 4, 5)"));
+        assert_eq!(m.headers["ignore_result"], json!(true));
     }
 }

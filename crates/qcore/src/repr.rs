@@ -28,6 +28,13 @@ pub fn args_repr(args: &[Value]) -> String {
     s
 }
 
+/// `repr(list(args))`: `[2, 3]` (how beat and `send_task` spell `argsrepr`).
+pub fn list_repr(args: &[Value]) -> String {
+    let mut s = String::new();
+    write_list(&mut s, args);
+    s
+}
+
 /// `repr(kwargs)`: `{'a': 1}`.
 pub fn kwargs_repr(kwargs: &Map<String, Value>) -> String {
     let mut s = String::new();
@@ -86,18 +93,20 @@ fn write_repr(s: &mut String, v: &Value) {
             }
         }
         Value::String(t) => write_str(s, t),
-        Value::Array(a) => {
-            s.push('[');
-            for (i, x) in a.iter().enumerate() {
-                if i > 0 {
-                    s.push_str(", ");
-                }
-                write_repr(s, x);
-            }
-            s.push(']');
-        }
+        Value::Array(a) => write_list(s, a),
         Value::Object(m) => write_map(s, m),
     }
+}
+
+fn write_list(s: &mut String, a: &[Value]) {
+    s.push('[');
+    for (i, x) in a.iter().enumerate() {
+        if i > 0 {
+            s.push_str(", ");
+        }
+        write_repr(s, x);
+    }
+    s.push(']');
 }
 
 #[cfg(test)]

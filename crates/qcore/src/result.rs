@@ -73,13 +73,14 @@ impl ExceptionInfo {
         Self::celery("NotRegistered", format!("'{name}'"))
     }
 
-    /// The message as Python's `str(exc)` shows it.
+    /// The message as Python's `str(exc)` shows it: the one argument as
+    /// `str()` prints it, or the tuple of arguments (`('custom failure', 42)`).
     pub fn message(&self) -> String {
         match self.exc_message.as_slice() {
             [] => String::new(),
             [Value::String(s)] => s.clone(),
-            [one] => one.to_string(),
-            many => Value::Array(many.to_vec()).to_string(),
+            [one] => crate::repr::repr(one),
+            many => crate::repr::args_repr(many),
         }
     }
 

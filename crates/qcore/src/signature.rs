@@ -112,9 +112,10 @@ impl Signature {
         self
     }
 
-    /// Run no sooner than `d` from when it is sent.
+    /// Run no sooner than `d` from when it is sent (whole seconds are
+    /// written as an integer, as Python's `countdown=5` is).
     pub fn countdown(self, d: Duration) -> Self {
-        self.set("countdown", d.as_secs_f64())
+        self.set("countdown", seconds(d))
     }
 
     /// Run no sooner than `eta`.
@@ -124,7 +125,7 @@ impl Signature {
 
     /// Expire (REVOKED, expired) if not started within `d` of sending.
     pub fn expires_in(self, d: Duration) -> Self {
-        self.set("expires", d.as_secs_f64())
+        self.set("expires", seconds(d))
     }
 
     /// Route to a queue.
@@ -193,6 +194,15 @@ impl Signature {
     /// This signature as a JSON value.
     pub fn to_value(&self) -> Value {
         serde_json::to_value(self).unwrap_or(Value::Null)
+    }
+}
+
+/// Seconds as Python code usually passes them: `5` for whole seconds, else `2.5`.
+fn seconds(d: Duration) -> Value {
+    if d.subsec_nanos() == 0 {
+        Value::from(d.as_secs())
+    } else {
+        Value::from(d.as_secs_f64())
     }
 }
 

@@ -180,7 +180,7 @@ impl App {
     }
 
     async fn apply_chain(&self, sig: Signature, parent: Option<Parent>) -> Result<AsyncResult<Value>, Error> {
-        let mut steps = normalize_chain(&sig)?;
+        let mut steps = normalize_chain(&sig, self.reply_to())?;
         if steps.is_empty() {
             return Err(ProtocolError::Invalid("empty chain".into()).into());
         }
@@ -223,7 +223,7 @@ impl App {
         let members = sig.tasks();
         let mut results = Vec::with_capacity(members.len());
         for (i, mut m) in members.into_iter().enumerate() {
-            set_group_membership(&mut m, &gid, i as u64, None)?;
+            set_group_membership(&mut m, &gid, i as u64, None, self.reply_to())?;
             inherit_options(&mut m, &sig.options);
             results.push(self.apply_signature(m, parent.clone()).await?);
         }
@@ -236,7 +236,11 @@ impl App {
         let backend = self.backend().ok_or(Error::NoBackend)?.clone();
         let gid = header.options.get("task_id").and_then(Value::as_str).map(str::to_owned).unwrap_or_else(new_id);
         let body_id = body.id().map(str::to_owned).unwrap_or_else(new_id);
+        // Celery's layout of the body: options `task_id, reply_to, group_id`.
         body.options.insert("task_id".into(), body_id.clone().into());
+        if body.kind() == CanvasKind::Task && !body.options.contains_key("reply_to") {
+            body.options.insert("reply_to".into(), self.reply_to().into());
+        }
         body.options.insert("group_id".into(), gid.clone().into());
         // A chain continuing after the chord rides on the body.
         if let Some(Value::Array(rest)) = sig.options.get("chain") {
@@ -256,7 +260,7 @@ impl App {
         backend.chord_init(&gid, members.len() as u64, Some(self.config().result_expires)).await?;
         let body_value = body.to_value();
         for (i, mut m) in members.into_iter().enumerate() {
-            set_group_membership(&mut m, &gid, i as u64, Some(&body_value))?;
+            set_group_membership(&mut m, &gid, i as u64, Some(&body_value), self.reply_to())?;
             self.apply_signature(m, parent.clone()).await?;
         }
         Ok(AsyncResult::new(self.clone(), body_id))
@@ -275,7 +279,13 @@ fn inherit_options(member: &mut Signature, group_opts: &Map<String, Value>) {
 /// Mark a header/group member: `group_id`, `group_index`, and for chords the
 /// body in `chord`. A chain member is marked on its last step, which is the
 /// one that joins.
-fn set_group_membership(m: &mut Signature, gid: &str, index: u64, chord: Option<&Value>) -> Result<(), Error> {
+fn set_group_membership(
+    m: &mut Signature,
+    gid: &str,
+    index: u64,
+    chord: Option<&Value>,
+    reply_to: &str,
+) -> Result<(), Error> {
     match m.kind() {
         CanvasKind::Task => {
             m.options.insert("group_id".into(), gid.into());
@@ -286,9 +296,9 @@ fn set_group_membership(m: &mut Signature, gid: &str, index: u64, chord: Option<
             Ok(())
         }
         CanvasKind::Chain => {
-            let mut steps = normalize_chain(m)?;
+            let mut steps = normalize_chain(m, reply_to)?;
             let last = steps.last_mut().ok_or_else(|| ProtocolError::Invalid("empty chain in group".into()))?;
-            set_group_membership(last, gid, index, chord)?;
+            set_group_membership(last, gid, index, chord, reply_to)?;
             m.kwargs.insert("tasks".into(), Value::Array(steps.iter().map(Signature::to_value).collect()));
             Ok(())
         }
@@ -326,8 +336,10 @@ fn attach_chain(step: &mut Signature, reversed_rest: Vec<Value>) -> Result<(), E
 }
 
 /// Flatten nested chains, freeze task ids, and rewrite a group followed by
-/// another step into a chord (as Celery does).
-fn normalize_chain(sig: &Signature) -> Result<Vec<Signature>, Error> {
+/// another step into a chord (as Celery does). Frozen signatures carry the
+/// options in Celery's order: tasks `task_id, reply_to` (+ `group_index` in a
+/// group), groups `task_id, root_id, parent_id`, a chord the id of its header.
+fn normalize_chain(sig: &Signature, reply_to: &str) -> Result<Vec<Signature>, Error> {
     let mut flat = Vec::new();
     flatten(sig, &mut flat);
     let mut out: Vec<Signature> = Vec::with_capacity(flat.len());
@@ -336,25 +348,32 @@ fn normalize_chain(sig: &Signature) -> Result<Vec<Signature>, Error> {
         if step.kind() == CanvasKind::Group {
             if let Some(next) = iter.next() {
                 let mut body = next;
-                freeze(&mut body);
+                freeze(&mut body, reply_to);
                 let mut header = step;
-                freeze_group(&mut header);
-                let mut c = crate::signature::chord(header.tasks(), body);
-                if let Some(Value::Object(h)) = c.kwargs.get_mut("header") {
-                    if let Some(Value::Object(ho)) = h.get_mut("options") {
-                        ho.insert("task_id".into(), header.options.get("task_id").cloned().unwrap_or(Value::Null));
-                    }
-                }
-                freeze(&mut c);
-                out.push(c);
+                freeze_group(&mut header, reply_to);
+                out.push(chord_of(header, body));
                 continue;
             }
-            freeze_group(&mut step);
+            freeze_group(&mut step, reply_to);
         }
-        freeze(&mut step);
+        freeze(&mut step, reply_to);
         out.push(step);
     }
     Ok(out)
+}
+
+/// `group | next` as Celery rewrites it: a `celery.chord` whose id is the
+/// group's id, with the frozen group (options kept) as header.
+fn chord_of(header: Signature, body: Signature) -> Signature {
+    let mut kw = Map::new();
+    kw.insert("kwargs".into(), Value::Object(Map::new()));
+    kw.insert("header".into(), header.to_value());
+    kw.insert("body".into(), body.to_value());
+    let mut c = Signature::new("celery.chord");
+    c.kwargs = kw;
+    c.subtask_type = Some("chord".into());
+    c.options.insert("task_id".into(), header.options.get("task_id").cloned().unwrap_or(Value::Null));
+    c
 }
 
 fn flatten(sig: &Signature, out: &mut Vec<Signature>) {
@@ -367,37 +386,50 @@ fn flatten(sig: &Signature, out: &mut Vec<Signature>) {
     }
 }
 
-fn freeze(sig: &mut Signature) {
+fn freeze(sig: &mut Signature, reply_to: &str) {
     match sig.kind() {
         CanvasKind::Task => {
             if sig.id().is_none() {
                 sig.options.insert("task_id".into(), new_id().into());
             }
+            if !sig.options.contains_key("reply_to") {
+                sig.options.insert("reply_to".into(), reply_to.into());
+            }
         }
         CanvasKind::Chord => {
             if let Some((mut header, mut body)) = sig.chord_parts() {
-                freeze_group(&mut header);
-                freeze(&mut body);
+                freeze_group(&mut header, reply_to);
+                freeze(&mut body, reply_to);
+                if sig.id().is_none() {
+                    let gid = header.options.get("task_id").cloned().unwrap_or(Value::Null);
+                    sig.options.insert("task_id".into(), gid);
+                }
                 sig.kwargs.insert("header".into(), header.to_value());
                 sig.kwargs.insert("body".into(), body.to_value());
             }
         }
-        CanvasKind::Group => freeze_group(sig),
+        CanvasKind::Group => freeze_group(sig, reply_to),
         CanvasKind::Chain => {
-            if let Ok(steps) = normalize_chain(sig) {
+            if let Ok(steps) = normalize_chain(sig, reply_to) {
                 sig.kwargs.insert("tasks".into(), Value::Array(steps.iter().map(Signature::to_value).collect()));
             }
         }
     }
 }
 
-fn freeze_group(sig: &mut Signature) {
+fn freeze_group(sig: &mut Signature, reply_to: &str) {
     if sig.options.get("task_id").and_then(Value::as_str).is_none() {
         sig.options.insert("task_id".into(), new_id().into());
     }
+    // Celery's group.freeze: `setdefault` of root_id and parent_id.
+    sig.options.entry("root_id").or_insert(Value::Null);
+    sig.options.entry("parent_id").or_insert(Value::Null);
     let mut members = sig.tasks();
-    for m in &mut members {
-        freeze(m);
+    for (i, m) in members.iter_mut().enumerate() {
+        freeze(m, reply_to);
+        if m.kind() == CanvasKind::Task {
+            m.options.insert("group_index".into(), (i as u64).into());
+        }
     }
     sig.kwargs.insert("tasks".into(), Value::Array(members.iter().map(Signature::to_value).collect()));
 }
