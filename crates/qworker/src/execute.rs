@@ -1,0 +1,419 @@
+//! Handling of one delivery, from decoding to the final ack.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio::sync::{oneshot, OwnedSemaphorePermit};
+
+use qcore::task::SoftLimit;
+use qcore::trace::{self, Finished};
+use qcore::{
+    Acker, Delivery, ErrorKind, ExceptionInfo, ResultMeta, State, TaskContext, TaskError, TaskMessage, TaskResult,
+};
+
+use crate::events::EventKind;
+use crate::worker::{phase_at_least, Phase, Shared};
+
+/// How a run ended before its outcome is recorded.
+enum RunEnd {
+    Done(TaskResult),
+    TimeLimit(f64),
+    Terminated,
+    Cold,
+}
+
+/// Decrements `reserved` when the delivery is settled, whatever the path.
+struct Reservation<'a>(&'a Shared);
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        self.0.reserved.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+async fn settle<F, Fut>(what: &str, task_id: &str, f: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<(), qcore::BrokerError>>,
+{
+    for attempt in 0..5u32 {
+        match f().await {
+            Ok(()) => return,
+            Err(e) if e.is_retryable() && attempt < 4 => {
+                tracing::warn!(task_id, error = %e, "{what} failed; retrying");
+                tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+            }
+            Err(e) => {
+                tracing::error!(task_id, error = %e, "{what} failed; the broker will redeliver the message");
+                return;
+            }
+        }
+    }
+}
+
+async fn ack(acker: &Arc<dyn Acker>, id: &str) {
+    settle("ack", id, || acker.ack()).await
+}
+
+async fn requeue(acker: &Arc<dyn Acker>, id: &str) {
+    settle("requeue", id, || acker.reject(true)).await
+}
+
+async fn dead_letter(acker: &Arc<dyn Acker>, id: &str, reason: &str) {
+    settle("dead-letter", id, || acker.dead_letter(reason)).await
+}
+
+/// Retry a result-recording step on transient errors before giving up.
+async fn with_retries<T, F, Fut>(what: &str, id: &str, f: F) -> Result<T, qcore::Error>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<T, qcore::Error>>,
+{
+    let mut attempt = 0u32;
+    loop {
+        match f().await {
+            Ok(v) => return Ok(v),
+            Err(e) if attempt < 5 && is_transient(&e) => {
+                attempt += 1;
+                tracing::warn!(task_id = id, error = %e, attempt, "{what} failed; retrying");
+                tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn is_transient(e: &qcore::Error) -> bool {
+    match e {
+        qcore::Error::Broker(b) => b.is_retryable(),
+        qcore::Error::Backend(b) => b.is_retryable(),
+        _ => false,
+    }
+}
+
+pub(crate) async fn handle(shared: Arc<Shared>, delivery: Delivery, permit: OwnedSemaphorePermit) {
+    let _reservation = Reservation(&shared);
+    let Delivery { message, queue, redelivered, acker } = delivery;
+    let msg = match message.decode_task() {
+        Ok(m) => m,
+        Err(e) => {
+            let id = message.task_id().unwrap_or("?").to_string();
+            let reason = format!("malformed message: {e}");
+            tracing::error!(task_id = %id, queue = %queue, %reason, "parking message in the dead-letter place");
+            dead_letter(&acker, &id, &reason).await;
+            shared.emit(Some(&id), EventKind::TaskRejected { reason });
+            return;
+        }
+    };
+    let id = msg.id.clone();
+    let req = trace::request_info(&msg, &shared.hostname, &queue, redelivered);
+    shared.emit(
+        Some(&id),
+        EventKind::TaskReceived {
+            name: msg.display_name().to_string(),
+            args: msg.args.clone(),
+            kwargs: msg.kwargs.clone(),
+            retries: msg.retries,
+            eta: msg.eta,
+            expires: msg.expires,
+            root_id: msg.root_id.clone(),
+            parent_id: msg.parent_id.clone(),
+        },
+    );
+    let app = shared.app.clone();
+    let mut phase = shared.phase.subscribe();
+
+    // Revoked or expired before it started.
+    if shared.is_revoked(&id) {
+        revoke_unstarted(&shared, &acker, &msg, &req, "revoked").await;
+        return;
+    }
+    if msg.expires.is_some_and(|exp| exp <= Utc::now()) {
+        revoke_unstarted(&shared, &acker, &msg, &req, "expired").await;
+        return;
+    }
+
+    // ETA in the future: give it back to the broker, or hold it without a slot.
+    let mut permit = Some(permit);
+    if let Some(eta) = msg.eta.filter(|eta| *eta > Utc::now()) {
+        match acker.defer(eta).await {
+            Ok(()) => {
+                tracing::debug!(task_id = %id, %eta, "deferred to the broker until its ETA");
+                return;
+            }
+            Err(e) if e.kind() == ErrorKind::Unsupported => {
+                // Held here: free the prefetch slot so other work flows meanwhile.
+                permit = None;
+                let wait = (eta - Utc::now()).to_std().unwrap_or_default();
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = phase_at_least(&mut phase, Phase::Warm) => {
+                        requeue(&acker, &id).await;
+                        return;
+                    }
+                }
+                if shared.is_revoked(&id) {
+                    revoke_unstarted(&shared, &acker, &msg, &req, "revoked").await;
+                    return;
+                }
+                if msg.expires.is_some_and(|exp| exp <= Utc::now()) {
+                    revoke_unstarted(&shared, &acker, &msg, &req, "expired").await;
+                    return;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(task_id = %id, error = %e, "deferring an ETA task failed; returning it to the queue");
+                requeue(&acker, &id).await;
+                return;
+            }
+        }
+    }
+
+    let Some(task) = app.task(&msg.task) else {
+        let exc = ExceptionInfo::not_registered(&msg.task);
+        tracing::error!(task_id = %id, task = %msg.task, "received unregistered task; parking it");
+        if let Some(backend) = app.backend() {
+            let mut meta = ResultMeta::new(id.clone(), State::Failure, exc.to_value());
+            meta.group_id = msg.group.clone();
+            meta.parent_id = msg.parent_id.clone();
+            if let Err(e) = backend.store(&meta, Some(app.config().result_expires)).await {
+                tracing::warn!(task_id = %id, error = %e, "could not store NotRegistered failure");
+            }
+        }
+        let reason = format!("NotRegistered: no task named {:?} on {}", msg.task, shared.hostname);
+        dead_letter(&acker, &id, &reason).await;
+        shared.emit(Some(&id), EventKind::TaskRejected { reason });
+        return;
+    };
+    let opts = task.options();
+
+    // Rate limit, then a concurrency slot; shutdown returns the message.
+    let default_limit = opts.rate_limit.or(app.config().task_default_rate_limit);
+    tokio::select! {
+        _ = shared.ratelimit.acquire(&msg.task, default_limit) => {}
+        _ = phase_at_least(&mut phase, Phase::Warm) => {
+            requeue(&acker, &id).await;
+            return;
+        }
+    }
+    let slot = tokio::select! {
+        s = shared.slots.clone().acquire_owned() => match s {
+            Ok(s) => s,
+            Err(_) => { requeue(&acker, &id).await; return; }
+        },
+        _ = phase_at_least(&mut phase, Phase::Warm) => {
+            requeue(&acker, &id).await;
+            return;
+        }
+    };
+    if shared.is_revoked(&id) {
+        revoke_unstarted(&shared, &acker, &msg, &req, "revoked").await;
+        return;
+    }
+
+    let acks_late = opts.acks_late.unwrap_or(app.config().task_acks_late);
+    if !acks_late {
+        ack(&acker, &id).await;
+    }
+    let (term_tx, term_rx) = oneshot::channel();
+    shared.running.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone(), term_tx);
+    shared.active.fetch_add(1, Ordering::Relaxed);
+    shared.emit(Some(&id), EventKind::TaskStarted);
+    if let Err(e) = trace::mark_started(&app, &opts, &req).await {
+        tracing::warn!(task_id = %id, error = %e, "could not store STARTED");
+    }
+
+    let started = std::time::Instant::now();
+    let hard = msg.timelimit.hard.map(Duration::from_secs_f64).or(opts.time_limit).or(app.config().task_time_limit);
+    let soft =
+        msg.timelimit.soft.map(Duration::from_secs_f64).or(opts.soft_time_limit).or(app.config().task_soft_time_limit);
+    let end = run(&shared, task, &msg, Arc::new(req.clone()), hard, soft, term_rx, &acker, acks_late, &mut phase).await;
+    shared.running.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+    shared.active.fetch_sub(1, Ordering::Relaxed);
+    drop(slot);
+    let runtime = started.elapsed();
+
+    let outcome = match end {
+        RunEnd::Done(r) => r,
+        RunEnd::TimeLimit(secs) => {
+            tracing::error!(task_id = %id, secs, "hard time limit exceeded; task aborted");
+            Err(TaskError::Failure { exc: ExceptionInfo::time_limit_exceeded(secs), traceback: None })
+        }
+        RunEnd::Terminated => {
+            if let Err(e) =
+                with_retries("store REVOKED", &id, || trace::mark_revoked(&app, &msg, &req, "terminated")).await
+            {
+                tracing::error!(task_id = %id, error = %e, "could not store REVOKED");
+            }
+            shared.processed.fetch_add(1, Ordering::Relaxed);
+            shared.emit(Some(&id), EventKind::TaskRevoked { terminated: true, expired: false });
+            if acks_late {
+                ack(&acker, &id).await;
+            }
+            return;
+        }
+        RunEnd::Cold => {
+            if acks_late {
+                requeue(&acker, &id).await;
+            } else {
+                tracing::warn!(task_id = %id, "cold shutdown aborted an early-acked task; it will not run again");
+            }
+            return;
+        }
+    };
+
+    let finished = with_retries("record result", &id, || trace::finish(&app, &opts, &msg, &req, outcome.clone())).await;
+    shared.processed.fetch_add(1, Ordering::Relaxed);
+    drop(permit);
+    match finished {
+        Ok(Finished::Succeeded { value }) => {
+            shared.succeeded.fetch_add(1, Ordering::Relaxed);
+            if acks_late {
+                ack(&acker, &id).await;
+            }
+            shared.emit(Some(&id), EventKind::TaskSucceeded { result: value, runtime });
+        }
+        Ok(Finished::Failed { exc, traceback }) => {
+            shared.failed.fetch_add(1, Ordering::Relaxed);
+            if acks_late {
+                if app.config().task_acks_on_failure_or_timeout {
+                    ack(&acker, &id).await;
+                } else {
+                    dead_letter(&acker, &id, &format!("failed: {exc}")).await;
+                }
+            }
+            tracing::warn!(task_id = %id, task = %msg.task, error = %exc, "task failed");
+            shared.emit(Some(&id), EventKind::TaskFailed { exception: exc, traceback });
+        }
+        Ok(Finished::Retried { exc, eta }) => {
+            if acks_late {
+                ack(&acker, &id).await;
+            }
+            tracing::info!(task_id = %id, task = %msg.task, %eta, error = %exc, "task will be retried");
+            shared.emit(Some(&id), EventKind::TaskRetried { exception: exc });
+        }
+        Ok(Finished::Rejected { requeue: again, reason }) => {
+            if acks_late {
+                if again {
+                    requeue(&acker, &id).await;
+                } else {
+                    dead_letter(&acker, &id, &reason).await;
+                }
+            } else {
+                tracing::warn!(task_id = %id, %reason, "task rejected its message after it was acked (use acks_late)");
+            }
+            shared.emit(Some(&id), EventKind::TaskRejected { reason });
+        }
+        Ok(Finished::Ignored) => {
+            if acks_late {
+                ack(&acker, &id).await;
+            }
+        }
+        Err(e) => {
+            tracing::error!(task_id = %id, error = %e, "could not record the outcome");
+            if acks_late {
+                // The result is not stored: run it again rather than lose it.
+                requeue(&acker, &id).await;
+            }
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run(
+    shared: &Shared,
+    task: Arc<dyn qcore::Task>,
+    msg: &TaskMessage,
+    req: Arc<qcore::RequestInfo>,
+    hard: Option<Duration>,
+    soft: Option<Duration>,
+    mut term_rx: oneshot::Receiver<()>,
+    acker: &Arc<dyn Acker>,
+    acks_late: bool,
+    phase: &mut tokio::sync::watch::Receiver<Phase>,
+) -> RunEnd {
+    let soft_limit = Arc::new(SoftLimit::default());
+    let soft_timer = soft.map(|d| {
+        let s = soft_limit.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(d).await;
+            s.trigger();
+        })
+    });
+    let ctx = TaskContext::new(req, shared.app.clone(), soft_limit);
+    let args = msg.args.clone();
+    let kwargs = msg.kwargs.clone();
+    let mut join = tokio::spawn(async move { task.run(ctx, args, kwargs).await });
+    let abort = join.abort_handle();
+    let hard_sleep = async {
+        match hard {
+            Some(d) => tokio::time::sleep(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(hard_sleep);
+    let touch_every = shared.app.config().visibility_timeout.map(|v| v / 3).unwrap_or(Duration::from_secs(60));
+    let mut touch = tokio::time::interval_at(
+        tokio::time::Instant::now() + touch_every,
+        touch_every.max(Duration::from_millis(100)),
+    );
+    let end = loop {
+        tokio::select! {
+            r = &mut join => {
+                break RunEnd::Done(match r {
+                    Ok(r) => r,
+                    Err(e) if e.is_panic() => {
+                        let p = e.into_panic();
+                        let text = p
+                            .downcast_ref::<&str>()
+                            .map(|s| s.to_string())
+                            .or_else(|| p.downcast_ref::<String>().cloned())
+                            .unwrap_or_else(|| "task panicked".into());
+                        Err(TaskError::Failure { exc: ExceptionInfo::new("Panic", text).module("rust"), traceback: None })
+                    }
+                    Err(_) => Err(TaskError::Failure { exc: ExceptionInfo::new("Cancelled", "task was cancelled").module("rust"), traceback: None }),
+                });
+            }
+            _ = &mut hard_sleep => {
+                abort.abort();
+                break RunEnd::TimeLimit(hard.map(|d| d.as_secs_f64()).unwrap_or_default());
+            }
+            _ = &mut term_rx => {
+                abort.abort();
+                break RunEnd::Terminated;
+            }
+            _ = phase_at_least(phase, Phase::Cold) => {
+                abort.abort();
+                break RunEnd::Cold;
+            }
+            _ = touch.tick(), if acks_late => {
+                if let Err(e) = acker.touch().await {
+                    tracing::debug!(task_id = %msg.id, error = %e, "refreshing the delivery lease failed");
+                }
+            }
+        }
+    };
+    if let Some(t) = soft_timer {
+        t.abort();
+    }
+    end
+}
+
+async fn revoke_unstarted(
+    shared: &Shared,
+    acker: &Arc<dyn Acker>,
+    msg: &TaskMessage,
+    req: &qcore::RequestInfo,
+    reason: &str,
+) {
+    tracing::info!(task_id = %msg.id, reason, "not running task");
+    let app = &shared.app;
+    if let Err(e) = with_retries("store REVOKED", &msg.id, || trace::mark_revoked(app, msg, req, reason)).await {
+        tracing::error!(task_id = %msg.id, error = %e, "could not store REVOKED");
+    }
+    ack(acker, &msg.id).await;
+    shared.processed.fetch_add(1, Ordering::Relaxed);
+    shared.emit(Some(&msg.id), EventKind::TaskRevoked { terminated: false, expired: reason == "expired" });
+}

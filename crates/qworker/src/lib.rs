@@ -1,0 +1,39 @@
+//! # qworker
+//!
+//! The qtask worker. It consumes task messages from a [`Broker`](qcore::Broker),
+//! runs them with bounded concurrency and prefetch, and records outcomes
+//! through [`qcore::trace`] so results, retries and canvases follow Celery's
+//! protocol.
+//!
+//! What it does for every message:
+//! * **malformed** → dead-lettered with the reason; **unknown task** → FAILURE
+//!   `NotRegistered` stored and the message dead-lettered; **panic** → FAILURE.
+//!   The worker keeps running in every case.
+//! * **revoked** (remote `revoke`) or **expired** → REVOKED, acked.
+//! * **ETA/countdown** in the future → handed back to the broker to be
+//!   delivered when due ([`Acker::defer`](qcore::Acker::defer)), or held on a
+//!   timer without a concurrency slot where the broker cannot defer.
+//! * **rate limit** → the start is delayed, without holding a slot.
+//! * acked before running (default) or after (`acks_late`); hard time limit
+//!   aborts the task (FAILURE `TimeLimitExceeded`), the soft limit tells it
+//!   ([`TaskContext::soft_limit`](qcore::TaskContext::soft_limit)).
+//!
+//! Shutdown: [`WorkerHandle::shutdown`] (first SIGTERM/SIGINT) stops
+//! consuming, returns prefetched-but-unstarted messages and lets running tasks
+//! finish within `worker_shutdown_timeout`; [`WorkerHandle::cold_shutdown`]
+//! (second signal) aborts running tasks and returns every unacked message.
+//!
+//! ```no_run
+//! # async fn demo(app: qcore::App) -> Result<(), qcore::Error> {
+//! let worker = qworker::Worker::builder(app).queues(["celery"]).concurrency(4).build();
+//! worker.run_until_signal().await
+//! # }
+//! ```
+
+mod events;
+mod execute;
+mod ratelimit;
+mod worker;
+
+pub use events::{EventKind, WorkerEvent};
+pub use worker::{Worker, WorkerBuilder, WorkerHandle, WorkerStats};
