@@ -186,6 +186,9 @@ pub async fn wait_wakes_on_store(f: &dyn BackendFactory) {
             (r, Instant::now())
         })
     };
+    // Give the waiter time to block (not synchronisation: had it not, it
+    // would find the result at once and this check would only be weaker).
+    tokio::time::sleep(Duration::from_millis(100)).await;
     store(&writer, &meta(&id, State::progress(), json!({"current": 1, "total": 2}))).await;
     let done = meta(&id, State::Success, json!({"answer": 42}));
     store(&writer, &done).await;
