@@ -1,0 +1,81 @@
+//! Brokers and backends from URLs.
+
+use std::sync::Arc;
+
+use qcore::{App, Broker, Config, Error, ResultBackend};
+
+/// URL schemes this build understands (depends on cargo features).
+pub const SUPPORTED_SCHEMES: &[&str] = &[
+    #[cfg(feature = "memory")]
+    "memory://",
+];
+
+fn scheme(url: &str) -> Result<&str, Error> {
+    url.split_once("://")
+        .map(|(s, _)| s)
+        .or_else(|| url.split_once(':').map(|(s, _)| s))
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| Error::Config(format!("invalid URL {url:?}: expected scheme://...")))
+}
+
+fn unsupported(kind: &str, url: &str) -> Error {
+    let shown = url.split_once('@').map(|(_, rest)| format!("...@{rest}")).unwrap_or_else(|| url.to_string());
+    Error::Config(format!(
+        "unsupported {kind} URL {shown:?}: this build supports {} (enable the matching qtask feature for others)",
+        SUPPORTED_SCHEMES.join(", ")
+    ))
+}
+
+/// A broker for `url` (`memory://`, and with features `redis://`, `amqp://`,
+/// `postgres://`, `sqlite://`).
+pub async fn connect(url: &str) -> Result<Arc<dyn Broker>, Error> {
+    match scheme(url)? {
+        #[cfg(feature = "memory")]
+        "memory" => Ok(Arc::new(qmemory::MemoryBroker::new())),
+        _ => Err(unsupported("broker", url)),
+    }
+}
+
+/// A result backend for `url`.
+pub async fn connect_backend(url: &str) -> Result<Arc<dyn ResultBackend>, Error> {
+    match scheme(url)? {
+        #[cfg(feature = "memory")]
+        "memory" => Ok(Arc::new(qmemory::MemoryBackend::new())),
+        _ => Err(unsupported("result backend", url)),
+    }
+}
+
+/// An app on `url` for both broker and results (`memory://` shares one
+/// in-process store).
+pub async fn app(url: &str) -> Result<App, Error> {
+    let mut cfg = Config::default();
+    cfg.broker_url = Some(url.to_string());
+    cfg.result_backend = Some(url.to_string());
+    app_from_config(cfg).await
+}
+
+/// An app from settings: `broker_url` (default `memory://` for now) and
+/// `result_backend` (none: results are not stored).
+pub async fn app_from_config(cfg: Config) -> Result<App, Error> {
+    let broker_url = cfg.broker_url.clone().unwrap_or_else(|| "memory://".to_string());
+    let broker = connect(&broker_url).await?;
+    let mut builder = App::builder().broker(broker);
+    if let Some(url) = cfg.result_backend.clone() {
+        builder = builder.backend(connect_backend(&url).await?);
+    }
+    builder.config(cfg).build()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn bad_urls_are_clear_errors() {
+        let e = connect("nope").await.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains("invalid URL"), "{e}");
+        let e = connect("foo://user:secret@host").await.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains("unsupported broker URL"), "{e}");
+        assert!(!e.contains("secret"), "password leaked: {e}");
+    }
+}
