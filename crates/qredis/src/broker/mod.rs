@@ -1,0 +1,487 @@
+//! The Redis [`Broker`]: kombu's Redis transport layout, with qtask's
+//! reliability additions (see the crate docs).
+
+mod acker;
+mod consumer;
+mod fanout;
+mod maintenance;
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use deadpool_redis::redis::{self, Value};
+use qcore::{Broker, BrokerError, ConsumeOptions, Consumer, DeadLetter, ErrorKind, Message, Properties, Subscription};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::conn::{map_err, with_conn, Conn};
+use crate::envelope;
+use crate::keys::{binding_member, Keys};
+use crate::url;
+
+/// Options of [`RedisBroker`]. `RedisOptions::default()` is right for
+/// production; tests shorten the visibility timeout and set a key prefix.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct RedisOptions {
+    /// Age after which a delivery made by a qtask consumer that stopped
+    /// refreshing it (process killed, connection lost) is given to another
+    /// consumer. Live consumers refresh their deliveries every third of
+    /// this, so long tasks are never redelivered. Default 30 s.
+    pub visibility_timeout: Duration,
+    /// Age after which a delivery made by a **kombu** (Python) consumer,
+    /// which never refreshes its entries, is restored by qtask. Default
+    /// 3600 s, kombu's own `visibility_timeout` default.
+    pub foreign_visibility_timeout: Duration,
+    /// How often each consumer scans for expired deliveries. Default: a
+    /// third of `visibility_timeout`.
+    pub restore_interval: Option<Duration>,
+    /// After this many deliveries that ended without an ack (the consumer
+    /// died each time), a message is dead-lettered as poison instead of
+    /// being restored again. `None`: never. Default 10.
+    pub max_deliveries: Option<u32>,
+    /// Prefix of every key and channel (kombu's `global_keyprefix`). Default empty.
+    pub global_keyprefix: String,
+    /// Time allowed to open a connection. Default 5 s.
+    pub connect_timeout: Duration,
+    /// Time allowed for one command's reply. Default 30 s.
+    pub response_timeout: Duration,
+    /// Longest sleep of the deferred-message mover. Default 1 s.
+    pub defer_poll_interval: Duration,
+    /// How long an idle consumer blocks waiting for a message before it
+    /// checks again anyway. Default 5 s.
+    pub idle_block: Duration,
+}
+
+impl Default for RedisOptions {
+    fn default() -> Self {
+        RedisOptions {
+            visibility_timeout: Duration::from_secs(30),
+            foreign_visibility_timeout: Duration::from_secs(3600),
+            restore_interval: None,
+            max_deliveries: Some(10),
+            global_keyprefix: String::new(),
+            connect_timeout: Duration::from_secs(5),
+            response_timeout: Duration::from_secs(30),
+            defer_poll_interval: Duration::from_secs(1),
+            idle_block: Duration::from_secs(5),
+        }
+    }
+}
+
+impl RedisOptions {
+    /// Set the visibility timeout of qtask's own deliveries.
+    pub fn visibility_timeout(mut self, d: Duration) -> Self {
+        self.visibility_timeout = d;
+        self
+    }
+
+    /// Set the age after which kombu consumers' deliveries are restored.
+    pub fn foreign_visibility_timeout(mut self, d: Duration) -> Self {
+        self.foreign_visibility_timeout = d;
+        self
+    }
+
+    /// Set the restore scan interval.
+    pub fn restore_interval(mut self, d: Duration) -> Self {
+        self.restore_interval = Some(d);
+        self
+    }
+
+    /// Set (or disable with `None`) the poison-message limit.
+    pub fn max_deliveries(mut self, n: Option<u32>) -> Self {
+        self.max_deliveries = n;
+        self
+    }
+
+    /// Set the key prefix (kombu's `global_keyprefix`).
+    pub fn global_keyprefix(mut self, prefix: impl Into<String>) -> Self {
+        self.global_keyprefix = prefix.into();
+        self
+    }
+
+    /// Set the deferred-message mover's longest sleep.
+    pub fn defer_poll_interval(mut self, d: Duration) -> Self {
+        self.defer_poll_interval = d;
+        self
+    }
+
+    /// Options from a qtask [`Config`](qcore::Config): `visibility_timeout`,
+    /// `max_deliveries`, and `broker_transport_options` keys
+    /// `global_keyprefix`, `visibility_timeout` (seconds) as Celery names them.
+    pub fn from_config(config: &qcore::Config) -> Self {
+        let mut o = RedisOptions::default();
+        if let Some(t) = config.extra.get("broker_transport_options") {
+            if let Some(p) = t.get("global_keyprefix").and_then(|v| v.as_str()) {
+                o.global_keyprefix = p.to_string();
+            }
+            let secs = t.get("visibility_timeout").and_then(|v| v.as_float().or_else(|| v.as_integer().map(|i| i as f64)));
+            if let Some(s) = secs.filter(|s| s.is_finite() && *s > 0.0) {
+                o.visibility_timeout = Duration::from_secs_f64(s);
+            }
+        }
+        if let Some(v) = config.visibility_timeout {
+            o.visibility_timeout = v;
+        }
+        if config.max_deliveries.is_some() {
+            o.max_deliveries = config.max_deliveries;
+        }
+        o
+    }
+
+    pub(crate) fn effective_restore_interval(&self) -> Duration {
+        self.restore_interval.unwrap_or(self.visibility_timeout / 3).max(Duration::from_millis(50))
+    }
+
+    pub(crate) fn effective_foreign_timeout(&self) -> Duration {
+        self.foreign_visibility_timeout.max(self.visibility_timeout)
+    }
+}
+
+/// One ack waiting to be sent in a batch.
+pub(crate) struct AckReq {
+    tag: String,
+    token: String,
+    reply: oneshot::Sender<Result<bool, BrokerError>>,
+}
+
+/// State shared by the broker handle, its consumers and ackers.
+pub(crate) struct Inner {
+    pub(crate) conn: Arc<Conn>,
+    pub(crate) keys: Keys,
+    pub(crate) opts: RedisOptions,
+    pub(crate) display: String,
+    declared: Mutex<HashSet<String>>,
+    acks: mpsc::UnboundedSender<AckReq>,
+}
+
+impl Inner {
+    /// Queue an ack in the next batch; true if it removed our delivery.
+    pub(crate) async fn ack(&self, tag: &str, token: &str) -> Result<bool, BrokerError> {
+        let (reply, rx) = oneshot::channel();
+        self.acks
+            .send(AckReq { tag: tag.to_string(), token: token.to_string(), reply })
+            .map_err(|_| BrokerError::new(ErrorKind::Closed, "broker is shut down"))?;
+        rx.await.map_err(|_| BrokerError::new(ErrorKind::Closed, "broker is shut down"))?
+    }
+}
+
+/// Send queued acks in batches: one `EVALSHA` (atomic) per batch.
+async fn ack_batcher(conn: Arc<Conn>, keys: Keys, mut rx: mpsc::UnboundedReceiver<AckReq>) {
+    let (index, unacked, owner) = (keys.unacked_index(), keys.unacked(), keys.owner());
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < 1024 {
+            match rx.try_recv() {
+                Ok(r) => batch.push(r),
+                Err(_) => break,
+            }
+        }
+        let mut inv = crate::scripts::ACK_MANY.prepare_invoke();
+        inv.key(&index).key(&unacked).key(&owner);
+        for r in &batch {
+            inv.arg(&r.tag).arg(&r.token);
+        }
+        let res: Result<Vec<i64>, BrokerError> = with_conn!(conn, BrokerError, "ack", |c| inv.invoke_async::<Vec<i64>>(c));
+        match res {
+            Ok(flags) => {
+                for (i, r) in batch.into_iter().enumerate() {
+                    let _ = r.reply.send(Ok(flags.get(i).copied().unwrap_or(0) == 1));
+                }
+            }
+            Err(e) => {
+                for r in batch {
+                    let _ = r.reply.send(Err(BrokerError::new(e.kind(), e.to_string())));
+                }
+            }
+        }
+    }
+}
+
+/// The current time as kombu writes it (UNIX seconds, float).
+pub(crate) fn now_secs() -> f64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+}
+
+/// A Redis broker laid out exactly as kombu 5.7's Redis transport.
+///
+/// Cheap to clone (one shared connection inside). See the crate docs for
+/// the key layout and the reliability design.
+#[derive(Clone)]
+pub struct RedisBroker {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for RedisBroker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisBroker").field("url", &self.inner.display).finish()
+    }
+}
+
+impl RedisBroker {
+    /// Connect to `url` (`redis://[[user]:password@]host[:port][/db]`, or
+    /// `rediss://` with the `tls` feature). Fails with
+    /// [`ErrorKind::Config`] for a bad URL and [`ErrorKind::Connection`] when
+    /// the server cannot be reached.
+    pub async fn connect(url: &str, options: RedisOptions) -> Result<Self, BrokerError> {
+        let broker = Self::lazy(url, options)?;
+        broker.ping().await?;
+        Ok(broker)
+    }
+
+    /// Like [`connect`](Self::connect) but without contacting the server:
+    /// the first command dials. Must be called inside a tokio runtime.
+    pub fn lazy(url: &str, options: RedisOptions) -> Result<Self, BrokerError> {
+        let parsed = url::parse(url).map_err(|e| BrokerError::new(e.kind(), e.0))?;
+        let conn = Conn::new(&parsed, options.connect_timeout, options.response_timeout)
+            .map_err(|e| map_err::<BrokerError>("invalid redis connection settings", e))?;
+        let conn = Arc::new(conn);
+        let keys = Keys::new(&options.global_keyprefix, parsed.db);
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::runtime::Handle::try_current()
+            .map_err(|_| BrokerError::new(ErrorKind::Config, "RedisBroker needs a tokio runtime"))?
+            .spawn(ack_batcher(conn.clone(), keys.clone(), rx));
+        Ok(RedisBroker {
+            inner: Arc::new(Inner {
+                conn,
+                keys,
+                opts: options,
+                display: parsed.display,
+                declared: Mutex::new(HashSet::new()),
+                acks: tx,
+            }),
+        })
+    }
+
+    /// The options in force.
+    pub fn options(&self) -> &RedisOptions {
+        &self.inner.opts
+    }
+
+    /// Number of deferred messages waiting for their due time (all queues).
+    pub async fn delayed_len(&self) -> Result<u64, BrokerError> {
+        let key = self.inner.keys.delayed();
+        with_conn!(self.inner.conn, BrokerError, "ZCARD delayed", |c| redis::cmd("ZCARD").arg(&key).query_async::<u64>(c))
+    }
+
+    /// Number of unacked deliveries (all queues, all consumers, kombu's too).
+    pub async fn unacked_len(&self) -> Result<u64, BrokerError> {
+        let key = self.inner.keys.unacked();
+        with_conn!(self.inner.conn, BrokerError, "HLEN unacked", |c| redis::cmd("HLEN").arg(&key).query_async::<u64>(c))
+    }
+
+    /// Run one restore scan now (normally every consumer does it
+    /// periodically); returns how many deliveries were restored or
+    /// dead-lettered.
+    pub async fn restore_expired(&self) -> Result<u64, BrokerError> {
+        maintenance::restore_scan(&self.inner).await
+    }
+
+    /// Move up to `limit` dead-lettered messages of `queue` back onto it
+    /// (oldest first); returns how many moved.
+    pub async fn redrive_dead_letters(&self, queue: &str, limit: usize) -> Result<u64, BrokerError> {
+        let dead_key = self.inner.keys.dead(queue);
+        let mut moved = 0;
+        for _ in 0..limit {
+            let raw: Option<Vec<u8>> =
+                with_conn!(self.inner.conn, BrokerError, "LPOP dead letters", |c| redis::cmd("LPOP").arg(&dead_key).query_async(c))?;
+            let Some(raw) = raw else { break };
+            match dead_record_envelope(&raw) {
+                Some((env, priority)) => {
+                    let key = self.inner.keys.queue(queue, priority);
+                    with_conn!(self.inner.conn, BrokerError, "RPUSH redriven", |c| redis::cmd("RPUSH")
+                        .arg(&key)
+                        .arg(&env)
+                        .query_async::<i64>(c))?;
+                    moved += 1;
+                }
+                None => {
+                    // Not a message (a malformed raw envelope): put it back at the end.
+                    with_conn!(self.inner.conn, BrokerError, "RPUSH dead letter", |c| redis::cmd("RPUSH")
+                        .arg(&dead_key)
+                        .arg(&raw)
+                        .query_async::<i64>(c))?;
+                }
+            }
+        }
+        Ok(moved)
+    }
+
+    fn binding_cmds(&self, pipe: &mut redis::Pipeline, queue: &str) {
+        let member = binding_member(queue, "", queue);
+        pipe.cmd("SADD").arg(self.inner.keys.binding(queue)).arg(&member).ignore();
+        pipe.cmd("SADD").arg(self.inner.keys.binding_permanent(queue)).arg(&member).ignore();
+    }
+
+    fn needs_binding(&self, queue: &str) -> bool {
+        !self.inner.declared.lock().unwrap_or_else(|p| p.into_inner()).contains(queue)
+    }
+
+    fn mark_bound(&self, queues: impl IntoIterator<Item = String>) {
+        self.inner.declared.lock().unwrap_or_else(|p| p.into_inner()).extend(queues);
+    }
+}
+
+/// The envelope inside a dead-letter record, with its priority.
+fn dead_record_envelope(raw: &[u8]) -> Option<(Vec<u8>, u8)> {
+    let v: serde_json::Value = serde_json::from_slice(raw).ok()?;
+    let env = v.get("envelope")?;
+    let priority = env.get("properties").and_then(|p| p.get("priority")).and_then(|p| p.as_u64()).unwrap_or(0);
+    Some((qcore::json::to_vec(env).ok()?, priority.min(255) as u8))
+}
+
+fn decode_dead_letter(queue: &str, raw: &[u8]) -> DeadLetter {
+    let parsed: Option<serde_json::Value> = serde_json::from_slice(raw).ok();
+    let reason = parsed
+        .as_ref()
+        .and_then(|v| v.get("reason"))
+        .and_then(|r| r.as_str())
+        .unwrap_or("unreadable dead-letter record")
+        .to_string();
+    let message = parsed
+        .as_ref()
+        .and_then(|v| v.get("envelope"))
+        .and_then(|e| envelope::decode_value(e.clone()).ok())
+        .map(|e| e.message);
+    let message = message.unwrap_or_else(|| {
+        // A malformed envelope was parked as raw text: hand it out as the body.
+        let body = parsed
+            .as_ref()
+            .and_then(|v| v.get("raw"))
+            .and_then(|r| r.as_str())
+            .map(|s| s.as_bytes().to_vec())
+            .unwrap_or_else(|| raw.to_vec());
+        Message {
+            body,
+            properties: Properties {
+                content_type: "application/x-qtask-raw-envelope".into(),
+                content_encoding: "binary".into(),
+                ..Properties::default()
+            },
+            ..Message::default()
+        }
+    });
+    DeadLetter { message, queue: queue.to_string(), reason }
+}
+
+#[async_trait]
+impl Broker for RedisBroker {
+    async fn declare_queue(&self, queue: &str) -> Result<(), BrokerError> {
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        self.binding_cmds(&mut pipe, queue);
+        with_conn!(self.inner.conn, BrokerError, "declare queue", |c| pipe.query_async::<()>(c))?;
+        self.mark_bound([queue.to_string()]);
+        Ok(())
+    }
+
+    async fn publish(&self, queue: &str, message: &Message) -> Result<(), BrokerError> {
+        let tag = uuid::Uuid::new_v4().to_string();
+        let env = envelope::encode(message, "", queue, &tag);
+        let key = self.inner.keys.queue(queue, message.properties.priority);
+        if self.needs_binding(queue) {
+            let mut pipe = redis::pipe();
+            self.binding_cmds(&mut pipe, queue);
+            pipe.cmd("LPUSH").arg(&key).arg(&env).ignore();
+            with_conn!(self.inner.conn, BrokerError, "publish", |c| pipe.query_async::<()>(c))?;
+            self.mark_bound([queue.to_string()]);
+        } else {
+            with_conn!(self.inner.conn, BrokerError, "publish", |c| redis::cmd("LPUSH").arg(&key).arg(&env).query_async::<i64>(c))?;
+        }
+        Ok(())
+    }
+
+    async fn publish_many(&self, items: &[(String, Message)]) -> Result<(), BrokerError> {
+        let mut new_queues = HashSet::new();
+        for chunk in items.chunks(1000) {
+            let mut pipe = redis::pipe();
+            for (queue, message) in chunk {
+                if !new_queues.contains(queue) && self.needs_binding(queue) {
+                    self.binding_cmds(&mut pipe, queue);
+                    new_queues.insert(queue.clone());
+                }
+                let tag = uuid::Uuid::new_v4().to_string();
+                let env = envelope::encode(message, "", queue, &tag);
+                pipe.cmd("LPUSH").arg(self.inner.keys.queue(queue, message.properties.priority)).arg(env).ignore();
+            }
+            with_conn!(self.inner.conn, BrokerError, "publish", |c| pipe.query_async::<()>(c))?;
+        }
+        self.mark_bound(new_queues);
+        Ok(())
+    }
+
+    async fn consume(&self, queues: &[String], options: ConsumeOptions) -> Result<Box<dyn Consumer>, BrokerError> {
+        if queues.is_empty() {
+            return Err(BrokerError::new(ErrorKind::Config, "consume needs at least one queue"));
+        }
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for q in queues {
+            self.binding_cmds(&mut pipe, q);
+        }
+        with_conn!(self.inner.conn, BrokerError, "declare queues", |c| pipe.query_async::<()>(c))?;
+        self.mark_bound(queues.iter().cloned());
+        Ok(Box::new(consumer::RedisConsumer::start(self.inner.clone(), queues.to_vec(), options)))
+    }
+
+    async fn queue_len(&self, queue: &str) -> Result<u64, BrokerError> {
+        let mut pipe = redis::pipe();
+        for k in self.inner.keys.queue_keys(queue) {
+            pipe.cmd("LLEN").arg(k);
+        }
+        let lens: Vec<u64> = with_conn!(self.inner.conn, BrokerError, "queue length", |c| pipe.query_async(c))?;
+        Ok(lens.iter().sum())
+    }
+
+    async fn purge(&self, queue: &str) -> Result<u64, BrokerError> {
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        let keys = self.inner.keys.queue_keys(queue);
+        for k in &keys {
+            pipe.cmd("LLEN").arg(k);
+        }
+        for k in &keys {
+            pipe.cmd("DEL").arg(k).ignore();
+        }
+        let lens: Vec<u64> = with_conn!(self.inner.conn, BrokerError, "purge", |c| pipe.query_async(c))?;
+        Ok(lens.iter().sum())
+    }
+
+    async fn dead_letters(&self, queue: &str, limit: usize) -> Result<Vec<DeadLetter>, BrokerError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let key = self.inner.keys.dead(queue);
+        let stop = i64::try_from(limit).unwrap_or(i64::MAX).saturating_sub(1);
+        let raws: Vec<Vec<u8>> =
+            with_conn!(self.inner.conn, BrokerError, "dead letters", |c| redis::cmd("LRANGE").arg(&key).arg(0).arg(stop).query_async(c))?;
+        Ok(raws.iter().map(|r| decode_dead_letter(queue, r)).collect())
+    }
+
+    async fn publish_fanout(&self, exchange: &str, routing_key: &str, message: &Message) -> Result<(), BrokerError> {
+        let tag = uuid::Uuid::new_v4().to_string();
+        let env = envelope::encode(message, exchange, routing_key, &tag);
+        let channel = self.inner.keys.fanout_channel(exchange, routing_key);
+        with_conn!(self.inner.conn, BrokerError, "publish fanout", |c| redis::cmd("PUBLISH").arg(&channel).arg(&env).query_async::<i64>(c))?;
+        Ok(())
+    }
+
+    async fn subscribe(&self, exchange: &str, pattern: &str) -> Result<Box<dyn Subscription>, BrokerError> {
+        let sub = fanout::RedisSubscription::open(self.inner.clone(), exchange, pattern).await?;
+        Ok(Box::new(sub))
+    }
+
+    async fn ping(&self) -> Result<(), BrokerError> {
+        let v: Value = with_conn!(self.inner.conn, BrokerError, "ping", |c| redis::cmd("PING").query_async::<Value>(c))?;
+        match v {
+            Value::SimpleString(s) if s == "PONG" => Ok(()),
+            Value::Okay => Ok(()),
+            other => Err(BrokerError::new(ErrorKind::Protocol, format!("unexpected PING reply {other:?}"))),
+        }
+    }
+
+    fn describe(&self) -> String {
+        self.inner.display.clone()
+    }
+}
