@@ -155,7 +155,7 @@ pub async fn ttl_expires(f: &dyn BackendFactory) {
     ok(b.store(&meta(&forever, State::Success, json!(1)), None).await, "store without ttl");
     let t0 = Instant::now();
     ok(b.store(&meta(&short, State::Success, json!(2)), Some(ttl)).await, "store with ttl");
-    ok(b.save_group(&gid, &[short.clone()], Some(ttl)).await, "save_group with ttl");
+    ok(b.save_group(&gid, std::slice::from_ref(&short), Some(ttl)).await, "save_group with ttl");
     let got = get(&b, &short).await;
     let group = ok(b.get_group(&gid).await, "get_group");
     if t0.elapsed() < ttl {

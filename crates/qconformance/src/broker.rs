@@ -483,7 +483,8 @@ pub async fn defer(f: &dyn BrokerFactory) {
     );
     assert_same_message(&d2.message, &m, "deferred message");
     ok(d2.acker.ack().await, "ack");
-    rest.expect_none(caps.redelivery_after + caps.quiet, "the other consumer, after a deferred message was acked").await;
+    rest.expect_none(caps.redelivery_after + caps.quiet, "the other consumer, after a deferred message was acked")
+        .await;
 }
 
 struct SubProbe {

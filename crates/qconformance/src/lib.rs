@@ -10,26 +10,33 @@
 //! file expands to one `#[test]` per case, each on its own multi-threaded
 //! tokio runtime, so each case has its own name and failure message:
 //!
-//! ```ignore
+//! ```no_run
 //! // crates/qredis/tests/conformance.rs
 //! use std::sync::Arc;
 //! use std::time::Duration;
 //! use qconformance::{broker_conformance, BrokerCapabilities, BrokerFactory, Priorities};
+//! use qcore::{Broker, BrokerError};
 //!
-//! struct Redis;
+//! /// Each case gets its own key prefix; the brokers of one case share it.
+//! struct Redis {
+//!     prefix: String,
+//! }
 //!
 //! #[qconformance::async_trait]
 //! impl BrokerFactory for Redis {
 //!     fn capabilities(&self) -> BrokerCapabilities {
-//!         BrokerCapabilities::new(Duration::from_secs(1)).priorities(Priorities::LowerFirst).defer(true)
+//!         // `broker()` sets a 1 s visibility timeout.
+//!         BrokerCapabilities::new(Duration::from_secs(2)).priorities(Priorities::LowerFirst).defer(true)
 //!     }
-//!     async fn broker(&self) -> Result<Arc<dyn qcore::Broker>, qcore::BrokerError> {
-//!         let prefix = qconformance::unique("qconf");
-//!         Ok(Arc::new(qredis::RedisBroker::connect_with_prefix("redis://127.0.0.1:6379", &prefix).await?))
+//!     async fn broker(&self) -> Result<Arc<dyn Broker>, BrokerError> {
+//!         // Ok(Arc::new(qredis::RedisBroker::connect("redis://127.0.0.1:6379", &self.prefix).await?))
+//!         # let _ = &self.prefix;
+//!         # Err(BrokerError::new(qcore::ErrorKind::Unsupported, "example"))
 //!     }
 //! }
 //!
-//! broker_conformance!(Redis);
+//! broker_conformance!(Redis { prefix: qconformance::unique("qconf") });
+//! # fn main() {}
 //! ```
 //!
 //! Factories can also be built from a closure: [`broker_fn`], [`backend_fn`].
@@ -42,7 +49,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-#[doc(hidden)]
+/// Re-exported so a factory needs no `async-trait` dependency of its own.
 pub use async_trait::async_trait;
 use qcore::{BackendError, Broker, BrokerError, ResultBackend};
 

@@ -322,7 +322,9 @@ impl MemoryConsumer {
             self.next_queue = (qi + 1) % n;
             let tag = state.next_tag;
             state.next_tag += 1;
-            state.unacked.insert(tag, Unacked { consumer: self.id, queue: name.clone(), message: entry.message.clone() });
+            state
+                .unacked
+                .insert(tag, Unacked { consumer: self.id, queue: name.clone(), message: entry.message.clone() });
             if let Some(c) = state.consumers.get_mut(&self.id) {
                 c.held += 1;
             }

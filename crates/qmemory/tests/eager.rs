@@ -120,7 +120,8 @@ async fn arguments_go_through_the_message_encoding() {
         .kwarg("x", json!([1, 2]))
         .kwarg("é", json!({"nested": true}));
     for serializer in [ContentType::Json, ContentType::Msgpack] {
-        let res = app.apply_async(sig.clone(), SendOptions::new().serializer(serializer).queue("eager-q")).await.unwrap();
+        let res =
+            app.apply_async(sig.clone(), SendOptions::new().serializer(serializer).queue("eager-q")).await.unwrap();
         let out = res.get(NOW).await.unwrap();
         assert_eq!(out["args"], json!([1, "two", {"three": [3.5, null]}]), "{serializer:?}");
         // kwargs arrive as a JSON map, as a worker decodes them.
@@ -153,7 +154,9 @@ async fn wrong_arguments_and_failures_are_stored_as_failure() {
     let res = app.delay(Signature::new("tasks.fail")).await.unwrap();
     assert_eq!(res.state().await.unwrap(), State::Failure);
     match res.get(NOW).await {
-        Err(Error::TaskFailed { exc, .. }) => assert_eq!((exc.exc_type.as_str(), exc.message()), ("ValueError", "boom".into())),
+        Err(Error::TaskFailed { exc, .. }) => {
+            assert_eq!((exc.exc_type.as_str(), exc.message()), ("ValueError", "boom".into()))
+        }
         other => panic!("expected ValueError, got {other:?}"),
     }
 }
@@ -216,7 +219,11 @@ async fn link_and_link_error_run_after_the_task() {
     assert_eq!(res.get(NOW).await.unwrap(), json!(3));
     let calls = log.lock().unwrap().clone();
     assert_eq!(calls.len(), 2);
-    assert_eq!((calls[1].0.as_str(), calls[1].2.as_slice()), ("tasks.echo", &[json!(3)][..]), "callback gets the result");
+    assert_eq!(
+        (calls[1].0.as_str(), calls[1].2.as_slice()),
+        ("tasks.echo", &[json!(3)][..]),
+        "callback gets the result"
+    );
 
     log.lock().unwrap().clear();
     let opts = SendOptions::new().link_error(Signature::new("tasks.echo").kwarg("on", "error"));
