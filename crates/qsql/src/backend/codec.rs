@@ -1,0 +1,217 @@
+//! Result documents <-> the columns of `celery_taskmeta`, byte for byte as
+//! Celery's database backend writes them with the JSON serializer.
+
+use chrono::{NaiveDateTime, Utc};
+use qcore::{BackendError, ErrorKind, ResultMeta, State};
+use serde_json::{Map, Value};
+
+/// A document ready to be bound.
+#[derive(Debug)]
+pub(crate) struct Encoded {
+    pub(crate) status: String,
+    /// `json.dumps(result)`, e.g. `35` or the exception map.
+    pub(crate) result: Vec<u8>,
+    /// Naive UTC. Celery's database backend also stamps non-ready states.
+    pub(crate) date_done: NaiveDateTime,
+    pub(crate) traceback: Option<String>,
+    /// `json.dumps(children)`, NULL when there are none (as Celery writes it).
+    pub(crate) children: Option<Vec<u8>>,
+    pub(crate) name: Option<String>,
+    pub(crate) args: Option<Vec<u8>>,
+    pub(crate) kwargs: Option<Vec<u8>>,
+    pub(crate) worker: Option<String>,
+    pub(crate) retries: Option<i32>,
+    pub(crate) queue: Option<String>,
+    /// Fields Celery's table has no column for (group_id, parent_id, unknown
+    /// fields, whether children was null), kept in qtask's side table.
+    pub(crate) side: Option<String>,
+    pub(crate) ready: bool,
+}
+
+fn py_json(v: &Value) -> Result<Vec<u8>, BackendError> {
+    qcore::json::to_vec(v)
+        .map_err(|e| BackendError::with_source(ErrorKind::Serialization, "cannot encode result as JSON", e))
+}
+
+/// Encode `meta` as Celery's database backend would store it.
+pub(crate) fn encode(meta: &ResultMeta) -> Result<Encoded, BackendError> {
+    let children = match &meta.children {
+        Some(c) if !c.is_empty() => Some(py_json(&Value::Array(c.clone()))?),
+        _ => None,
+    };
+    let mut side = Map::new();
+    if let Some(g) = &meta.group_id {
+        side.insert("group_id".into(), Value::String(g.clone()));
+    }
+    if let Some(p) = &meta.parent_id {
+        side.insert("parent_id".into(), Value::String(p.clone()));
+    }
+    if meta.children.is_none() {
+        side.insert("children_null".into(), Value::Bool(true));
+    }
+    if !meta.extra.is_empty() {
+        side.insert("extra".into(), Value::Object(meta.extra.clone()));
+    }
+    let side = if side.is_empty() { None } else { Some(Value::Object(side).to_string()) };
+    Ok(Encoded {
+        status: meta.status.as_str().to_string(),
+        result: py_json(&meta.result)?,
+        date_done: meta.date_done.unwrap_or_else(Utc::now).naive_utc(),
+        traceback: meta.traceback.clone(),
+        children,
+        name: meta.name.clone(),
+        args: meta.args.as_ref().map(py_json).transpose()?,
+        kwargs: meta.kwargs.as_ref().map(py_json).transpose()?,
+        worker: meta.worker.clone(),
+        retries: meta.retries.map(|r| i32::try_from(r).unwrap_or(i32::MAX)),
+        queue: meta.queue.clone(),
+        side,
+        ready: meta.status.is_ready(),
+    })
+}
+
+/// One row as read back.
+#[derive(Debug, Default)]
+pub(crate) struct Raw {
+    pub(crate) status: Option<String>,
+    pub(crate) result: Option<Vec<u8>>,
+    pub(crate) date_done: Option<NaiveDateTime>,
+    pub(crate) traceback: Option<String>,
+    pub(crate) children: Option<Vec<u8>>,
+    pub(crate) name: Option<String>,
+    pub(crate) args: Option<Vec<u8>>,
+    pub(crate) kwargs: Option<Vec<u8>>,
+    pub(crate) worker: Option<String>,
+    pub(crate) retries: Option<i64>,
+    pub(crate) queue: Option<String>,
+    pub(crate) side: Option<String>,
+}
+
+fn decode_json(task_id: &str, column: &str, bytes: &[u8]) -> Result<Value, BackendError> {
+    serde_json::from_slice(bytes).map_err(|e| {
+        BackendError::with_source(
+            ErrorKind::Serialization,
+            format!("column {column} of task {task_id} is not JSON (written with another serializer, e.g. pickle?)"),
+            e,
+        )
+    })
+}
+
+/// Decode a row into a document.
+pub(crate) fn decode(task_id: &str, raw: Raw) -> Result<ResultMeta, BackendError> {
+    let status = State::parse(raw.status.as_deref().unwrap_or("PENDING"));
+    let result = match &raw.result {
+        Some(b) => decode_json(task_id, "result", b)?,
+        None => Value::Null,
+    };
+    let side: Map<String, Value> = match raw.side.as_deref().map(serde_json::from_str::<Value>) {
+        Some(Ok(Value::Object(m))) => m,
+        _ => Map::new(),
+    };
+    let children = match &raw.children {
+        Some(b) => match decode_json(task_id, "children", b)? {
+            Value::Array(a) => Some(a),
+            Value::Null => None,
+            other => Some(vec![other]),
+        },
+        None if side.get("children_null").and_then(Value::as_bool) == Some(true) => None,
+        None => Some(Vec::new()),
+    };
+    let mut meta = ResultMeta::new(task_id, status, result);
+    meta.date_done = if meta.status.is_ready() { raw.date_done.map(|d| d.and_utc()) } else { None };
+    meta.traceback = raw.traceback;
+    meta.children = children;
+    meta.group_id = side.get("group_id").and_then(Value::as_str).map(str::to_owned);
+    meta.parent_id = side.get("parent_id").and_then(Value::as_str).map(str::to_owned);
+    if let Some(Value::Object(extra)) = side.get("extra") {
+        meta.extra = extra.clone();
+    }
+    meta.name = raw.name;
+    meta.args = raw.args.as_deref().map(|b| decode_json(task_id, "args", b)).transpose()?;
+    meta.kwargs = raw.kwargs.as_deref().map(|b| decode_json(task_id, "kwargs", b)).transpose()?;
+    meta.worker = raw.worker;
+    meta.retries = raw.retries.and_then(|r| u32::try_from(r).ok());
+    meta.queue = raw.queue;
+    Ok(meta)
+}
+
+/// `GroupResult.as_tuple()` as Python's JSON serializer writes it:
+/// `[["<gid>", null], [[["<id>", null], null], ...]]`.
+pub(crate) fn encode_group(group_id: &str, task_ids: &[String]) -> Result<Vec<u8>, BackendError> {
+    let children: Vec<Value> = task_ids
+        .iter()
+        .map(|id| Value::Array(vec![Value::Array(vec![Value::String(id.clone()), Value::Null]), Value::Null]))
+        .collect();
+    let tuple = Value::Array(vec![
+        Value::Array(vec![Value::String(group_id.to_string()), Value::Null]),
+        Value::Array(children),
+    ]);
+    py_json(&tuple)
+}
+
+/// The id of one result tuple: `[[id, parent], nested]`, `[id, parent]` or `id`.
+pub(crate) fn tuple_id(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Array(a) => a.first().and_then(tuple_id),
+        _ => None,
+    }
+}
+
+/// The member ids of a stored group tuple.
+pub(crate) fn decode_group(group_id: &str, bytes: &[u8]) -> Result<Vec<String>, BackendError> {
+    let v = decode_json(group_id, "celery_tasksetmeta.result", bytes)?;
+    let members = match &v {
+        Value::Array(a) if a.len() == 2 => a.get(1).and_then(Value::as_array),
+        _ => None,
+    }
+    .ok_or_else(|| {
+        BackendError::new(ErrorKind::Serialization, format!("group {group_id}: stored value is not a group tuple"))
+    })?;
+    members
+        .iter()
+        .map(|m| {
+            tuple_id(m).ok_or_else(|| {
+                BackendError::new(
+                    ErrorKind::Serialization,
+                    format!("group {group_id}: member {m} is not a result tuple"),
+                )
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn results_are_encoded_like_python() {
+        let meta = ResultMeta::new("t1", State::Success, json!(5));
+        let e = encode(&meta).unwrap();
+        assert_eq!(e.result, b"5");
+        assert_eq!(e.children, None);
+        let exc = qcore::ExceptionInfo::new("ValueError", "boom").to_value();
+        let e = encode(&ResultMeta::new("t2", State::Failure, exc)).unwrap();
+        assert_eq!(
+            String::from_utf8(e.result).unwrap(),
+            r#"{"exc_type": "ValueError", "exc_message": ["boom"], "exc_module": "builtins"}"#
+        );
+    }
+
+    #[test]
+    fn group_tuple_matches_captured_bytes() {
+        let bytes = encode_group(
+            "93775cd5-89c8-4713-bcea-c11be62cdb01",
+            &["2fe664c4-3b79-4ae0-92ae-a29b2ea48ebd".into(), "b9e7773f-a439-4e93-b283-7c6f5f3e7c75".into()],
+        )
+        .unwrap();
+        assert_eq!(
+            String::from_utf8(bytes.clone()).unwrap(),
+            r#"[["93775cd5-89c8-4713-bcea-c11be62cdb01", null], [[["2fe664c4-3b79-4ae0-92ae-a29b2ea48ebd", null], null], [["b9e7773f-a439-4e93-b283-7c6f5f3e7c75", null], null]]]"#
+        );
+        assert_eq!(decode_group("g", &bytes).unwrap().len(), 2);
+    }
+}
