@@ -1,0 +1,73 @@
+//! `cargo xtask <command>`: project automation in Rust.
+//!
+//! * `cargo xtask test` — start the services the tests need if they are down
+//!   (Redis, RabbitMQ, PostgreSQL), create the Python venv for interop tests,
+//!   then run `cargo test --workspace`. This is the README's test command.
+//! * `cargo xtask services` — only make sure the services are up.
+//! * `cargo xtask venv` — only create the Python venv (`.venv`, celery==5.7.0).
+//! * `cargo xtask e2e` — the full stack: services, venv, release build of the
+//!   binaries, and the end-to-end tests.
+
+mod services;
+mod venv;
+
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+
+fn workspace_root() -> std::path::PathBuf {
+    let here = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    here.parent().map(|p| p.to_path_buf()).unwrap_or(here)
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    eprintln!("xtask: running {cmd:?}");
+    let status = cmd.status().with_context(|| format!("cannot run {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed with {status}");
+    }
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let root = workspace_root();
+    match args.first().map(String::as_str) {
+        Some("test") => {
+            services::ensure_all()?;
+            let python = venv::ensure(&root)?;
+            let mut cmd = Command::new(env!("CARGO"));
+            cmd.current_dir(&root).env("QTASK_PYTHON", &python).args(["test", "--workspace"]).args(&args[1..]);
+            run(&mut cmd)
+        }
+        Some("services") => services::ensure_all(),
+        Some("venv") => {
+            let python = venv::ensure(&root)?;
+            println!("{}", python.display());
+            Ok(())
+        }
+        Some("e2e") => {
+            services::ensure_all()?;
+            let python = venv::ensure(&root)?;
+            run(Command::new(env!("CARGO")).current_dir(&root).args([
+                "build",
+                "--release",
+                "--bin",
+                "interop-worker",
+                "--bin",
+                "qtask",
+            ]))?;
+            let mut cmd = Command::new(env!("CARGO"));
+            cmd.current_dir(&root)
+                .env("QTASK_PYTHON", &python)
+                .env("QTASK_E2E_RELEASE", "1")
+                .args(["test", "--release", "-p", "integration-tests"])
+                .args(&args[1..]);
+            run(&mut cmd)
+        }
+        _ => {
+            eprintln!("usage: cargo xtask <test|services|venv|e2e> [cargo test args...]");
+            std::process::exit(2);
+        }
+    }
+}
