@@ -134,6 +134,21 @@ impl Message {
     pub fn decode_task(&self) -> Result<TaskMessage, ProtocolError> {
         TaskMessage::decode(self)
     }
+
+    /// Like [`decode_task`](Self::decode_task), but on success the headers
+    /// are moved into the [`TaskMessage`] instead of copied (this message is
+    /// left with empty headers). On error the message is left unchanged, so
+    /// it can still be dead-lettered as it came.
+    pub fn take_task(&mut self) -> Result<TaskMessage, ProtocolError> {
+        let ct = self.content_type()?;
+        if self.headers.contains_key("task") {
+            let mut tm = TaskMessage::decode_v2(&self.headers, &self.body, ct)?;
+            tm.headers = std::mem::take(&mut self.headers);
+            Ok(tm)
+        } else {
+            TaskMessage::decode_v1(self, ct)
+        }
+    }
 }
 
 /// The `embed` part of a protocol-2 body.
@@ -159,6 +174,36 @@ pub struct Embed {
 /// The protocol-2 body: `[args, kwargs, embed]`.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct TaskBody(pub Vec<Value>, pub Map<String, Value>, pub Embed);
+
+/// A well-formed protocol-2 body read straight from the bytes, without an
+/// intermediate `Value` tree: `[args, kwargs]` or `[args, kwargs, embed]`,
+/// `null` args/kwargs read as empty. Anything else fails, and
+/// [`TaskMessage::decode_body_slow`] then explains what is wrong.
+struct WireBody(Vec<Value>, Map<String, Value>, Embed);
+
+impl<'de> Deserialize<'de> for WireBody {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Seq;
+        impl<'de> serde::de::Visitor<'de> for Seq {
+            type Value = WireBody;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a protocol 2 body [args, kwargs, embed]")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<WireBody, A::Error> {
+                use serde::de::Error;
+                let args: Option<Vec<Value>> = seq.next_element()?.ok_or_else(|| A::Error::invalid_length(0, &self))?;
+                let kwargs: Option<Map<String, Value>> =
+                    seq.next_element()?.ok_or_else(|| A::Error::invalid_length(1, &self))?;
+                let embed: Embed = seq.next_element()?.unwrap_or_default();
+                if seq.next_element::<serde::de::IgnoredAny>()?.is_some() {
+                    return Err(A::Error::invalid_length(4, &self));
+                }
+                Ok(WireBody(args.unwrap_or_default(), kwargs.unwrap_or_default(), embed))
+            }
+        }
+        d.deserialize_seq(Seq)
+    }
+}
 
 /// `[hard, soft]` time limits in seconds.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
@@ -235,38 +280,21 @@ impl TaskMessage {
     fn decode(msg: &Message) -> Result<Self, ProtocolError> {
         let ct = msg.content_type()?;
         if msg.headers.contains_key("task") {
-            Self::decode_v2(msg, ct)
+            let mut tm = Self::decode_v2(&msg.headers, &msg.body, ct)?;
+            tm.headers = msg.headers.clone();
+            Ok(tm)
         } else {
             Self::decode_v1(msg, ct)
         }
     }
 
-    fn decode_v2(msg: &Message, ct: ContentType) -> Result<Self, ProtocolError> {
-        let h = &msg.headers;
+    /// Everything but `headers`, which the caller copies or moves in.
+    fn decode_v2(h: &Map<String, Value>, body: &[u8], ct: ContentType) -> Result<Self, ProtocolError> {
         let task = opt_str(h, "task").ok_or_else(|| ProtocolError::Invalid("header task is not a string".into()))?;
         let id = opt_str(h, "id").ok_or_else(|| ProtocolError::Invalid("header id is missing".into()))?;
-        let body: Value = ct.decode(&msg.body)?;
-        let (args, kwargs, embed) = match body {
-            Value::Array(mut parts) if (2..=3).contains(&parts.len()) => {
-                let embed = if parts.len() == 3 {
-                    serde_json::from_value(parts.pop().unwrap_or(Value::Null))
-                        .map_err(|e| ProtocolError::decode("body embed", e))?
-                } else {
-                    Embed::default()
-                };
-                let kwargs = match parts.pop() {
-                    Some(Value::Object(m)) => m,
-                    Some(Value::Null) => Map::new(),
-                    _ => return Err(ProtocolError::Invalid("body kwargs must be a map".into())),
-                };
-                let args = match parts.pop() {
-                    Some(Value::Array(a)) => a,
-                    Some(Value::Null) => Vec::new(),
-                    _ => return Err(ProtocolError::Invalid("body args must be a list".into())),
-                };
-                (args, kwargs, embed)
-            }
-            _ => return Err(ProtocolError::Invalid("protocol 2 body must be [args, kwargs, embed]".into())),
+        let WireBody(args, kwargs, embed) = match ct.decode::<WireBody>(body) {
+            Ok(parts) => parts,
+            Err(_) => Self::decode_body_slow(body, ct)?,
         };
         Ok(TaskMessage {
             id,
@@ -287,8 +315,36 @@ impl TaskMessage {
             origin: opt_str(h, "origin"),
             content_type: ct,
             protocol: 2,
-            headers: h.clone(),
+            headers: Map::new(),
         })
+    }
+
+    /// The body through a `Value` tree, with a precise error for what is
+    /// malformed (the fast path [`WireBody`] only says that something is).
+    fn decode_body_slow(bytes: &[u8], ct: ContentType) -> Result<WireBody, ProtocolError> {
+        let body: Value = ct.decode(bytes)?;
+        match body {
+            Value::Array(mut parts) if (2..=3).contains(&parts.len()) => {
+                let embed = if parts.len() == 3 {
+                    serde_json::from_value(parts.pop().unwrap_or(Value::Null))
+                        .map_err(|e| ProtocolError::decode("body embed", e))?
+                } else {
+                    Embed::default()
+                };
+                let kwargs = match parts.pop() {
+                    Some(Value::Object(m)) => m,
+                    Some(Value::Null) => Map::new(),
+                    _ => return Err(ProtocolError::Invalid("body kwargs must be a map".into())),
+                };
+                let args = match parts.pop() {
+                    Some(Value::Array(a)) => a,
+                    Some(Value::Null) => Vec::new(),
+                    _ => return Err(ProtocolError::Invalid("body args must be a list".into())),
+                };
+                Ok(WireBody(args, kwargs, embed))
+            }
+            _ => Err(ProtocolError::Invalid("protocol 2 body must be [args, kwargs, embed]".into())),
+        }
     }
 
     fn decode_v1(msg: &Message, ct: ContentType) -> Result<Self, ProtocolError> {
@@ -487,7 +543,7 @@ impl TaskMessageBuilder {
     /// exact header text (a naive `eta`, `[4, 4]` as `argsrepr`, `null` for
     /// `ignore_result`).
     pub fn build(self) -> Result<Message, ProtocolError> {
-        let mut h = Map::new();
+        let mut h = Map::with_capacity(KNOWN_HEADERS.len() + self.extra_headers.len());
         let root = self.root_id.clone().unwrap_or_else(|| self.id.clone());
         h.insert("lang".into(), "py".into());
         h.insert("task".into(), self.task.clone().into());
@@ -607,6 +663,38 @@ mod tests {
         assert_eq!(m.headers["ignore_result"], Value::Null);
         // Known headers used as spelling hints are not repeated at the end.
         assert_eq!(m.headers.len(), KNOWN_HEADERS.len());
+    }
+
+    #[test]
+    fn malformed_bodies_are_explained() {
+        let decode = |body: &[u8]| {
+            let Value::Object(headers) = json!({"lang": "py", "task": "t", "id": "i"}) else { unreachable!() };
+            Message { headers, properties: Properties::default(), body: body.to_vec() }.decode_task()
+        };
+        let err = |body: &[u8]| decode(body).unwrap_err().to_string();
+        assert!(err(br#"[1, {}, {}]"#).contains("body args must be a list"));
+        assert!(err(br#"[[], [], {}]"#).contains("body kwargs must be a map"));
+        assert!(err(br#"[[], {}, {}, 4]"#).contains("must be [args, kwargs, embed]"));
+        assert!(err(br#"[[], {}, {"chain": 3}]"#).contains("body embed"));
+        assert!(err(br#"[[], {}"#).contains("json body"));
+        // Null args/kwargs and a missing embed are accepted, as before.
+        let tm = decode(br#"[null, null]"#).unwrap();
+        assert!(tm.args.is_empty() && tm.kwargs.is_empty() && tm.embed == Embed::default());
+    }
+
+    #[test]
+    fn take_task_moves_headers_only_on_success() {
+        let Value::Object(headers) = json!({"lang": "py", "task": "t", "id": "i", "x-custom": 1}) else {
+            unreachable!()
+        };
+        let good = Message { headers, properties: Properties::default(), body: b"[[1], {}, {}]".to_vec() };
+        let mut moved = good.clone();
+        let tm = moved.take_task().unwrap();
+        assert_eq!(tm, good.decode_task().unwrap());
+        assert!(moved.headers.is_empty());
+        let mut bad = Message { body: b"[1]".to_vec(), ..good.clone() };
+        assert!(bad.take_task().is_err());
+        assert_eq!(bad.headers, good.headers, "a message that fails to decode is left as it came");
     }
 
     #[test]

@@ -500,6 +500,7 @@ fn task_messages_decode_and_encode_back_to_celerys_bytes() {
         };
         check_common(&mut f, c, &tm);
         check_case(&mut f, file, &tm, m);
+        f.eq(file, "take_task() = decode_task()", m.clone().take_task().ok().as_ref(), Some(&tm));
 
         // The body, re-encoded from the decoded parts.
         let body = TaskBody(tm.args.clone(), tm.kwargs.clone(), tm.embed.clone());
