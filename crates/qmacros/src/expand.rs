@@ -203,8 +203,11 @@ fn convert_output(f: &TaskFn, root: &TokenStream, out: &syn::Ident, fn_name: &st
     let ms = Span::mixed_site();
     let e = syn::Ident::new("e", ms);
     let v = syn::Ident::new("v", ms);
+    // The value is named with a span *located* at the return type (same
+    // hygiene), so "T: Serialize is not satisfied" points at the type.
+    let at = |ident: &syn::Ident, span: Span| syn::Ident::new(&ident.to_string(), ms.located_at(span));
     let encode = |value: &syn::Ident, span: Span| {
-        // Spanned at the return type so "T: Serialize is not satisfied" points there.
+        let value = at(value, span);
         quote_spanned! {span=>
             #json::to_value(&#value).map_err(|#e| #root::TaskError::Failure {
                 exc: #root::ExceptionInfo::new(
@@ -219,8 +222,11 @@ fn convert_output(f: &TaskFn, root: &TokenStream, out: &syn::Ident, fn_name: &st
         Output::Plain(ty) => encode(out, ty.span()),
         Output::Result { ok, full } => {
             let enc = encode(&v, ok.span());
+            let e_at = at(&e, full.span());
+            // `Err(e.into())`, the target type inferred from `TaskResult`, so that
+            // "E: Into<TaskError> is not satisfied" points at the return type.
             let into = quote_spanned! {full.span()=>
-                ::core::convert::Into::<#root::TaskError>::into(#e)
+                ::core::convert::Into::into(#e_at)
             };
             quote! {
                 match #out {

@@ -48,6 +48,11 @@ async fn whoami(ctx: TaskContext) -> String {
     ctx.id().to_string()
 }
 
+#[task(name = "tasks.retries")]
+async fn retries(ctx: &TaskContext) -> u32 {
+    ctx.retries()
+}
+
 #[task(name = "tasks.whoami_blocking")]
 fn whoami_blocking(ctx: &TaskContext, suffix: String) -> String {
     format!("{}{suffix}", ctx.id())
@@ -302,6 +307,9 @@ async fn a_panic_in_a_blocking_task_is_a_failure() {
 async fn the_context_parameter_receives_the_request() {
     assert_eq!(run_ctx(whoami, ctx_with_id("id-1"), json!([]), json!({})).await, Ok(json!("id-1")));
     assert_eq!(run_ctx(whoami_blocking, ctx_with_id("id-2"), json!(["!"]), json!({})).await, Ok(json!("id-2!")));
+    let req = RequestInfo { retries: 2, ..RequestInfo::default() };
+    let ctx = TaskContext::new(Arc::new(req), app(), Arc::new(SoftLimit::default()));
+    assert_eq!(run_ctx(retries, ctx, json!([]), json!({})).await, Ok(json!(2)));
     // progress() stores nothing without a backend, and the task goes on.
     assert_eq!(run(progress, json!([4]), json!({})).await, Ok(json!(4)));
 }
