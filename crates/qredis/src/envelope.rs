@@ -33,6 +33,11 @@ const TRANSPORT_PROPERTIES: [&str; 4] = ["delivery_info", "body_encoding", "deli
 const TYPED_PROPERTIES: [&str; 4] = ["correlation_id", "reply_to", "delivery_mode", "expiration"];
 
 /// A decoded envelope.
+///
+/// The transport flags kombu writes into a restored message's headers
+/// (`redelivered`) and qtask's restore counter (`x-qtask-deliveries`) are
+/// taken out of [`Message::headers`]: the message is the same whatever the
+/// broker, and [`Envelope::redelivered`] reports the flag.
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub struct Envelope {
@@ -137,7 +142,7 @@ pub fn decode_value(value: Value) -> Result<Envelope, ProtocolError> {
         None | Some(Value::Null) => Map::new(),
         Some(_) => return Err(invalid("envelope properties is not an object")),
     };
-    let headers = match env.remove("headers") {
+    let mut headers = match env.remove("headers") {
         Some(Value::Object(m)) => m,
         None | Some(Value::Null) => Map::new(),
         Some(_) => return Err(invalid("envelope headers is not an object")),
@@ -177,7 +182,20 @@ pub fn decode_value(value: Value) -> Result<Envelope, ProtocolError> {
     let correlation_id = opt_string(props.remove("correlation_id"));
     let reply_to = opt_string(props.remove("reply_to"));
     let expiration = opt_string(props.remove("expiration"));
-    let redelivered = info_redelivered || matches!(headers.get("redelivered"), Some(Value::Bool(true)));
+    // Transport flags kombu (and qtask's restore) add to the stored headers:
+    // reported as `redelivered`, not part of the message.
+    let header_redelivered = match headers.get("redelivered") {
+        Some(Value::Bool(b)) => {
+            let b = *b;
+            headers.remove("redelivered");
+            b
+        }
+        _ => false,
+    };
+    if matches!(headers.get(crate::keys::DELIVERIES_HEADER), Some(Value::Number(_))) {
+        headers.remove(crate::keys::DELIVERIES_HEADER);
+    }
+    let redelivered = info_redelivered || header_redelivered;
     Ok(Envelope {
         message: Message {
             headers,

@@ -1,0 +1,56 @@
+//! The shared Broker and ResultBackend conformance suites against the local
+//! Redis (127.0.0.1:6379), each case under its own key prefix.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use qconformance::{
+    backend_conformance, broker_conformance, BackendCapabilities, BackendFactory, BrokerCapabilities, BrokerFactory,
+    Priorities,
+};
+use qcore::{BackendError, Broker, BrokerError, ResultBackend};
+use qredis::{RedisBackend, RedisBackendOptions, RedisBroker, RedisOptions};
+
+const URL: &str = "redis://127.0.0.1:6379/0";
+
+/// One key prefix per case; every broker it makes shares it (two workers on one server).
+struct Redis {
+    prefix: String,
+}
+
+impl Redis {
+    fn new() -> Self {
+        Redis { prefix: format!("{}:", qconformance::unique("qredis-conf")) }
+    }
+}
+
+#[qconformance::async_trait]
+impl BrokerFactory for Redis {
+    fn capabilities(&self) -> BrokerCapabilities {
+        // Visibility timeout 1 s, restore scans every 1/3 s.
+        BrokerCapabilities::new(Duration::from_millis(1600)).priorities(Priorities::LowerFirst).defer(true)
+    }
+
+    async fn broker(&self) -> Result<Arc<dyn Broker>, BrokerError> {
+        let opts = RedisOptions::default()
+            .visibility_timeout(Duration::from_secs(1))
+            .global_keyprefix(&self.prefix)
+            .defer_poll_interval(Duration::from_millis(50));
+        Ok(Arc::new(RedisBroker::connect(URL, opts).await?))
+    }
+}
+
+#[qconformance::async_trait]
+impl BackendFactory for Redis {
+    fn capabilities(&self) -> BackendCapabilities {
+        BackendCapabilities::new().push(true)
+    }
+
+    async fn backend(&self) -> Result<Arc<dyn ResultBackend>, BackendError> {
+        let opts = RedisBackendOptions::default().global_keyprefix(&self.prefix);
+        Ok(Arc::new(RedisBackend::connect(URL, opts).await?))
+    }
+}
+
+broker_conformance!(Redis::new());
+backend_conformance!(Redis::new());
