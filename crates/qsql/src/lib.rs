@@ -58,3 +58,17 @@ pub async fn connect_broker(url: &str, opts: SqlOptions) -> Result<Arc<dyn qcore
         Ok(Arc::new(PgBroker::connect(url, opts).await?))
     }
 }
+
+#[cfg(test)]
+mod send_tests {
+    fn assert_send<T: Send>(_: &T) {}
+
+    #[test]
+    fn connect_futures_are_send() {
+        let o = crate::SqlOptions::new;
+        assert_send(&crate::SqlBackend::connect("sqlite::memory:", o()));
+        assert_send(&crate::PgBroker::connect("postgres://x/y", o()));
+        assert_send(&crate::SqliteBroker::connect("sqlite://x.db", o()));
+        assert_send(&crate::connect_broker("sqlite://x.db", o()));
+    }
+}

@@ -4,7 +4,7 @@
 
 use std::collections::HashSet;
 
-use sqlx::{PgPool, Row, SqlitePool};
+use sqlx::{Executor, PgPool, Row, SqlitePool};
 
 use crate::util::Names;
 
@@ -211,6 +211,10 @@ impl CeleryLayout {
     }
 }
 
+fn regclass(names: &Names, name: &str) -> String {
+    format!("SELECT to_regclass('{}') IS NOT NULL", names.t(name).replace('\'', "''"))
+}
+
 fn fill(sql: &str, names: &Names) -> String {
     sql.replace("{p}", &names.t(""))
 }
@@ -247,19 +251,19 @@ async fn migrate_pg_once(
     let mut tx = pool.begin().await?;
     sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(names.lock_key()).execute(&mut *tx).await?;
     if let Some(s) = schema {
-        sqlx::raw_sql(&format!("CREATE SCHEMA IF NOT EXISTS \"{s}\"")).execute(&mut *tx).await?;
+        (&mut *tx).execute((format!("CREATE SCHEMA IF NOT EXISTS \"{s}\"")).as_str()).await?;
     }
     let version_table = names.t("qtask_schema_version");
-    sqlx::raw_sql(&format!(
+    (&mut *tx).execute((format!(
         "CREATE TABLE IF NOT EXISTS {version_table} (version integer PRIMARY KEY, description text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
-    ))
-    .execute(&mut *tx)
+    )).as_str())
     .await?;
     let current: i32 = sqlx::query_scalar(&format!("SELECT COALESCE(MAX(version), 0) FROM {version_table}"))
         .fetch_one(&mut *tx)
         .await?;
-    for m in MIGRATIONS.iter().filter(|m| m.version > current) {
-        sqlx::raw_sql(&fill(m.pg, names)).execute(&mut *tx).await?;
+    let pending: Vec<&Migration> = MIGRATIONS.iter().filter(|m| m.version > current).collect();
+    for m in pending {
+        (&mut *tx).execute((fill(m.pg, names)).as_str()).await?;
         sqlx::query(&format!("INSERT INTO {version_table} (version, description) VALUES ($1, $2)"))
             .bind(m.version)
             .bind(m.description)
@@ -267,13 +271,12 @@ async fn migrate_pg_once(
             .await?;
         tracing::info!(version = m.version, schema = %names.schema_key, "applied qtask migration");
     }
-    let regclass = |name: &str| format!("SELECT to_regclass('{}') IS NOT NULL", names.t(name).replace('\'', "''"));
     // Tables found are reused exactly as they are (created by Python Celery,
     // with or without the extended columns); only missing ones are created.
     for (table, ddl) in [("celery_taskmeta", CELERY_PG_TASK), ("celery_tasksetmeta", CELERY_PG_TASKSET)] {
-        let exists: bool = sqlx::query_scalar(&regclass(table)).fetch_one(&mut *tx).await?;
+        let exists: bool = sqlx::query_scalar(&regclass(names, table)).fetch_one(&mut *tx).await?;
         if !exists && celery {
-            sqlx::raw_sql(&fill(ddl, names)).execute(&mut *tx).await?;
+            (&mut *tx).execute((fill(ddl, names)).as_str()).await?;
         }
     }
     let cols: Vec<String> = sqlx::query_scalar(
@@ -283,8 +286,8 @@ async fn migrate_pg_once(
     .bind(schema)
     .fetch_all(&mut *tx)
     .await?;
-    let task_seq: bool = sqlx::query_scalar(&regclass("task_id_sequence")).fetch_one(&mut *tx).await?;
-    let taskset_seq: bool = sqlx::query_scalar(&regclass("taskset_id_sequence")).fetch_one(&mut *tx).await?;
+    let task_seq: bool = sqlx::query_scalar(&regclass(names, "task_id_sequence")).fetch_one(&mut *tx).await?;
+    let taskset_seq: bool = sqlx::query_scalar(&regclass(names, "taskset_id_sequence")).fetch_one(&mut *tx).await?;
     tx.commit().await?;
     Ok(CeleryLayout { task_columns: cols.into_iter().collect(), task_seq, taskset_seq })
 }
@@ -292,15 +295,13 @@ async fn migrate_pg_once(
 /// The SQLite counterpart of [`migrate_pg`], serialised by `BEGIN IMMEDIATE`.
 pub(crate) async fn migrate_sqlite(pool: &SqlitePool, celery: bool) -> Result<CeleryLayout, sqlx::Error> {
     let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-    sqlx::raw_sql(
-        "CREATE TABLE IF NOT EXISTS qtask_schema_version (version INTEGER PRIMARY KEY, description TEXT NOT NULL, applied_at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP)",
-    )
-    .execute(&mut *tx)
+    (&mut *tx).execute("CREATE TABLE IF NOT EXISTS qtask_schema_version (version INTEGER PRIMARY KEY, description TEXT NOT NULL, applied_at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP)",)
     .await?;
     let current: i64 =
         sqlx::query_scalar("SELECT COALESCE(MAX(version), 0) FROM qtask_schema_version").fetch_one(&mut *tx).await?;
-    for m in MIGRATIONS.iter().filter(|m| i64::from(m.version) > current) {
-        sqlx::raw_sql(m.sqlite).execute(&mut *tx).await?;
+    let pending: Vec<&Migration> = MIGRATIONS.iter().filter(|m| i64::from(m.version) > current).collect();
+    for m in pending {
+        (&mut *tx).execute(m.sqlite).await?;
         sqlx::query("INSERT INTO qtask_schema_version (version, description) VALUES (?, ?)")
             .bind(m.version)
             .bind(m.description)
@@ -309,7 +310,7 @@ pub(crate) async fn migrate_sqlite(pool: &SqlitePool, celery: bool) -> Result<Ce
         tracing::info!(version = m.version, "applied qtask migration (sqlite)");
     }
     if celery {
-        sqlx::raw_sql(CELERY_SQLITE).execute(&mut *tx).await?;
+        (&mut *tx).execute(CELERY_SQLITE).await?;
     }
     let rows = sqlx::query("SELECT name FROM pragma_table_info('celery_taskmeta')").fetch_all(&mut *tx).await?;
     let mut cols = HashSet::new();
