@@ -8,6 +8,10 @@ use qcore::{App, Broker, Config, Error, ResultBackend};
 pub const SUPPORTED_SCHEMES: &[&str] = &[
     #[cfg(feature = "memory")]
     "memory://",
+    #[cfg(feature = "redis")]
+    "redis://",
+    #[cfg(feature = "redis")]
+    "rediss://",
 ];
 
 fn scheme(url: &str) -> Result<&str, Error> {
@@ -26,21 +30,56 @@ fn unsupported(kind: &str, url: &str) -> Error {
     ))
 }
 
-/// A broker for `url` (`memory://`, and with features `redis://`, `amqp://`,
-/// `postgres://`, `sqlite://`).
+/// A broker for `url` (`memory://`, and with features `redis://` /
+/// `rediss://`; `amqp://`, `postgres://`, `sqlite://` as they land), with
+/// default settings. See [`connect_with`] to pass settings.
 pub async fn connect(url: &str) -> Result<Arc<dyn Broker>, Error> {
+    connect_with(url, &Config::default()).await
+}
+
+/// A broker for `url` using the adapter settings of `cfg` (Redis:
+/// `visibility_timeout`, `max_deliveries`, `broker_transport_options`
+/// `global_keyprefix` / `visibility_timeout`). The server is contacted once,
+/// so an unreachable broker is an error here rather than at the first send.
+#[cfg_attr(not(feature = "redis"), allow(unused_variables))]
+pub async fn connect_with(url: &str, cfg: &Config) -> Result<Arc<dyn Broker>, Error> {
     match scheme(url)? {
         #[cfg(feature = "memory")]
         "memory" => Ok(Arc::new(qmemory::MemoryBroker::new())),
+        #[cfg(feature = "redis")]
+        "redis" | "rediss" => {
+            let options = qredis::RedisOptions::from_config(cfg);
+            Ok(Arc::new(qredis::RedisBroker::connect(url, options).await?))
+        }
         _ => Err(unsupported("broker", url)),
     }
 }
 
-/// A result backend for `url`.
+/// A result backend for `url`, with default settings.
 pub async fn connect_backend(url: &str) -> Result<Arc<dyn ResultBackend>, Error> {
+    connect_backend_with(url, &Config::default()).await
+}
+
+/// A result backend for `url` using the adapter settings of `cfg` (Redis:
+/// `result_backend_transport_options` `global_keyprefix`).
+#[cfg_attr(not(feature = "redis"), allow(unused_variables))]
+pub async fn connect_backend_with(url: &str, cfg: &Config) -> Result<Arc<dyn ResultBackend>, Error> {
     match scheme(url)? {
         #[cfg(feature = "memory")]
         "memory" => Ok(Arc::new(qmemory::MemoryBackend::new())),
+        #[cfg(feature = "redis")]
+        "redis" | "rediss" => {
+            let mut options = qredis::RedisBackendOptions::default();
+            if let Some(prefix) = cfg
+                .extra
+                .get("result_backend_transport_options")
+                .and_then(|t| t.get("global_keyprefix"))
+                .and_then(|p| p.as_str())
+            {
+                options = options.global_keyprefix(prefix);
+            }
+            Ok(Arc::new(qredis::RedisBackend::connect(url, options).await?))
+        }
         _ => Err(unsupported("result backend", url)),
     }
 }
@@ -58,10 +97,10 @@ pub async fn app(url: &str) -> Result<App, Error> {
 /// `result_backend` (none: results are not stored).
 pub async fn app_from_config(cfg: Config) -> Result<App, Error> {
     let broker_url = cfg.broker_url.clone().unwrap_or_else(|| "memory://".to_string());
-    let broker = connect(&broker_url).await?;
+    let broker = connect_with(&broker_url, &cfg).await?;
     let mut builder = App::builder().broker(broker);
     if let Some(url) = cfg.result_backend.clone() {
-        builder = builder.backend(connect_backend(&url).await?);
+        builder = builder.backend(connect_backend_with(&url, &cfg).await?);
     }
     builder.config(cfg).build()
 }

@@ -29,16 +29,22 @@
 //! ```
 //!
 //! Features: `macros` (`#[task]`), `worker`, `memory` (the in-process
-//! `memory://` broker and backend) are on by default; `redis`, `amqp` and
-//! `sql` add the other adapters as they land.
+//! `memory://` broker and backend) are on by default; `redis` adds the
+//! Redis broker and result backend (`redis://`, and `rediss://` over TLS;
+//! re-exported as [`qredis`] for its options); `amqp` and `sql` add the
+//! other adapters as they land.
 
 mod connect;
 
-pub use connect::{app, app_from_config, connect, connect_backend, SUPPORTED_SCHEMES};
+pub use connect::{
+    app, app_from_config, connect, connect_backend, connect_backend_with, connect_with, SUPPORTED_SCHEMES,
+};
 pub use qcore::*;
 #[cfg(feature = "macros")]
 pub use qmacros::task;
 #[cfg(feature = "memory")]
 pub use qmemory;
+#[cfg(feature = "redis")]
+pub use qredis;
 #[cfg(feature = "worker")]
 pub use qworker::{self, EventKind, Worker, WorkerEvent, WorkerHandle, WorkerStats};
