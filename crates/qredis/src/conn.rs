@@ -93,7 +93,11 @@ pub(crate) struct Handle {
 }
 
 impl Conn {
-    pub(crate) fn new(url: &RedisUrl, connect_timeout: Duration, response_timeout: Duration) -> Result<Self, RedisError> {
+    pub(crate) fn new(
+        url: &RedisUrl,
+        connect_timeout: Duration,
+        response_timeout: Duration,
+    ) -> Result<Self, RedisError> {
         let client = Client::open(url.info.clone())?;
         Ok(Conn {
             client,

@@ -223,8 +223,8 @@ pub fn decode_value(value: Value) -> Result<Envelope, ProtocolError> {
 /// `properties.delivery_info.redelivered = true`, everything else (key
 /// order, delivery tag) unchanged. `bump` names a header to increment.
 pub(crate) fn mark_redelivered(raw: &[u8], bump: Option<&str>) -> Result<(Vec<u8>, u64), ProtocolError> {
-    let mut value: Value =
-        serde_json::from_slice(raw).map_err(|e| ProtocolError::Decode { what: "redis envelope", reason: e.to_string() })?;
+    let mut value: Value = serde_json::from_slice(raw)
+        .map_err(|e| ProtocolError::Decode { what: "redis envelope", reason: e.to_string() })?;
     let Value::Object(env) = &mut value else {
         return Err(invalid("redis envelope is not a JSON object"));
     };
@@ -241,7 +241,8 @@ pub(crate) fn mark_redelivered(raw: &[u8], bump: Option<&str>) -> Result<(Vec<u8
             info.insert("redelivered".into(), Value::Bool(true));
         }
     }
-    let out = qcore::json::to_vec(&value).map_err(|e| ProtocolError::Encode { what: "redis envelope", reason: e.to_string() })?;
+    let out = qcore::json::to_vec(&value)
+        .map_err(|e| ProtocolError::Encode { what: "redis envelope", reason: e.to_string() })?;
     Ok((out, count))
 }
 

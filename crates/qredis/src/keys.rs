@@ -162,7 +162,15 @@ mod tests {
     #[test]
     fn priority_keys_match_kombu() {
         let k = Keys::new("", 5);
-        for (p, key) in [(0, "celery"), (1, "celery"), (3, "celery\x06\x163"), (5, "celery\x06\x163"), (6, "celery\x06\x166"), (9, "celery\x06\x169"), (200, "celery\x06\x169")] {
+        for (p, key) in [
+            (0, "celery"),
+            (1, "celery"),
+            (3, "celery\x06\x163"),
+            (5, "celery\x06\x163"),
+            (6, "celery\x06\x166"),
+            (9, "celery\x06\x169"),
+            (200, "celery\x06\x169"),
+        ] {
             assert_eq!(k.queue("celery", p), key, "priority {p}");
         }
     }

@@ -121,11 +121,7 @@ pub(crate) fn parse(url: &str) -> Result<RedisUrl, UrlError> {
             .filter(|d| *d >= 0)
             .ok_or_else(|| UrlError(format!("invalid database {path:?} in redis URL (expected a number)")))?
     };
-    let addr = if tls {
-        tls_addr(host.clone(), port)?
-    } else {
-        ConnectionAddr::Tcp(host.clone(), port)
-    };
+    let addr = if tls { tls_addr(host.clone(), port)? } else { ConnectionAddr::Tcp(host.clone(), port) };
     let shown_host = if host.contains(':') { format!("[{host}]") } else { host };
     let auth = match (&username, &password) {
         (Some(u), Some(_)) => format!("{u}:***@"),
@@ -191,7 +187,15 @@ mod tests {
 
     #[test]
     fn bad_urls_are_config_errors() {
-        for bad in ["amqp://h", "redis://h:notaport", "redis://h/x", "redis://h/-1", "redis://[::1", "redis://h:99999", "redis://:%zz@h"] {
+        for bad in [
+            "amqp://h",
+            "redis://h:notaport",
+            "redis://h/x",
+            "redis://h/-1",
+            "redis://[::1",
+            "redis://h:99999",
+            "redis://:%zz@h",
+        ] {
             let e = parse(bad).err().unwrap_or_else(|| panic!("{bad} parsed"));
             assert_eq!(e.kind(), ErrorKind::Config);
         }

@@ -175,7 +175,8 @@ impl ResultBackend for RedisBackend {
 
     async fn get(&self, task_id: &str) -> Result<Option<ResultMeta>, BackendError> {
         let key = self.inner.keys.task_meta(task_id);
-        let raw: Option<Vec<u8>> = with_conn!(self.inner.conn, BackendError, "get result", |c| redis::cmd("GET").arg(&key).query_async(c))?;
+        let raw: Option<Vec<u8>> =
+            with_conn!(self.inner.conn, BackendError, "get result", |c| redis::cmd("GET").arg(&key).query_async(c))?;
         raw.map(|r| ResultMeta::from_json(&r).map_err(BackendError::from)).transpose()
     }
 
@@ -187,7 +188,8 @@ impl ResultBackend for RedisBackend {
         for id in task_ids {
             cmd.arg(self.inner.keys.task_meta(id));
         }
-        let raws: Vec<Option<Vec<u8>>> = with_conn!(self.inner.conn, BackendError, "get results", |c| cmd.query_async(c))?;
+        let raws: Vec<Option<Vec<u8>>> =
+            with_conn!(self.inner.conn, BackendError, "get results", |c| cmd.query_async(c))?;
         raws.into_iter().map(|r| r.map(|r| ResultMeta::from_json(&r).map_err(BackendError::from)).transpose()).collect()
     }
 
@@ -227,7 +229,9 @@ impl ResultBackend for RedisBackend {
 
     async fn forget(&self, task_id: &str) -> Result<(), BackendError> {
         let key = self.inner.keys.task_meta(task_id);
-        with_conn!(self.inner.conn, BackendError, "forget result", |c| redis::cmd("DEL").arg(&key).query_async::<i64>(c))?;
+        with_conn!(self.inner.conn, BackendError, "forget result", |c| redis::cmd("DEL")
+            .arg(&key)
+            .query_async::<i64>(c))?;
         Ok(())
     }
 
@@ -250,7 +254,8 @@ impl ResultBackend for RedisBackend {
 
     async fn get_group(&self, group_id: &str) -> Result<Option<Vec<String>>, BackendError> {
         let key = self.inner.keys.taskset_meta(group_id);
-        let raw: Option<Vec<u8>> = with_conn!(self.inner.conn, BackendError, "get group", |c| redis::cmd("GET").arg(&key).query_async(c))?;
+        let raw: Option<Vec<u8>> =
+            with_conn!(self.inner.conn, BackendError, "get group", |c| redis::cmd("GET").arg(&key).query_async(c))?;
         let Some(raw) = raw else { return Ok(None) };
         let bad = || BackendError::new(ErrorKind::Serialization, format!("unreadable group document for {group_id}"));
         let doc: Json = serde_json::from_slice(&raw).map_err(|_| bad())?;
@@ -290,7 +295,8 @@ impl ResultBackend for RedisBackend {
             inv.key(format!("{base}.{suffix}"));
         }
         inv.arg(&part.task_id).arg(&elem).arg(part.index).arg(ttl_secs(ttl));
-        let v: Vec<Value> = with_conn!(self.inner.conn, BackendError, "chord join", |c| inv.invoke_async::<Vec<Value>>(c))?;
+        let v: Vec<Value> =
+            with_conn!(self.inner.conn, BackendError, "chord join", |c| inv.invoke_async::<Vec<Value>>(c))?;
         let (code, done, size) = (int(v.first()), int(v.get(1)), int(v.get(2)));
         match code {
             1 => {
@@ -300,7 +306,8 @@ impl ResultBackend for RedisBackend {
                     .chunks(2)
                     .filter_map(|pair| {
                         let elem = bulk(pair.first()?)?;
-                        let score = bulk(pair.get(1)?).and_then(|s| std::str::from_utf8(s).ok()?.parse::<f64>().ok())?;
+                        let score =
+                            bulk(pair.get(1)?).and_then(|s| std::str::from_utf8(s).ok()?.parse::<f64>().ok())?;
                         Some(part_from(elem, score))
                     })
                     .collect();

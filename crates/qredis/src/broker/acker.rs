@@ -101,7 +101,8 @@ impl Acker for RedisAcker {
         let k = &self.inner.keys;
         let mut inv = scripts::REFRESH.prepare_invoke();
         inv.key(k.unacked_index()).key(k.owner()).arg(now_secs()).arg(&self.state.token).arg(&self.tag);
-        let flags: Vec<i64> = with_conn!(self.inner.conn, BrokerError, "touch delivery", |c| inv.invoke_async::<Vec<i64>>(c))?;
+        let flags: Vec<i64> =
+            with_conn!(self.inner.conn, BrokerError, "touch delivery", |c| inv.invoke_async::<Vec<i64>>(c))?;
         if flags.first() != Some(&1) {
             tracing::warn!(delivery_tag = %self.tag, "touch: delivery no longer held by this consumer");
             self.state.release(&self.tag);

@@ -147,7 +147,9 @@ impl RedisConsumer {
             let v: Value = with_conn!(inner.conn, BrokerError, "fetch messages", |c| inv.invoke_async::<Value>(c))?;
             let items = match v {
                 Value::Array(items) => items,
-                other => return Err(BrokerError::new(ErrorKind::Protocol, format!("unexpected fetch reply {other:?}"))),
+                other => {
+                    return Err(BrokerError::new(ErrorKind::Protocol, format!("unexpected fetch reply {other:?}")))
+                }
             };
             let mut out = Vec::with_capacity(items.len() / 3);
             let mut it = items.into_iter();
@@ -181,8 +183,9 @@ impl RedisConsumer {
                 tokio::spawn(async move {
                     let record = dead_record(&reason, &queue, &f.env);
                     let dest = inner.keys.dead(&queue);
-                    let r = maintenance::settle(&inner, &f.tag, "owner", &state.token, b"", "rpush", &dest, &record, 0.0)
-                        .await;
+                    let r =
+                        maintenance::settle(&inner, &f.tag, "owner", &state.token, b"", "rpush", &dest, &record, 0.0)
+                            .await;
                     if let Err(e) = r {
                         tracing::warn!(error = %e, "dead-lettering failed; the message is restored after the visibility timeout");
                     }

@@ -41,7 +41,9 @@ impl RedisSubscription {
         let timeout = self.inner.opts.connect_timeout;
         let pubsub = match tokio::time::timeout(timeout, self.inner.conn.client().get_async_pubsub()).await {
             Ok(r) => r.map_err(|e| map_err::<BrokerError>("open pub/sub connection", e))?,
-            Err(_) => return Err(BrokerError::new(qcore::ErrorKind::Timeout, "opening a pub/sub connection timed out")),
+            Err(_) => {
+                return Err(BrokerError::new(qcore::ErrorKind::Timeout, "opening a pub/sub connection timed out"))
+            }
         };
         let (mut sink, stream) = pubsub.split();
         sink.psubscribe(&self.channel_pattern).await.map_err(|e| map_err::<BrokerError>("PSUBSCRIBE", e))?;

@@ -74,7 +74,8 @@ pub(crate) async fn refresh(inner: &Inner, state: &ConsumerState) -> Result<(), 
         for t in chunk {
             inv.arg(t);
         }
-        let flags: Vec<i64> = with_conn!(inner.conn, BrokerError, "refresh deliveries", |c| inv.invoke_async::<Vec<i64>>(c))?;
+        let flags: Vec<i64> =
+            with_conn!(inner.conn, BrokerError, "refresh deliveries", |c| inv.invoke_async::<Vec<i64>>(c))?;
         for (t, f) in chunk.iter().zip(flags) {
             if f == 0 && state.holds(t) {
                 tracing::warn!(delivery_tag = %t, "delivery no longer held by this consumer (restored after the visibility timeout?)");
@@ -91,7 +92,8 @@ pub(crate) async fn move_due(inner: &Inner) -> Result<Option<f64>, BrokerError> 
     loop {
         let mut inv = scripts::MOVE_DUE.prepare_invoke();
         inv.key(&key).arg(now_secs()).arg(500);
-        let v: Vec<Value> = with_conn!(inner.conn, BrokerError, "move due messages", |c| inv.invoke_async::<Vec<Value>>(c))?;
+        let v: Vec<Value> =
+            with_conn!(inner.conn, BrokerError, "move due messages", |c| inv.invoke_async::<Vec<Value>>(c))?;
         let moved = match v.first() {
             Some(Value::Int(n)) => *n,
             _ => 0,
@@ -169,15 +171,16 @@ async fn scan_locked(inner: &Inner) -> Result<u64, BrokerError> {
     let mut start = "-inf".to_string();
     let mut done = 0u64;
     for _ in 0..MAX_PAGES {
-        let raw: Vec<(String, f64)> = with_conn!(inner.conn, BrokerError, "scan unacked_index", |c| redis::cmd("ZRANGEBYSCORE")
-            .arg(k.unacked_index())
-            .arg(&start)
-            .arg(own_cutoff)
-            .arg("WITHSCORES")
-            .arg("LIMIT")
-            .arg(0)
-            .arg(PAGE)
-            .query_async(c))?;
+        let raw: Vec<(String, f64)> =
+            with_conn!(inner.conn, BrokerError, "scan unacked_index", |c| redis::cmd("ZRANGEBYSCORE")
+                .arg(k.unacked_index())
+                .arg(&start)
+                .arg(own_cutoff)
+                .arg("WITHSCORES")
+                .arg("LIMIT")
+                .arg(0)
+                .arg(PAGE)
+                .query_async(c))?;
         let full = raw.len() == PAGE;
         let Some(last) = raw.last().map(|(_, s)| *s) else { break };
         let page: Vec<(String, f64)> = raw.into_iter().filter(|(t, _)| seen.insert(t.clone())).collect();
@@ -259,7 +262,10 @@ async fn restore_one(inner: &Inner, tag: &str, cutoff: f64, value: Option<Vec<u8
         let record = dead_record(&reason, &queue, &env_bytes);
         return settle(inner, tag, "stale", &cutoff.to_string(), &value, "rpush", &k.dead(&queue), &record, 0.0).await;
     }
-    let (new_env, _) = match envelope::mark_redelivered(&env_bytes, Some(DELIVERIES_HEADER)) {
+    // The counter header is only written when there is a limit to count
+    // against: without one, the restored bytes are exactly kombu's.
+    let bump = inner.opts.max_deliveries.map(|_| DELIVERIES_HEADER);
+    let (new_env, _) = match envelope::mark_redelivered(&env_bytes, bump) {
         Ok(x) => x,
         Err(e) => {
             let record = dead_record(&format!("cannot restore: {e}"), &queue, &env_bytes);
@@ -269,12 +275,16 @@ async fn restore_one(inner: &Inner, tag: &str, cutoff: f64, value: Option<Vec<u8
     };
     // kombu restores to every queue the message routes to; all but the first
     // get a plain copy after the atomic move of the first.
-    let moved = settle(inner, tag, "stale", &cutoff.to_string(), &value, "rpush", &k.queue(&queue, priority), &new_env, 0.0)
-        .await?;
+    let moved =
+        settle(inner, tag, "stale", &cutoff.to_string(), &value, "rpush", &k.queue(&queue, priority), &new_env, 0.0)
+            .await?;
     if moved {
         for q in queues.iter().skip(1) {
             let key = k.queue(q, priority);
-            with_conn!(inner.conn, BrokerError, "restore copy", |c| redis::cmd("RPUSH").arg(&key).arg(&new_env).query_async::<i64>(c))?;
+            with_conn!(inner.conn, BrokerError, "restore copy", |c| redis::cmd("RPUSH")
+                .arg(&key)
+                .arg(&new_env)
+                .query_async::<i64>(c))?;
         }
     }
     Ok(moved)

@@ -116,7 +116,8 @@ impl RedisOptions {
             if let Some(p) = t.get("global_keyprefix").and_then(|v| v.as_str()) {
                 o.global_keyprefix = p.to_string();
             }
-            let secs = t.get("visibility_timeout").and_then(|v| v.as_float().or_else(|| v.as_integer().map(|i| i as f64)));
+            let secs =
+                t.get("visibility_timeout").and_then(|v| v.as_float().or_else(|| v.as_integer().map(|i| i as f64)));
             if let Some(s) = secs.filter(|s| s.is_finite() && *s > 0.0) {
                 o.visibility_timeout = Duration::from_secs_f64(s);
             }
@@ -183,7 +184,8 @@ async fn ack_batcher(conn: Arc<Conn>, keys: Keys, mut rx: mpsc::UnboundedReceive
         for r in &batch {
             inv.arg(&r.tag).arg(&r.token);
         }
-        let res: Result<Vec<i64>, BrokerError> = with_conn!(conn, BrokerError, "ack", |c| inv.invoke_async::<Vec<i64>>(c));
+        let res: Result<Vec<i64>, BrokerError> =
+            with_conn!(conn, BrokerError, "ack", |c| inv.invoke_async::<Vec<i64>>(c));
         match res {
             Ok(flags) => {
                 for (i, r) in batch.into_iter().enumerate() {
@@ -262,7 +264,9 @@ impl RedisBroker {
     /// Number of deferred messages waiting for their due time (all queues).
     pub async fn delayed_len(&self) -> Result<u64, BrokerError> {
         let key = self.inner.keys.delayed();
-        with_conn!(self.inner.conn, BrokerError, "ZCARD delayed", |c| redis::cmd("ZCARD").arg(&key).query_async::<u64>(c))
+        with_conn!(self.inner.conn, BrokerError, "ZCARD delayed", |c| redis::cmd("ZCARD")
+            .arg(&key)
+            .query_async::<u64>(c))
     }
 
     /// Number of unacked deliveries (all queues, all consumers, kombu's too).
@@ -285,7 +289,9 @@ impl RedisBroker {
         let mut moved = 0;
         for _ in 0..limit {
             let raw: Option<Vec<u8>> =
-                with_conn!(self.inner.conn, BrokerError, "LPOP dead letters", |c| redis::cmd("LPOP").arg(&dead_key).query_async(c))?;
+                with_conn!(self.inner.conn, BrokerError, "LPOP dead letters", |c| redis::cmd("LPOP")
+                    .arg(&dead_key)
+                    .query_async(c))?;
             let Some(raw) = raw else { break };
             match dead_record_envelope(&raw) {
                 Some((env, priority)) => {
@@ -387,7 +393,10 @@ impl Broker for RedisBroker {
             with_conn!(self.inner.conn, BrokerError, "publish", |c| pipe.query_async::<()>(c))?;
             self.mark_bound([queue.to_string()]);
         } else {
-            with_conn!(self.inner.conn, BrokerError, "publish", |c| redis::cmd("LPUSH").arg(&key).arg(&env).query_async::<i64>(c))?;
+            with_conn!(self.inner.conn, BrokerError, "publish", |c| redis::cmd("LPUSH")
+                .arg(&key)
+                .arg(&env)
+                .query_async::<i64>(c))?;
         }
         Ok(())
     }
@@ -454,8 +463,11 @@ impl Broker for RedisBroker {
         }
         let key = self.inner.keys.dead(queue);
         let stop = i64::try_from(limit).unwrap_or(i64::MAX).saturating_sub(1);
-        let raws: Vec<Vec<u8>> =
-            with_conn!(self.inner.conn, BrokerError, "dead letters", |c| redis::cmd("LRANGE").arg(&key).arg(0).arg(stop).query_async(c))?;
+        let raws: Vec<Vec<u8>> = with_conn!(self.inner.conn, BrokerError, "dead letters", |c| redis::cmd("LRANGE")
+            .arg(&key)
+            .arg(0)
+            .arg(stop)
+            .query_async(c))?;
         Ok(raws.iter().map(|r| decode_dead_letter(queue, r)).collect())
     }
 
@@ -463,7 +475,10 @@ impl Broker for RedisBroker {
         let tag = uuid::Uuid::new_v4().to_string();
         let env = envelope::encode(message, exchange, routing_key, &tag);
         let channel = self.inner.keys.fanout_channel(exchange, routing_key);
-        with_conn!(self.inner.conn, BrokerError, "publish fanout", |c| redis::cmd("PUBLISH").arg(&channel).arg(&env).query_async::<i64>(c))?;
+        with_conn!(self.inner.conn, BrokerError, "publish fanout", |c| redis::cmd("PUBLISH")
+            .arg(&channel)
+            .arg(&env)
+            .query_async::<i64>(c))?;
         Ok(())
     }
 
@@ -473,7 +488,8 @@ impl Broker for RedisBroker {
     }
 
     async fn ping(&self) -> Result<(), BrokerError> {
-        let v: Value = with_conn!(self.inner.conn, BrokerError, "ping", |c| redis::cmd("PING").query_async::<Value>(c))?;
+        let v: Value =
+            with_conn!(self.inner.conn, BrokerError, "ping", |c| redis::cmd("PING").query_async::<Value>(c))?;
         match v {
             Value::SimpleString(s) if s == "PONG" => Ok(()),
             Value::Okay => Ok(()),
