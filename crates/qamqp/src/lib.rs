@@ -1,3 +1,36 @@
 //! # qamqp
 //!
-//! AMQP 0-9-1 (RabbitMQ) broker and `rpc://` result backend for qtask.
+//! The AMQP 0-9-1 (RabbitMQ) broker and the `rpc://` result backend of
+//! qtask, byte-compatible with Celery 5.7 / kombu 5.7 / py-amqp 5.4: a Python
+//! Celery worker consumes what [`AmqpBroker`] publishes and the other way
+//! round, and Flower sees qtask's events and remote control.
+//!
+//! ```no_run
+//! use qamqp::{AmqpBroker, AmqpOptions};
+//! use qcore::Broker;
+//!
+//! # async fn demo() -> Result<(), qcore::BrokerError> {
+//! let broker = AmqpBroker::connect("amqp://guest:guest@127.0.0.1:5672/%2f", AmqpOptions::default()).await?;
+//! broker.declare_queue("celery").await?;
+//! assert_eq!(broker.describe(), "amqp://guest:***@127.0.0.1:5672/%2F");
+//! # Ok(()) }
+//! ```
+//!
+#![doc = include_str!("../docs/design.md")]
+
+mod broker;
+mod consumer;
+mod core;
+mod delay;
+mod error;
+mod fields;
+mod options;
+mod props;
+mod rpc;
+mod subscription;
+mod url;
+
+pub use broker::AmqpBroker;
+pub use options::{AmqpOptions, QueueType};
+pub use rpc::{RpcBackend, RpcOptions};
+pub use url::AmqpUrl;

@@ -1,0 +1,216 @@
+//! [`AmqpBroker`]: the [`Broker`] contract on RabbitMQ.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use lapin::options::{BasicGetOptions, BasicNackOptions, QueueDeclareOptions, QueuePurgeOptions};
+use lapin::types::FieldTable;
+use lapin::BasicProperties;
+use qcore::{
+    Broker, BrokerError, ConsumeOptions, Consumer, DeadLetter, ErrorKind, Message, Subscription,
+};
+
+use crate::consumer::{dead_queue, AmqpConsumer};
+use crate::core::{Core, ExchangeSpec, MakeProps};
+use crate::fields::{from_amqp, short};
+use crate::options::AmqpOptions;
+use crate::props::{self, H_DEAD_REASON};
+use crate::subscription::{AmqpSubscription, SubSpec};
+use crate::url::AmqpUrl;
+
+/// A RabbitMQ broker speaking Celery's AMQP dialect. See the
+/// [crate docs](crate) for what it declares and how it behaves.
+///
+/// It holds two connections, opened on first use: one for publishing and
+/// declarations, one for consumers and subscriptions (RabbitMQ throttles a
+/// publishing connection under memory pressure, which must not stop acks).
+/// Cheap to clone.
+#[derive(Clone)]
+pub struct AmqpBroker {
+    core: Arc<Core>,
+}
+
+impl std::fmt::Debug for AmqpBroker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AmqpBroker").field("url", &self.core.url.describe()).finish_non_exhaustive()
+    }
+}
+
+impl AmqpBroker {
+    /// Connect to `url` (see [`AmqpUrl`]): the publishing connection is
+    /// opened now, so a wrong host, password or vhost fails here.
+    pub async fn connect(url: &str, options: AmqpOptions) -> Result<Self, BrokerError> {
+        let broker = Self::lazy(url, options)?;
+        broker.core.publish_link.connection().await?;
+        Ok(broker)
+    }
+
+    /// Like [`connect`](Self::connect), without connecting until first use.
+    pub fn lazy(url: &str, options: AmqpOptions) -> Result<Self, BrokerError> {
+        let url = AmqpUrl::parse(url)?;
+        Ok(AmqpBroker { core: Core::new(url, options) })
+    }
+
+    /// The options in use.
+    pub fn options(&self) -> &AmqpOptions {
+        &self.core.opts
+    }
+
+    /// An `rpc://` result backend sharing this broker's connections; see
+    /// [`RpcBackend`](crate::RpcBackend).
+    pub async fn rpc_backend(&self, options: crate::RpcOptions) -> Result<crate::RpcBackend, qcore::BackendError> {
+        crate::RpcBackend::with_core(self.core.clone(), options).await
+    }
+
+    pub(crate) fn node_name(&self) -> String {
+        self.core.opts.node_name.clone().unwrap_or_else(|| format!("celery@{}", qcore::hostname()))
+    }
+
+    fn props_for<'a>(message: &'a Message) -> impl Fn() -> Result<BasicProperties, BrokerError> + Send + Sync + 'a {
+        move || props::encode(message)
+    }
+}
+
+#[async_trait]
+impl Broker for AmqpBroker {
+    async fn declare_queue(&self, queue: &str) -> Result<(), BrokerError> {
+        self.core.ensure_task_queue(queue).await
+    }
+
+    async fn publish(&self, queue: &str, message: &Message) -> Result<(), BrokerError> {
+        // Celery publishes tasks to the default exchange, routing key = queue.
+        self.core.publish("", queue, &message.body, &Self::props_for(message)).await
+    }
+
+    async fn publish_many(&self, items: &[(String, Message)]) -> Result<(), BrokerError> {
+        let makers: Vec<_> = items.iter().map(|(_, m)| Self::props_for(m)).collect();
+        let batch: Vec<(String, String, &[u8], MakeProps<'_>)> = items
+            .iter()
+            .zip(&makers)
+            .map(|((q, m), make)| (String::new(), q.clone(), m.body.as_slice(), make as MakeProps<'_>))
+            .collect();
+        self.core.publish_batch(&batch).await
+    }
+
+    async fn consume(&self, queues: &[String], options: ConsumeOptions) -> Result<Box<dyn Consumer>, BrokerError> {
+        if queues.is_empty() {
+            return Err(BrokerError::new(ErrorKind::Config, "consume needs at least one queue"));
+        }
+        let consumer = AmqpConsumer::new(self.core.clone(), queues.to_vec(), options.prefetch, options.tag.clone());
+        // Subscribe now so that errors (a refused declaration) reach the caller.
+        let consumer = consumer.started().await?;
+        Ok(Box::new(consumer))
+    }
+
+    async fn queue_len(&self, queue: &str) -> Result<u64, BrokerError> {
+        let name = short(queue, "queue name")?;
+        let name = &name;
+        let r = self
+            .core
+            .admin(&format!("queue_len({queue:?})"), |ch| async move {
+                ch.queue_declare(name.clone(), QueueDeclareOptions { passive: true, ..Default::default() }, FieldTable::default())
+                    .await
+            })
+            .await;
+        match r {
+            Ok(q) => Ok(u64::from(q.message_count())),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(0),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn purge(&self, queue: &str) -> Result<u64, BrokerError> {
+        let name = short(queue, "queue name")?;
+        let name = &name;
+        let r = self
+            .core
+            .admin(&format!("purge({queue:?})"), |ch| async move {
+                ch.queue_purge(name.clone(), QueuePurgeOptions::default()).await
+            })
+            .await;
+        match r {
+            Ok(n) => Ok(u64::from(n)),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(0),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Browses `<queue>.dead`: up to `limit` messages are fetched with
+    /// `basic.get` on a channel of their own and put back with one
+    /// `basic.nack(multiple, requeue)`, which returns them to their places.
+    /// While a browse runs those messages are unacked, so a concurrent
+    /// browse sees fewer of them.
+    async fn dead_letters(&self, queue: &str, limit: usize) -> Result<Vec<DeadLetter>, BrokerError> {
+        let dead = dead_queue(queue);
+        let name = short(&dead, "queue name")?;
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let ch = self.core.publish_link.channel().await?;
+        match ch.queue_declare(name.clone(), QueueDeclareOptions { passive: true, ..Default::default() }, FieldTable::default()).await {
+            Ok(_) => {}
+            Err(e) => {
+                let e = crate::error::broker_err("dead_letters", e);
+                return if e.kind() == ErrorKind::NotFound { Ok(Vec::new()) } else { Err(e) };
+            }
+        }
+        let mut out = Vec::new();
+        let mut last_tag = None;
+        while out.len() < limit {
+            let got = ch
+                .basic_get(name.clone(), BasicGetOptions { no_ack: false })
+                .await
+                .map_err(|e| crate::error::broker_err("reading dead letters (basic.get)", e))?;
+            let Some(got) = got else { break };
+            let d = got.delivery;
+            last_tag = Some(d.delivery_tag);
+            let reason = d
+                .properties
+                .headers()
+                .as_ref()
+                .and_then(|h| h.inner().get(H_DEAD_REASON))
+                .map(from_amqp)
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default();
+            let (message, _) = props::decode(&d.properties, d.data);
+            out.push(DeadLetter { message, queue: queue.to_string(), reason });
+        }
+        if let Some(tag) = last_tag {
+            ch.basic_nack(tag, BasicNackOptions { multiple: true, requeue: true })
+                .await
+                .map_err(|e| crate::error::broker_err("returning dead letters", e))?;
+        }
+        let _ = ch.close(200, "OK".into()).await;
+        Ok(out)
+    }
+
+    async fn publish_fanout(&self, exchange: &str, routing_key: &str, message: &Message) -> Result<(), BrokerError> {
+        let spec = ExchangeSpec::for_name(exchange)?;
+        let make = Self::props_for(message);
+        for attempt in 0..2 {
+            self.core.ensure_exchange(&spec).await?;
+            match self.core.publish(exchange, routing_key, &message.body, &make).await {
+                // An exchange deleted behind our back (auto-delete, broker
+                // restart): declare it again once.
+                Err(e) if e.kind() == ErrorKind::NotFound && attempt == 0 => self.core.forget_declarations(),
+                r => return r,
+            }
+        }
+        Ok(())
+    }
+
+    async fn subscribe(&self, exchange: &str, pattern: &str) -> Result<Box<dyn Subscription>, BrokerError> {
+        let spec = SubSpec::new(exchange, pattern, &self.node_name())?;
+        Ok(Box::new(AmqpSubscription::start(self.core.clone(), spec).await?))
+    }
+
+    async fn ping(&self) -> Result<(), BrokerError> {
+        let ch = self.core.publish_link.channel().await?;
+        let _ = ch.close(200, "OK".into()).await;
+        Ok(())
+    }
+
+    fn describe(&self) -> String {
+        self.core.url.describe()
+    }
+}

@@ -1,0 +1,407 @@
+//! Connections, channels, publishing with confirms and declarations, shared
+//! by the broker, its consumers, subscriptions and the rpc backend.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex as StdMutex};
+use std::time::Duration;
+
+use lapin::options::{
+    BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind};
+use qcore::{BrokerError, ErrorKind};
+use tokio::sync::Mutex;
+
+use crate::error::{broker_err, classify, Fault};
+use crate::fields::short;
+use crate::options::{AmqpOptions, QueueType};
+use crate::url::AmqpUrl;
+
+/// Builds the properties of a message to publish (again on a retry).
+pub(crate) type MakeProps<'a> = &'a (dyn Fn() -> Result<BasicProperties, BrokerError> + Send + Sync + 'a);
+
+/// One AMQP connection, opened on first use and reopened when found dead.
+pub(crate) struct Link {
+    uri: lapin::uri::AMQPUri,
+    name: String,
+    timeout: Duration,
+    conn: Mutex<Option<Arc<Connection>>>,
+    epoch: AtomicU64,
+}
+
+impl Link {
+    fn new(url: &AmqpUrl, name: String) -> Self {
+        Link {
+            uri: url.to_lapin(),
+            name,
+            timeout: url.connection_timeout.unwrap_or(Duration::from_secs(10)),
+            conn: Mutex::new(None),
+            epoch: AtomicU64::new(0),
+        }
+    }
+
+    /// How many times the connection was (re)opened.
+    pub(crate) fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    /// The live connection, opening a new one (one attempt) if there is none.
+    pub(crate) async fn connection(&self) -> Result<Arc<Connection>, BrokerError> {
+        let mut slot = self.conn.lock().await;
+        if let Some(c) = slot.as_ref() {
+            if c.status().connected() {
+                return Ok(c.clone());
+            }
+            tracing::info!(connection = %self.name, "AMQP connection lost; reconnecting");
+        }
+        *slot = None;
+        let props = ConnectionProperties::default().with_connection_name(LongString::from(self.name.as_bytes()));
+        let conn = match tokio::time::timeout(self.timeout, Connection::connect_uri(self.uri.clone(), props)).await {
+            Err(_) => {
+                return Err(BrokerError::new(
+                    ErrorKind::Connection,
+                    format!("connecting to {}:{} timed out after {:?}", self.uri.authority.host, self.uri.authority.port, self.timeout),
+                ))
+            }
+            Ok(Err(e)) => {
+                let kind = match classify(&e) {
+                    Fault::Connection | Fault::Channel => ErrorKind::Connection,
+                    // Bad credentials (403) or vhost (530) while connecting.
+                    Fault::Refused(_) | Fault::Fatal => ErrorKind::Config,
+                };
+                return Err(BrokerError::with_source(
+                    kind,
+                    format!("connecting to {}:{}", self.uri.authority.host, self.uri.authority.port),
+                    e,
+                ));
+            }
+            Ok(Ok(c)) => Arc::new(c),
+        };
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        tracing::debug!(connection = %self.name, "AMQP connection open");
+        *slot = Some(conn.clone());
+        Ok(conn)
+    }
+
+    /// A new channel on the live connection.
+    pub(crate) async fn channel(&self) -> Result<Channel, BrokerError> {
+        for attempt in 0..2 {
+            let conn = self.connection().await?;
+            match conn.create_channel().await {
+                Ok(ch) => return Ok(ch),
+                Err(e) if attempt == 0 && classify(&e) == Fault::Connection => {
+                    // Found dead while opening the channel: reconnect once.
+                    continue;
+                }
+                Err(e) => return Err(broker_err("opening a channel", e)),
+            }
+        }
+        Err(BrokerError::new(ErrorKind::Connection, "could not open a channel"))
+    }
+}
+
+/// What the broker shares with its consumers, ackers and subscriptions.
+pub(crate) struct Core {
+    pub(crate) url: AmqpUrl,
+    pub(crate) opts: AmqpOptions,
+    /// Publishing, declarations, queue lengths.
+    pub(crate) publish_link: Link,
+    /// Consumers and subscriptions.
+    pub(crate) consume_link: Link,
+    pub_channel: Mutex<Option<Channel>>,
+    admin_channel: Mutex<Option<Channel>>,
+    /// Declarations made on the current publish connection.
+    declared: StdMutex<(u64, HashSet<String>)>,
+}
+
+impl Core {
+    pub(crate) fn new(url: AmqpUrl, opts: AmqpOptions) -> Arc<Self> {
+        let publish_link = Link::new(&url, format!("{}/publish", opts.connection_name));
+        let consume_link = Link::new(&url, format!("{}/consume", opts.connection_name));
+        Arc::new(Core {
+            url,
+            opts,
+            publish_link,
+            consume_link,
+            pub_channel: Mutex::new(None),
+            admin_channel: Mutex::new(None),
+            declared: StdMutex::new((0, HashSet::new())),
+        })
+    }
+
+    async fn cached_channel(&self, which: &Mutex<Option<Channel>>, confirm: bool) -> Result<Channel, BrokerError> {
+        let mut slot = which.lock().await;
+        if let Some(ch) = slot.as_ref() {
+            if ch.status().connected() {
+                return Ok(ch.clone());
+            }
+        }
+        *slot = None;
+        let ch = self.publish_link.channel().await?;
+        if confirm {
+            ch.confirm_select(ConfirmSelectOptions::default())
+                .await
+                .map_err(|e| broker_err("enabling publisher confirms", e))?;
+        }
+        *slot = Some(ch.clone());
+        Ok(ch)
+    }
+
+    async fn forget_channel(&self, which: &Mutex<Option<Channel>>, dead: &Channel) {
+        let mut slot = which.lock().await;
+        if slot.as_ref().is_some_and(|c| c.id() == dead.id() && !c.status().connected()) {
+            *slot = None;
+        }
+    }
+
+    /// Run `op` on the shared admin channel; a channel or connection failure
+    /// not caused by `op` itself is retried on a fresh channel (twice).
+    pub(crate) async fn admin<T, F, Fut>(&self, what: &str, op: F) -> Result<T, BrokerError>
+    where
+        F: Fn(Channel) -> Fut,
+        Fut: Future<Output = Result<T, lapin::Error>>,
+    {
+        let mut attempt = 0;
+        loop {
+            let ch = self.cached_channel(&self.admin_channel, false).await?;
+            match op(ch.clone()).await {
+                Ok(v) => return Ok(v),
+                Err(e) => {
+                    let fault = classify(&e);
+                    self.forget_channel(&self.admin_channel, &ch).await;
+                    if matches!(fault, Fault::Channel | Fault::Connection) && attempt < 2 {
+                        attempt += 1;
+                        continue;
+                    }
+                    return Err(broker_err(what, e));
+                }
+            }
+        }
+    }
+
+    /// Publish one message and wait for the broker's confirm. `props` builds
+    /// the properties (again, on a retry after a lost channel).
+    pub(crate) async fn publish(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        props: MakeProps<'_>,
+    ) -> Result<(), BrokerError> {
+        let ex = short(exchange, "exchange name")?;
+        let rk = short(routing_key, "routing key")?;
+        let mut attempt = 0;
+        loop {
+            let ch = self.cached_channel(&self.pub_channel, true).await?;
+            let p = props()?;
+            let sent = async {
+                let confirm = ch.basic_publish(ex.clone(), rk.clone(), BasicPublishOptions::default(), body, p).await?;
+                confirm.await
+            };
+            match tokio::time::timeout(self.opts.confirm_timeout, sent).await {
+                Err(_) => {
+                    return Err(BrokerError::new(
+                        ErrorKind::Timeout,
+                        format!("no publisher confirm within {:?}", self.opts.confirm_timeout),
+                    ))
+                }
+                Ok(Ok(Confirmation::Nack(_))) => {
+                    return Err(BrokerError::new(
+                        ErrorKind::Other,
+                        format!("the broker refused the message for {exchange:?}/{routing_key:?} (basic.nack)"),
+                    ))
+                }
+                Ok(Ok(_)) => return Ok(()),
+                Ok(Err(e)) => {
+                    let fault = classify(&e);
+                    self.forget_channel(&self.pub_channel, &ch).await;
+                    if matches!(fault, Fault::Channel | Fault::Connection) && attempt < 2 {
+                        attempt += 1;
+                        tracing::debug!(error = %e, attempt, "publish failed on a lost channel; retrying");
+                        continue;
+                    }
+                    if matches!(fault, Fault::Refused(lapin::protocol::AMQPSoftError::NOTFOUND)) {
+                        self.forget_declarations();
+                    }
+                    return Err(broker_err(&format!("publishing to {exchange:?}/{routing_key:?}"), e));
+                }
+            }
+        }
+    }
+
+    /// Publish several messages on one channel, then wait for all confirms.
+    /// Any failure is retried message by message with [`Core::publish`].
+    pub(crate) async fn publish_batch(
+        &self,
+        items: &[(String, String, &[u8], MakeProps<'_>)],
+    ) -> Result<(), BrokerError> {
+        let ch = self.cached_channel(&self.pub_channel, true).await?;
+        let mut pending = Vec::with_capacity(items.len());
+        for (i, (ex, rk, body, props)) in items.iter().enumerate() {
+            let sent = ch
+                .basic_publish(short(ex, "exchange name")?, short(rk, "routing key")?, BasicPublishOptions::default(), body, props()?)
+                .await;
+            match sent {
+                Ok(confirm) => pending.push((i, confirm)),
+                Err(_) => break,
+            }
+        }
+        let mut failed: Vec<usize> = (pending.len()..items.len()).collect();
+        let deadline = tokio::time::Instant::now() + self.opts.confirm_timeout;
+        for (i, confirm) in pending {
+            match tokio::time::timeout_at(deadline, confirm).await {
+                Ok(Ok(Confirmation::Nack(_))) => {
+                    return Err(BrokerError::new(ErrorKind::Other, "the broker refused a message of the batch (basic.nack)"))
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(_)) => failed.push(i),
+                Err(_) => return Err(BrokerError::new(ErrorKind::Timeout, "publisher confirms of a batch timed out")),
+            }
+        }
+        if !failed.is_empty() {
+            self.forget_channel(&self.pub_channel, &ch).await;
+            failed.sort_unstable();
+            for i in failed {
+                let (ex, rk, body, props) = &items[i];
+                self.publish(ex, rk, body, *props).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Run `declare` once per key and publish connection (declarations are
+    /// repeated after a reconnect, in case the broker restarted).
+    pub(crate) async fn declare_once<F, Fut>(&self, key: &str, declare: F) -> Result<(), BrokerError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<(), BrokerError>>,
+    {
+        let epoch = self.publish_link.epoch();
+        {
+            let mut d = self.declared.lock().unwrap_or_else(|p| p.into_inner());
+            if d.0 != epoch {
+                *d = (epoch, HashSet::new());
+            }
+            if d.1.contains(key) {
+                return Ok(());
+            }
+        }
+        declare().await?;
+        let epoch = self.publish_link.epoch();
+        let mut d = self.declared.lock().unwrap_or_else(|p| p.into_inner());
+        if d.0 == epoch {
+            d.1.insert(key.to_string());
+        }
+        Ok(())
+    }
+
+    pub(crate) fn forget_declarations(&self) {
+        self.declared.lock().unwrap_or_else(|p| p.into_inner()).1.clear();
+    }
+
+    /// The arguments of a task queue: `x-max-priority` (classic) or
+    /// `x-queue-type: quorum`.
+    pub(crate) fn task_queue_args(&self) -> FieldTable {
+        let mut args = FieldTable::default();
+        match self.opts.queue_type {
+            QueueType::Classic => {
+                if let Some(p) = self.opts.queue_max_priority {
+                    args.insert("x-max-priority".into(), AMQPValue::LongInt(i32::from(p)));
+                }
+            }
+            QueueType::Quorum => {
+                args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
+            }
+        }
+        args
+    }
+
+    /// Celery's declarations for a task queue `q`: exchange `q` (direct,
+    /// durable), queue `q` (durable) and the binding with routing key `q`.
+    pub(crate) async fn declare_task_queue(&self, ch: &Channel, q: &ShortString) -> Result<(), lapin::Error> {
+        ch.exchange_declare(
+            q.clone(),
+            ExchangeKind::Direct,
+            ExchangeDeclareOptions { durable: true, ..Default::default() },
+            FieldTable::default(),
+        )
+        .await?;
+        ch.queue_declare(q.clone(), QueueDeclareOptions { durable: true, ..Default::default() }, self.task_queue_args())
+            .await?;
+        ch.queue_bind(q.clone(), q.clone(), q.clone(), QueueBindOptions::default(), FieldTable::default()).await
+    }
+
+    pub(crate) async fn ensure_task_queue(&self, q: &str) -> Result<(), BrokerError> {
+        let name = short(q, "queue name")?;
+        if self.opts.queue_type == QueueType::Quorum && self.opts.queue_max_priority.is_some() {
+            tracing::warn!(queue = q, "quorum queues take no x-max-priority; declaring without it");
+        }
+        let (name, what) = (&name, format!("declaring queue {q:?}"));
+        self.declare_once(&format!("q:{q}"), || {
+            self.admin(&what, |ch| async move { self.declare_task_queue(&ch, name).await })
+        })
+        .await
+    }
+
+    /// A durable classic queue with no arguments, reached through the
+    /// default exchange (dead-letter queues).
+    pub(crate) async fn ensure_plain_queue(&self, q: &str) -> Result<(), BrokerError> {
+        let name = short(q, "queue name")?;
+        let (name, what) = (&name, format!("declaring queue {q:?}"));
+        self.declare_once(&format!("plain:{q}"), || {
+            self.admin(&what, |ch| async move {
+                ch.queue_declare(name.clone(), QueueDeclareOptions { durable: true, ..Default::default() }, FieldTable::default())
+                    .await
+                    .map(|_| ())
+            })
+        })
+        .await
+    }
+
+    /// Declare an exchange used for fanout/topic publishing.
+    pub(crate) async fn ensure_exchange(&self, spec: &ExchangeSpec) -> Result<(), BrokerError> {
+        let what = format!("declaring exchange {:?}", spec.name);
+        self.declare_once(&format!("x:{}", spec.name), || self.admin(&what, |ch| async move { spec.declare(&ch).await }))
+        .await
+    }
+}
+
+/// How an exchange is declared (Celery's settings for its own exchanges).
+#[derive(Debug, Clone)]
+pub(crate) struct ExchangeSpec {
+    pub(crate) name: ShortString,
+    pub(crate) kind: ExchangeKind,
+    pub(crate) durable: bool,
+    pub(crate) auto_delete: bool,
+}
+
+impl ExchangeSpec {
+    /// `celeryev` topic durable; `celery.pidbox` fanout and
+    /// `reply.celery.pidbox` direct, both non-durable; any other name a
+    /// non-durable, auto-delete topic exchange.
+    pub(crate) fn for_name(name: &str) -> Result<Self, BrokerError> {
+        let (kind, durable, auto_delete) = match name {
+            "celeryev" => (ExchangeKind::Topic, true, false),
+            qcore::control::PIDBOX_EXCHANGE => (ExchangeKind::Fanout, false, false),
+            qcore::control::REPLY_EXCHANGE => (ExchangeKind::Direct, false, false),
+            _ => (ExchangeKind::Topic, false, true),
+        };
+        if name.is_empty() {
+            return Err(BrokerError::new(ErrorKind::Config, "the default exchange \"\" cannot be used for fanout"));
+        }
+        Ok(ExchangeSpec { name: short(name, "exchange name")?, kind, durable, auto_delete })
+    }
+
+    pub(crate) async fn declare(&self, ch: &Channel) -> Result<(), lapin::Error> {
+        ch.exchange_declare(
+            self.name.clone(),
+            self.kind.clone(),
+            ExchangeDeclareOptions { durable: self.durable, auto_delete: self.auto_delete, ..Default::default() },
+            FieldTable::default(),
+        )
+        .await
+    }
+}

@@ -1,0 +1,142 @@
+//! [`AmqpOptions`]: what the URL does not say.
+
+use std::time::Duration;
+
+/// The kind of queue [`declare_queue`](qcore::Broker::declare_queue) creates
+/// for tasks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum QueueType {
+    /// Classic durable queues, as Celery declares them by default.
+    #[default]
+    Classic,
+    /// Quorum queues (`x-queue-type: quorum`, Celery 5.5's
+    /// `task_default_queue_type = "quorum"`): replicated, with RabbitMQ's own
+    /// `x-delivery-count`. They take no `x-max-priority` (the option is
+    /// ignored with a warning) and no global QoS, so the prefetch applies per
+    /// queue consumed, not per consumer (Celery turns global QoS off for
+    /// them too).
+    Quorum,
+}
+
+/// Settings of an [`AmqpBroker`](crate::AmqpBroker).
+///
+/// ```
+/// let opts = qamqp::AmqpOptions::default().queue_max_priority(10).max_deliveries(Some(5));
+/// assert_eq!(opts.queue_max_priority, Some(10));
+/// ```
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct AmqpOptions {
+    /// `connection_name` client property (shown by `rabbitmqctl
+    /// list_connections client_properties` and the management UI); the two
+    /// connections of a broker get `/publish` and `/consume` appended.
+    pub connection_name: String,
+    /// `x-max-priority` for task queues (Celery's `task_queue_max_priority`).
+    /// Unset (the default) declares no priority, like Celery. A queue that
+    /// already exists with another value makes the declaration fail with a
+    /// [`Config`](qcore::ErrorKind::Config) error (RabbitMQ's
+    /// PRECONDITION_FAILED).
+    pub queue_max_priority: Option<u8>,
+    /// Classic or quorum task queues.
+    pub queue_type: QueueType,
+    /// Deliveries after which a message that was never acknowledged (a
+    /// worker crashed on it, or it was requeued again and again) is moved to
+    /// `<queue>.dead` with a reason instead of being delivered again.
+    /// `None` delivers forever (Celery's behaviour). Default: 10.
+    pub max_deliveries: Option<u32>,
+    /// The node name whose remote-control queue `<node>.celery.pidbox` a
+    /// subscription to `celery.pidbox` declares (default `celery@<hostname>`).
+    pub node_name: Option<String>,
+    /// Longest wait between two reconnection attempts (backoff is
+    /// exponential from 100 ms, with jitter).
+    pub reconnect_max_delay: Duration,
+    /// How long a publish waits for the broker's confirm.
+    pub confirm_timeout: Duration,
+}
+
+impl Default for AmqpOptions {
+    fn default() -> Self {
+        AmqpOptions {
+            connection_name: "qtask".into(),
+            queue_max_priority: None,
+            queue_type: QueueType::Classic,
+            max_deliveries: Some(10),
+            node_name: None,
+            reconnect_max_delay: Duration::from_secs(5),
+            confirm_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl AmqpOptions {
+    /// Set the connection name.
+    pub fn connection_name(mut self, name: impl Into<String>) -> Self {
+        self.connection_name = name.into();
+        self
+    }
+
+    /// Declare task queues with `x-max-priority`.
+    pub fn queue_max_priority(mut self, max: u8) -> Self {
+        self.queue_max_priority = Some(max);
+        self
+    }
+
+    /// Declare quorum task queues.
+    pub fn quorum(mut self) -> Self {
+        self.queue_type = QueueType::Quorum;
+        self
+    }
+
+    /// Set the poison-message limit (`None`: no limit).
+    pub fn max_deliveries(mut self, max: Option<u32>) -> Self {
+        self.max_deliveries = max;
+        self
+    }
+
+    /// Set the node name used for the remote-control queue.
+    pub fn node_name(mut self, node: impl Into<String>) -> Self {
+        self.node_name = Some(node.into());
+        self
+    }
+
+    /// Set the longest reconnection backoff.
+    pub fn reconnect_max_delay(mut self, d: Duration) -> Self {
+        self.reconnect_max_delay = d;
+        self
+    }
+
+    /// Set how long a publish waits for its confirm.
+    pub fn confirm_timeout(mut self, d: Duration) -> Self {
+        self.confirm_timeout = d;
+        self
+    }
+}
+
+/// Capped exponential backoff with jitter: attempt 1 waits about 100 ms,
+/// then twice as long each time up to `max`; each wait is drawn from
+/// [50 %, 100 %] of the nominal value so reconnecting clients spread out.
+pub(crate) fn backoff(attempt: u32, max: Duration) -> Duration {
+    if attempt == 0 {
+        return Duration::ZERO;
+    }
+    let nominal = Duration::from_millis(100).saturating_mul(1u32 << (attempt - 1).min(16)).min(max);
+    nominal.mul_f64(0.5 + fastrand::f64() * 0.5)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_is_capped_and_jittered() {
+        let max = Duration::from_secs(5);
+        assert_eq!(backoff(0, max), Duration::ZERO);
+        for attempt in 1..40 {
+            let d = backoff(attempt, max);
+            assert!(d <= max, "{attempt}: {d:?}");
+            assert!(d >= Duration::from_millis(50), "{attempt}: {d:?}");
+        }
+        assert!(backoff(30, max) >= max / 2);
+    }
+}
