@@ -161,6 +161,8 @@ fn value_len(s: &[u8]) -> Option<usize> {
 /// One captured task message, transport envelope removed.
 struct Captured {
     file: String,
+    /// The whole captured bytes (Redis envelopes only).
+    raw: Option<Vec<u8>>,
     /// The headers' JSON text exactly as captured (Redis envelopes only).
     headers_text: Option<Vec<u8>>,
     message: Message,
@@ -203,6 +205,7 @@ fn redis_vector(rel: &str) -> Captured {
     Captured {
         file: rel.into(),
         headers_text: Some(member_text(&raw, "headers").expect("envelope has headers").to_vec()),
+        raw: Some(raw.clone()),
         message: Message { headers: env["headers"].as_object().unwrap().clone(), properties, body },
     }
 }
@@ -227,6 +230,7 @@ fn amqp_vector(body_rel: &str) -> Captured {
     Captured {
         file: body_rel.into(),
         headers_text: None,
+        raw: None,
         message: Message { headers: p["headers"].as_object().unwrap().clone(), properties, body: read(body_rel) },
     }
 }
@@ -506,9 +510,14 @@ fn task_messages_decode_and_encode_back_to_celerys_bytes() {
         let body = TaskBody(tm.args.clone(), tm.kwargs.clone(), tm.embed.clone());
         f.bytes(file, "re-encoded body", &m.body, &tm.content_type.encode(&body).unwrap());
 
-        // The headers, as JSON text.
+        // The headers, as JSON text; and the whole Redis envelope, which a
+        // transport can write with the same JSON writer.
         if let Some(text) = &c.headers_text {
             f.bytes(file, "headers JSON text", text, &py(&m.headers));
+        }
+        if let Some(raw) = &c.raw {
+            let env: Value = serde_json::from_slice(raw).unwrap();
+            f.bytes(file, "envelope JSON text", raw, &py(&env));
         }
 
         // Re-sending the message as is (a requeue): same headers and body.
