@@ -32,7 +32,7 @@ pub mod task;
 pub mod time;
 pub mod trace;
 
-pub use app::{hostname, App, AppBuilder, IntoSignature, Parent, SendOptions, TypedSignature};
+pub use app::{hostname, App, AppBuilder, IntoSignature, Parent, PreparedSend, SendOptions, TypedSignature};
 pub use async_result::AsyncResult;
 pub use backend::{ChordJoin, ChordPart, ResultBackend};
 pub use broker::{Acker, Broker, ConsumeOptions, Consumer, DeadLetter, Delivery, Subscription};

@@ -1108,4 +1108,33 @@ mod producer {
             failures.join("\n")
         );
     }
+
+    /// `App::prepare` builds exactly the messages `apply_async` publishes
+    /// (same layout, same order) and publishes nothing.
+    #[tokio::test]
+    async fn prepare_builds_without_publishing() {
+        let sigs = [
+            add(&[2, 2]),
+            chain([add(&[1, 2]), add(&[3]), add(&[4])]),
+            group([add(&[1, 1]), add(&[2, 2])]),
+            chord([add(&[1, 1]), add(&[2, 2]), add(&[3, 3])], Signature::new("capapp.tsum")),
+        ];
+        for sig in sigs {
+            let broker = Arc::new(Recorder::default());
+            let app = App::builder().broker(broker.clone()).backend(Arc::new(ChordLog::default())).build().unwrap();
+            let prepared = app.prepare(sig.clone(), SendOptions::new().priority(3)).await.unwrap();
+            assert!(broker.sent.lock().unwrap().is_empty(), "prepare published");
+            app.apply_async(sig.clone(), SendOptions::new().priority(3)).await.unwrap();
+            let sent = broker.sent.lock().unwrap().clone();
+            let norm = |msgs: &[(String, Message)]| {
+                let mut n = Normalizer::default();
+                msgs.iter().map(|(q, m)| n.message(q, m, app.reply_to(), app.origin())).collect::<Vec<Value>>()
+            };
+            assert_eq!(norm(&prepared.messages), norm(&sent), "{}", sig.task);
+            let ids: Vec<&str> = prepared.messages.iter().filter_map(|(_, m)| m.headers["id"].as_str()).collect();
+            if sig.kind() == qcore::CanvasKind::Task {
+                assert_eq!(ids, vec![prepared.result.id()]);
+            }
+        }
+    }
 }

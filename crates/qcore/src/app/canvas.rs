@@ -6,10 +6,10 @@ use std::pin::Pin;
 use chrono::{Duration as ChronoDuration, Utc};
 use serde_json::{Map, Value};
 
-use super::App;
+use super::{App, IntoSignature, SendOptions};
 use crate::async_result::AsyncResult;
 use crate::error::{Error, ProtocolError};
-use crate::message::{ContentType, Embed, TaskMessageBuilder, TimeLimit};
+use crate::message::{ContentType, Embed, Message, TaskMessageBuilder, TimeLimit};
 use crate::signature::{CanvasKind, Signature};
 use crate::time::parse_iso;
 
@@ -26,6 +26,19 @@ pub struct Parent {
 }
 
 type BoxFut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Where built messages go: published now (`None`), or collected.
+type Sink = std::sync::Mutex<Vec<(String, Message)>>;
+
+/// The messages a signature sends, built but not published: see
+/// [`App::prepare`].
+#[derive(Debug)]
+pub struct PreparedSend<T> {
+    /// The handle on the result (for a canvas, the one [`App::delay`] returns).
+    pub result: AsyncResult<T>,
+    /// `(queue, message)` in the order [`App::delay`] would publish them.
+    pub messages: Vec<(String, Message)>,
+}
 
 fn new_id() -> String {
     uuid::Uuid::new_v4().to_string()
@@ -73,21 +86,56 @@ impl App {
         sig: Signature,
         parent: Option<Parent>,
     ) -> BoxFut<'_, Result<AsyncResult<Value>, Error>> {
+        self.apply_into(sig, parent, None)
+    }
+
+    /// Build the messages [`apply_async`](App::apply_async) would publish
+    /// for `sig`, without publishing them: ids are frozen and the result
+    /// handle is ready, so the caller can publish the messages later or
+    /// inside a database transaction (enqueue on commit) with
+    /// [`Broker::publish_many`](crate::Broker::publish_many) or an
+    /// adapter's transactional publish. A chord still registers its size
+    /// with the result backend now (an unused counter expires with
+    /// `result_expires`).
+    pub async fn prepare<S: IntoSignature>(
+        &self,
+        sig: S,
+        options: SendOptions,
+    ) -> Result<PreparedSend<S::Output>, Error> {
+        let mut sig = sig.into_signature();
+        options.apply_to(&mut sig);
+        let sink = Sink::default();
+        let result = self.apply_into(sig, None, Some(&sink)).await?;
+        let messages = sink.into_inner().unwrap_or_else(|p| p.into_inner());
+        Ok(PreparedSend { result: result.typed(), messages })
+    }
+
+    fn apply_into<'a>(
+        &'a self,
+        sig: Signature,
+        parent: Option<Parent>,
+        sink: Option<&'a Sink>,
+    ) -> BoxFut<'a, Result<AsyncResult<Value>, Error>> {
         Box::pin(async move {
             match sig.kind() {
                 CanvasKind::Task => {
-                    let id = self.send_task_signature(sig, parent.as_ref()).await?;
+                    let id = self.send_task_signature(sig, parent.as_ref(), sink).await?;
                     Ok(AsyncResult::new(self.clone(), id))
                 }
-                CanvasKind::Chain => self.apply_chain(sig, parent).await,
-                CanvasKind::Group => self.apply_group(sig, parent).await,
-                CanvasKind::Chord => self.apply_chord(sig, parent).await,
+                CanvasKind::Chain => self.apply_chain(sig, parent, sink).await,
+                CanvasKind::Group => self.apply_group(sig, parent, sink).await,
+                CanvasKind::Chord => self.apply_chord(sig, parent, sink).await,
             }
         })
     }
 
-    /// Send one task signature; returns its id.
-    async fn send_task_signature(&self, mut sig: Signature, parent: Option<&Parent>) -> Result<String, Error> {
+    /// Send one task signature (or add it to `sink`); returns its id.
+    async fn send_task_signature(
+        &self,
+        mut sig: Signature,
+        parent: Option<&Parent>,
+        sink: Option<&Sink>,
+    ) -> Result<String, Error> {
         if let Some(p) = parent {
             if let (Some(r), false) = (&p.result, sig.immutable) {
                 sig.args.insert(0, r.clone());
@@ -175,11 +223,19 @@ impl App {
             reply_to: Some(self.reply_to().to_string()),
         };
         let msg = builder.build()?;
-        self.dispatch(&queue, msg).await?;
+        match sink {
+            Some(sink) => sink.lock().unwrap_or_else(|p| p.into_inner()).push((queue, msg)),
+            None => self.dispatch(&queue, msg).await?,
+        }
         Ok(id)
     }
 
-    async fn apply_chain(&self, sig: Signature, parent: Option<Parent>) -> Result<AsyncResult<Value>, Error> {
+    async fn apply_chain(
+        &self,
+        sig: Signature,
+        parent: Option<Parent>,
+        sink: Option<&Sink>,
+    ) -> Result<AsyncResult<Value>, Error> {
         let mut steps = normalize_chain(&sig, self.reply_to())?;
         if steps.is_empty() {
             return Err(ProtocolError::Invalid("empty chain".into()).into());
@@ -200,7 +256,7 @@ impl App {
             let reversed: Vec<Value> = steps.iter().rev().map(Signature::to_value).collect();
             attach_chain(&mut first, reversed)?;
         }
-        let first_res = self.apply_signature(first, parent).await?;
+        let first_res = self.apply_into(first, parent, sink).await?;
         Ok(handle.unwrap_or(first_res))
     }
 
@@ -218,19 +274,29 @@ impl App {
         }
     }
 
-    async fn apply_group(&self, sig: Signature, parent: Option<Parent>) -> Result<AsyncResult<Value>, Error> {
+    async fn apply_group(
+        &self,
+        sig: Signature,
+        parent: Option<Parent>,
+        sink: Option<&Sink>,
+    ) -> Result<AsyncResult<Value>, Error> {
         let gid = sig.options.get("task_id").and_then(Value::as_str).map(str::to_owned).unwrap_or_else(new_id);
         let members = sig.tasks();
         let mut results = Vec::with_capacity(members.len());
         for (i, mut m) in members.into_iter().enumerate() {
             set_group_membership(&mut m, &gid, i as u64, None, self.reply_to())?;
             inherit_options(&mut m, &sig.options);
-            results.push(self.apply_signature(m, parent.clone()).await?);
+            results.push(self.apply_into(m, parent.clone(), sink).await?);
         }
         Ok(AsyncResult::group(self.clone(), gid, results))
     }
 
-    async fn apply_chord(&self, sig: Signature, parent: Option<Parent>) -> Result<AsyncResult<Value>, Error> {
+    async fn apply_chord(
+        &self,
+        sig: Signature,
+        parent: Option<Parent>,
+        sink: Option<&Sink>,
+    ) -> Result<AsyncResult<Value>, Error> {
         let (header, mut body) =
             sig.chord_parts().ok_or_else(|| ProtocolError::Invalid("chord without header or body".into()))?;
         let backend = self.backend().ok_or(Error::NoBackend)?.clone();
@@ -254,14 +320,14 @@ impl App {
         let members = header.tasks();
         if members.is_empty() {
             let p = Parent { result: Some(Value::Array(Vec::new())), ..parent.unwrap_or_default() };
-            let id = self.send_task_signature(body, Some(&p)).await?;
+            let id = self.send_task_signature(body, Some(&p), sink).await?;
             return Ok(AsyncResult::new(self.clone(), id));
         }
         backend.chord_init(&gid, members.len() as u64, Some(self.config().result_expires)).await?;
         let body_value = body.to_value();
         for (i, mut m) in members.into_iter().enumerate() {
             set_group_membership(&mut m, &gid, i as u64, Some(&body_value), self.reply_to())?;
-            self.apply_signature(m, parent.clone()).await?;
+            self.apply_into(m, parent.clone(), sink).await?;
         }
         Ok(AsyncResult::new(self.clone(), body_id))
     }

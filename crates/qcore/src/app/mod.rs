@@ -9,7 +9,7 @@ use std::sync::{Arc, RwLock};
 
 use serde_json::{Map, Value};
 
-pub use canvas::Parent;
+pub use canvas::{Parent, PreparedSend};
 pub use send::SendOptions;
 
 use crate::async_result::AsyncResult;
