@@ -340,22 +340,25 @@ pub async fn run_catching(
     let args = msg.args.clone();
     let kwargs = msg.kwargs.clone();
     let handle = tokio::spawn(async move { task.run(ctx, args, kwargs).await });
-    match handle.await {
-        Ok(r) => r,
-        Err(e) if e.is_panic() => {
-            let p = e.into_panic();
-            let text = p
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| p.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "task panicked".into());
-            Err(TaskError::Failure { exc: ExceptionInfo::new("Panic", text).module("rust"), traceback: None })
-        }
-        Err(_) => Err(TaskError::Failure {
+    handle.await.unwrap_or_else(|e| Err(join_failure(e)))
+}
+
+/// The FAILURE for a task whose tokio task did not return: a panic becomes
+/// `Panic(<message>)`, a cancellation `Cancelled`.
+pub fn join_failure(e: tokio::task::JoinError) -> TaskError {
+    if !e.is_panic() {
+        return TaskError::Failure {
             exc: ExceptionInfo::new("Cancelled", "task was cancelled").module("rust"),
             traceback: None,
-        }),
+        };
     }
+    let p = e.into_panic();
+    let text = p
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "task panicked".into());
+    TaskError::Failure { exc: ExceptionInfo::new("Panic", text).module("rust"), traceback: None }
 }
 
 impl App {

@@ -362,19 +362,7 @@ async fn run(
     let end = loop {
         tokio::select! {
             r = &mut join => {
-                break RunEnd::Done(match r {
-                    Ok(r) => r,
-                    Err(e) if e.is_panic() => {
-                        let p = e.into_panic();
-                        let text = p
-                            .downcast_ref::<&str>()
-                            .map(|s| s.to_string())
-                            .or_else(|| p.downcast_ref::<String>().cloned())
-                            .unwrap_or_else(|| "task panicked".into());
-                        Err(TaskError::Failure { exc: ExceptionInfo::new("Panic", text).module("rust"), traceback: None })
-                    }
-                    Err(_) => Err(TaskError::Failure { exc: ExceptionInfo::new("Cancelled", "task was cancelled").module("rust"), traceback: None }),
-                });
+                break RunEnd::Done(r.unwrap_or_else(|e| Err(trace::join_failure(e))));
             }
             _ = &mut hard_sleep => {
                 abort.abort();
