@@ -9,7 +9,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{eventually, RedisServer};
-use qcore::{Broker, ConsumeOptions, Consumer, Delivery, Message, TaskMessageBuilder};
+use qcore::{
+    Broker, ConsumeOptions, Consumer, Delivery, ErrorKind, Message, ResultBackend, ResultMeta, State,
+    TaskMessageBuilder,
+};
+use qredis::{RedisBackend, RedisBackendOptions};
 use qredis::{RedisBroker, RedisOptions};
 use tokio::sync::mpsc;
 
@@ -263,4 +267,66 @@ async fn deferred_messages_move_back_exactly_once_with_two_consumers() {
     for t in tasks {
         t.abort();
     }
+}
+
+/// (5) While the server is down, calls fail with Connection errors (ping
+/// tells readiness); a result waiter blocked across the outage is woken by
+/// a store made after the server came back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outage_is_reported_and_result_waiters_resume() {
+    let mut server = RedisServer::start(true);
+    let broker = RedisBroker::connect(&server.url(), opts(1000)).await.unwrap();
+    let waiting = RedisBackend::connect(&server.url(), RedisBackendOptions::default()).await.unwrap();
+    let storing = RedisBackend::connect(&server.url(), RedisBackendOptions::default()).await.unwrap();
+    let waiter = {
+        let b = waiting.clone();
+        tokio::spawn(async move { b.wait("outage-1", Duration::from_secs(60)).await })
+    };
+    let mut raw = common::raw(&server.url()).await;
+    eventually(Duration::from_secs(10), "the waiter is subscribed", || {
+        let mut raw = raw.clone();
+        async move {
+            let (_, n): (String, u64) = common::redis::cmd("PUBSUB")
+                .arg("NUMSUB")
+                .arg("celery-task-meta-outage-1")
+                .query_async(&mut raw)
+                .await
+                .unwrap();
+            n == 1
+        }
+    })
+    .await;
+    server.kill();
+    let e = broker.ping().await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Connection, "{e}");
+    let e = broker.publish("q", &task("during")).await.unwrap_err();
+    assert!(e.is_retryable(), "{e}");
+    let e = storing.get("outage-1").await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Connection, "{e}");
+    server.resume();
+    eventually(Duration::from_secs(20), "ping after the restart", || {
+        let b = broker.clone();
+        async move { b.ping().await.is_ok() }
+    })
+    .await;
+    raw = common::raw(&server.url()).await;
+    assert!(!waiter.is_finished(), "the waiter gave up during the outage: {:?}", waiter.await);
+    eventually(Duration::from_secs(20), "the waiter subscribed again", || {
+        let mut raw = raw.clone();
+        async move {
+            let (_, n): (String, u64) = common::redis::cmd("PUBSUB")
+                .arg("NUMSUB")
+                .arg("celery-task-meta-outage-1")
+                .query_async(&mut raw)
+                .await
+                .unwrap();
+            n == 1
+        }
+    })
+    .await;
+    let meta = ResultMeta::new("outage-1", State::Success, serde_json::json!(42));
+    storing.store(&meta, Some(Duration::from_secs(60))).await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(10), waiter).await.unwrap().unwrap().unwrap();
+    assert_eq!(got.status, State::Success);
+    assert_eq!(got.result, serde_json::json!(42));
 }

@@ -202,13 +202,23 @@ impl ResultBackend for RedisBackend {
             Ok(w) => w?,
             Err(_) => return Err(timed_out()),
         };
-        // Subscribed first, then read: a store between the two is seen either way.
-        if let Some(m) = self.get_ready(task_id).await? {
-            return Ok(m);
-        }
+        // Subscribed first, then read: a store between the two is seen either
+        // way. A read that fails while the server is away is retried when the
+        // pub/sub connection is back (it sends a resync).
+        let mut read = true;
+        let mut last_error = None;
         loop {
+            if read {
+                read = false;
+                match self.get_ready(task_id).await {
+                    Ok(Some(m)) => return Ok(m),
+                    Ok(None) => {}
+                    Err(e) if e.is_retryable() => last_error = Some(e),
+                    Err(e) => return Err(e),
+                }
+            }
             match tokio::time::timeout_at(deadline, waiter.rx.recv()).await {
-                Err(_) => return Err(timed_out()),
+                Err(_) => return Err(last_error.unwrap_or_else(timed_out)),
                 Ok(None) => {
                     let left = deadline.saturating_duration_since(tokio::time::Instant::now());
                     return poll_until_ready(self, task_id, left).await;
@@ -218,11 +228,7 @@ impl ResultBackend for RedisBackend {
                     Ok(_) => {}
                     Err(e) => tracing::warn!(task_id, error = %e, "unreadable result published"),
                 },
-                Ok(Some(Event::Resync)) => {
-                    if let Some(m) = self.get_ready(task_id).await? {
-                        return Ok(m);
-                    }
-                }
+                Ok(Some(Event::Resync)) => read = true,
             }
         }
     }

@@ -91,7 +91,14 @@ impl Hub {
         let Some(sink) = ops.as_mut() else {
             return Err(BackendError::new(ErrorKind::Connection, "result pub/sub connection is not available"));
         };
-        sink.subscribe(channel).await.map_err(|e| map_err::<BackendError>("SUBSCRIBE", e))?;
+        if let Err(e) = sink.subscribe(channel).await {
+            if !crate::conn::is_connection_error(&e) {
+                return Err(map_err::<BackendError>("SUBSCRIBE", e));
+            }
+            // The connection just broke: the channel is registered, so the
+            // reconnect subscribes it again and tells the waiter to re-read.
+            tracing::debug!(error = %e, "SUBSCRIBE on a broken pub/sub connection");
+        }
         Ok(waiter)
     }
 

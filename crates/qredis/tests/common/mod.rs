@@ -110,7 +110,12 @@ impl RedisServer {
         }
     }
 
-    /// Start it again on the same port (and data directory).
+    /// Start a killed server again on the same port (and data directory).
+    pub(crate) fn resume(&mut self) {
+        self.spawn();
+    }
+
+    /// Kill and start again on the same port (and data directory).
     pub(crate) fn restart(&mut self) {
         self.kill();
         self.spawn();
