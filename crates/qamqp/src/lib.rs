@@ -29,6 +29,8 @@ mod props;
 mod rpc;
 mod subscription;
 mod url;
+#[cfg(test)]
+mod wire_tests;
 
 pub use broker::AmqpBroker;
 pub use options::{AmqpOptions, QueueType};

@@ -1,0 +1,99 @@
+//! Test support: a RabbitMQ vhost of this test run, `rabbitmqctl`, waits.
+//!
+//! Every test binary creates its own vhost `qamqp-test-<pid>-<random>` on the
+//! RabbitMQ at 127.0.0.1:5672 (guest/guest), so the durable queues the tests
+//! declare never pile up in `/` and parallel runs do not meet. Vhosts left
+//! by earlier runs whose process is gone are deleted first. Needs
+//! `rabbitmqctl` (run as root locally and in CI); a missing server fails.
+
+#![allow(dead_code)]
+
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use qamqp::{AmqpBroker, AmqpOptions};
+use serde_json::Value;
+
+/// Run `rabbitmqctl args...` and return its stdout; panics on failure.
+pub fn ctl(args: &[&str]) -> String {
+    let out = Command::new("rabbitmqctl").args(args).output().unwrap_or_else(|e| panic!("rabbitmqctl: {e}"));
+    assert!(
+        out.status.success(),
+        "rabbitmqctl {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `rabbitmqctl -q --formatter json <what> -p <vhost> columns...` as JSON rows.
+pub fn list(what: &str, columns: &[&str]) -> Vec<Value> {
+    let mut args = vec!["-q", "--formatter", "json", what, "-p", vhost()];
+    args.extend_from_slice(columns);
+    let out = ctl(&args);
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("rabbitmqctl {what} printed no JSON ({e}): {out}"))
+}
+
+fn stale(name: &str) -> bool {
+    let Some(rest) = name.strip_prefix("qamqp-test-") else { return false };
+    let pid = rest.split('-').next().and_then(|p| p.parse::<u32>().ok());
+    pid.is_some_and(|pid| pid != std::process::id() && !std::path::Path::new(&format!("/proc/{pid}")).exists())
+}
+
+/// This run's vhost (created on first use).
+pub fn vhost() -> &'static str {
+    static VHOST: OnceLock<String> = OnceLock::new();
+    VHOST.get_or_init(|| {
+        for line in ctl(&["-q", "list_vhosts", "name"]).lines() {
+            let name = line.trim();
+            if stale(name) {
+                let _ = Command::new("rabbitmqctl").args(["-q", "delete_vhost", name]).output();
+            }
+        }
+        let name = format!("qamqp-test-{}-{}", std::process::id(), uuid::Uuid::new_v4().simple());
+        ctl(&["-q", "add_vhost", &name]);
+        ctl(&["-q", "set_permissions", "-p", &name, "guest", ".*", ".*", ".*"]);
+        name
+    })
+}
+
+/// The URL of this run's vhost.
+pub fn url() -> String {
+    format!("amqp://guest:guest@127.0.0.1:5672/{}", vhost())
+}
+
+/// A broker on this run's vhost.
+pub async fn broker(opts: AmqpOptions) -> AmqpBroker {
+    AmqpBroker::connect(&url(), opts).await.unwrap_or_else(|e| panic!("connect: {e}"))
+}
+
+/// A name no other test uses.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}.{}", uuid::Uuid::new_v4().simple())
+}
+
+/// Poll `cond` until it holds or `within` passes (then panic with `what`).
+pub async fn wait_until<F, Fut>(within: Duration, what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    let mut interval = Duration::from_millis(5);
+    loop {
+        if cond().await {
+            return;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            panic!("{what}: not true within {within:?}");
+        }
+        tokio::time::sleep(interval).await;
+        interval = (interval * 2).min(Duration::from_millis(200));
+    }
+}
+
+/// The row of `rows` whose `name` is `name`.
+pub fn row<'a>(rows: &'a [Value], name: &str) -> &'a Value {
+    rows.iter().find(|r| r["name"] == name).unwrap_or_else(|| panic!("{name} not listed in {rows:?}"))
+}
