@@ -12,7 +12,19 @@ pub const SUPPORTED_SCHEMES: &[&str] = &[
     "redis://",
     #[cfg(feature = "redis")]
     "rediss://",
+    #[cfg(feature = "postgres")]
+    "postgres://",
+    #[cfg(feature = "postgres")]
+    "postgresql://",
+    #[cfg(feature = "sqlite")]
+    "sqlite://",
 ];
+
+/// The broker and result backend of an app configured with neither
+/// `broker_url` nor `result_backend`: the embedded SQLite database
+/// `qtask.db` in the working directory (feature `sqlite`, on by default),
+/// else `memory://`.
+pub const DEFAULT_URL: &str = if cfg!(feature = "sqlite") { "sqlite://qtask.db" } else { "memory://" };
 
 fn scheme(url: &str) -> Result<&str, Error> {
     url.split_once("://")
@@ -30,18 +42,19 @@ fn unsupported(kind: &str, url: &str) -> Error {
     ))
 }
 
-/// A broker for `url` (`memory://`, and with features `redis://` /
-/// `rediss://`; `amqp://`, `postgres://`, `sqlite://` as they land), with
-/// default settings. See [`connect_with`] to pass settings.
+/// A broker for `url` (`memory://`, `sqlite://path`, and with features
+/// `redis://` / `rediss://`, `postgres://` / `postgresql://`; `amqp://` as it
+/// lands), with default settings. See [`connect_with`] to pass settings.
 pub async fn connect(url: &str) -> Result<Arc<dyn Broker>, Error> {
     connect_with(url, &Config::default()).await
 }
 
 /// A broker for `url` using the adapter settings of `cfg` (Redis:
 /// `visibility_timeout`, `max_deliveries`, `broker_transport_options`
-/// `global_keyprefix` / `visibility_timeout`). The server is contacted once,
+/// `global_keyprefix` / `visibility_timeout`; SQL: `visibility_timeout`,
+/// `max_deliveries`). The server is contacted once,
 /// so an unreachable broker is an error here rather than at the first send.
-#[cfg_attr(not(feature = "redis"), allow(unused_variables))]
+#[cfg_attr(not(any(feature = "redis", feature = "sqlite", feature = "postgres")), allow(unused_variables))]
 pub async fn connect_with(url: &str, cfg: &Config) -> Result<Arc<dyn Broker>, Error> {
     match scheme(url)? {
         #[cfg(feature = "memory")]
@@ -51,6 +64,10 @@ pub async fn connect_with(url: &str, cfg: &Config) -> Result<Arc<dyn Broker>, Er
             let options = qredis::RedisOptions::from_config(cfg);
             Ok(Arc::new(qredis::RedisBroker::connect(url, options).await?))
         }
+        #[cfg(feature = "postgres")]
+        "postgres" | "postgresql" => crate::sql::connect_broker(url, cfg).await,
+        #[cfg(feature = "sqlite")]
+        "sqlite" => crate::sql::connect_broker(url, cfg).await,
         _ => Err(unsupported("broker", url)),
     }
 }
@@ -61,8 +78,12 @@ pub async fn connect_backend(url: &str) -> Result<Arc<dyn ResultBackend>, Error>
 }
 
 /// A result backend for `url` using the adapter settings of `cfg` (Redis:
-/// `result_backend_transport_options` `global_keyprefix`).
-#[cfg_attr(not(feature = "redis"), allow(unused_variables))]
+/// `result_backend_transport_options` `global_keyprefix`). SQL databases
+/// take Celery's database backend spellings too: `db+postgresql://…`,
+/// `db+postgresql+psycopg2://…`, `db+sqlite:///relative.db`,
+/// `db+sqlite:////absolute.db`; `database_table_schemas.task` sets the
+/// PostgreSQL schema.
+#[cfg_attr(not(any(feature = "redis", feature = "sqlite", feature = "postgres")), allow(unused_variables))]
 pub async fn connect_backend_with(url: &str, cfg: &Config) -> Result<Arc<dyn ResultBackend>, Error> {
     match scheme(url)? {
         #[cfg(feature = "memory")]
@@ -80,6 +101,11 @@ pub async fn connect_backend_with(url: &str, cfg: &Config) -> Result<Arc<dyn Res
             }
             Ok(Arc::new(qredis::RedisBackend::connect(url, options).await?))
         }
+        #[cfg(any(feature = "sqlite", feature = "postgres"))]
+        _ if crate::sql::backend_url(url).is_some() => {
+            let sql_url = crate::sql::backend_url(url).unwrap_or_default();
+            crate::sql::connect_backend(&sql_url, cfg).await
+        }
         _ => Err(unsupported("result backend", url)),
     }
 }
@@ -93,10 +119,15 @@ pub async fn app(url: &str) -> Result<App, Error> {
     app_from_config(cfg).await
 }
 
-/// An app from settings: `broker_url` (default `memory://` for now) and
-/// `result_backend` (none: results are not stored).
-pub async fn app_from_config(cfg: Config) -> Result<App, Error> {
-    let broker_url = cfg.broker_url.clone().unwrap_or_else(|| "memory://".to_string());
+/// An app from settings: `broker_url` and `result_backend`. With neither
+/// set, both are [`DEFAULT_URL`] (the embedded `sqlite://qtask.db`); with
+/// only `result_backend` set the broker is [`DEFAULT_URL`]; with only
+/// `broker_url` set results are not stored (as in Celery).
+pub async fn app_from_config(mut cfg: Config) -> Result<App, Error> {
+    if cfg.broker_url.is_none() && cfg.result_backend.is_none() {
+        cfg.result_backend = Some(DEFAULT_URL.to_string());
+    }
+    let broker_url = cfg.broker_url.get_or_insert_with(|| DEFAULT_URL.to_string()).clone();
     let broker = connect_with(&broker_url, &cfg).await?;
     let mut builder = App::builder().broker(broker);
     if let Some(url) = cfg.result_backend.clone() {

@@ -29,15 +29,25 @@
 //! ```
 //!
 //! Features: `macros` (`#[task]`), `worker`, `memory` (the in-process
-//! `memory://` broker and backend) are on by default; `redis` adds the
-//! Redis broker and result backend (`redis://`, and `rediss://` over TLS;
-//! re-exported as [`qredis`] for its options); `amqp` and `sql` add the
-//! other adapters as they land.
+//! `memory://` broker and backend) and `sqlite` (the SQLite broker and
+//! Celery's database result backend, `sqlite://path`) are on by default;
+//! `redis` adds the Redis broker and result backend (`redis://`, and
+//! `rediss://` over TLS; re-exported as [`qredis`] for its options);
+//! `postgres` adds the PostgreSQL broker and result backend
+//! (`postgres://`, Celery's `db+postgresql://` for results) with enqueue on
+//! commit ([`SendInTx`]); `amqp` adds RabbitMQ as it lands.
+//!
+//! **The embedded default:** an app configured with neither `broker_url`
+//! nor `result_backend` uses [`DEFAULT_URL`], `sqlite://qtask.db` (a file
+//! in the working directory), for both, so `qtask::app_from_config(Config::default())`
+//! needs no server. Sending after a commit on any broker: [`AfterCommit`].
 
 mod connect;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+mod sql;
 
 pub use connect::{
-    app, app_from_config, connect, connect_backend, connect_backend_with, connect_with, SUPPORTED_SCHEMES,
+    app, app_from_config, connect, connect_backend, connect_backend_with, connect_with, DEFAULT_URL, SUPPORTED_SCHEMES,
 };
 pub use qcore::*;
 #[cfg(feature = "macros")]
@@ -46,5 +56,13 @@ pub use qmacros::task;
 pub use qmemory;
 #[cfg(feature = "redis")]
 pub use qredis;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub use qsql;
 #[cfg(feature = "worker")]
 pub use qworker::{self, EventKind, Worker, WorkerEvent, WorkerHandle, WorkerStats};
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub use sql::AfterCommit;
+#[cfg(feature = "postgres")]
+pub use sql::{pg_broker, SendInTx};
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub use sqlx;

@@ -8,7 +8,9 @@
 //! ```
 //!
 //! URLs come from the flags, else `QTASK_BROKER_URL` / `QTASK_RESULT_BACKEND`,
-//! else `CELERY_BROKER_URL` / `CELERY_RESULT_BACKEND`.
+//! else `CELERY_BROKER_URL` / `CELERY_RESULT_BACKEND`; with none of them,
+//! the embedded default `sqlite://qtask.db` (in the working directory) for
+//! both.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -22,7 +24,8 @@ const USAGE: &str = "usage:
   qtask [--broker URL] [--backend URL] call NAME [--args JSON] [--kwargs JSON] [--queue Q] [--countdown SECS] [--wait SECS]
   qtask [--broker URL] [--backend URL] result ID
   qtask [--broker URL] purge [--queue Q]
-URLs default to QTASK_BROKER_URL / QTASK_RESULT_BACKEND, then CELERY_BROKER_URL / CELERY_RESULT_BACKEND.";
+URLs default to QTASK_BROKER_URL / QTASK_RESULT_BACKEND, then CELERY_BROKER_URL / CELERY_RESULT_BACKEND,
+then sqlite://qtask.db (in the working directory) for both.";
 
 #[derive(Debug, Default)]
 struct Cli {
@@ -77,9 +80,6 @@ fn config(cli: &Cli) -> Result<Config, Error> {
     }
     if let Some(b) = &cli.backend {
         cfg.result_backend = Some(b.clone());
-    }
-    if cfg.broker_url.is_none() {
-        cfg.broker_url = Some("memory://".into());
     }
     Ok(cfg)
 }
