@@ -5,7 +5,15 @@
 //! cargo run --example quickstart
 //! ```
 //!
-//! Set `QTASK_BROKER_URL` / `QTASK_RESULT_BACKEND` to use another broker.
+//! With nothing configured it runs on the embedded default: the SQLite
+//! database `qtask.db` in the working directory holds the queue and the
+//! results, so it needs no server. Set `QTASK_BROKER_URL` /
+//! `QTASK_RESULT_BACKEND` to use another broker (`redis://…`,
+//! `postgres://…`, `memory://`).
+//!
+//! It uses its own queue, `quickstart`, and empties it first, so it can be
+//! run again on the same `qtask.db`, also after a run that was killed
+//! half-way (whose messages would otherwise wait there).
 
 use std::time::Duration;
 
@@ -44,12 +52,14 @@ async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt().with_env_filter(std::env::var("QTASK_LOG").unwrap_or_else(|_| "warn".into())).init();
 
     let mut cfg = Config::from_env()?;
-    let default_url = "memory://".to_string();
-    cfg.broker_url.get_or_insert(default_url.clone());
-    cfg.result_backend.get_or_insert(default_url);
+    cfg.task_default_queue = "quickstart".into();
     let app = qtask::app_from_config(cfg).await?;
     app.register(add).register(mul).register(xsum).register(progress);
     println!("broker: {}", app.broker().describe());
+    let stale = app.broker().purge("quickstart").await?;
+    if stale > 0 {
+        println!("(removed {stale} messages left by an earlier run)");
+    }
 
     // A worker in this process (in production it runs in its own).
     let worker = Worker::builder(app.clone()).concurrency(4).build();
