@@ -70,3 +70,33 @@ async fn cleanup_deletes_old_results_like_backend_cleanup() {
         assert!(b.get(&fresh.task_id).await.unwrap().is_some());
     }
 }
+
+/// Several processes starting at once on an empty schema / file: every one
+/// connects, tables and migrations are created once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_starts_create_tables_once() {
+    let (schema, db) = (PgSchema::new(), TempDb::new());
+    let mut starts = Vec::new();
+    for url in [schema.url(), db.url()] {
+        for i in 0..4 {
+            let url = url.clone();
+            starts.push(tokio::spawn(async move {
+                if i % 2 == 0 {
+                    SqlBackend::connect(&url, SqlOptions::new()).await.map(drop).map_err(|e| e.to_string())
+                } else {
+                    qsql::connect_broker(&url, SqlOptions::new()).await.map(drop).map_err(|e| e.to_string())
+                }
+            }));
+        }
+    }
+    for s in starts {
+        s.await.unwrap().unwrap();
+    }
+    let b = SqlBackend::connect(&schema.url(), SqlOptions::new()).await.unwrap();
+    let versions: Vec<(i32,)> =
+        sqlx::query_as(&format!("SELECT version FROM \"{}\".qtask_schema_version", schema.name))
+            .fetch_all(b.pg_pool().unwrap())
+            .await
+            .unwrap();
+    assert_eq!(versions, vec![(1,)], "each migration recorded once");
+}
