@@ -154,6 +154,11 @@ impl Proc {
         }
     }
 
+    /// True while the process has not exited.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
     /// Send a signal (`TERM`, `KILL`, ...).
     pub fn signal(&self, sig: &str) -> Result<()> {
         signal(self.pid(), sig)
@@ -381,31 +386,33 @@ impl Drop for RedisServer {
 }
 
 /// The `qtask` CLI binary: `QTASK_CLI` if set, else `target/<profile>/qtask`
-/// next to the running test executable. When it is missing it is built
-/// with `cargo build -p qtask --bin qtask --features redis` into a separate
-/// target directory (`target/cli-for-tests`), because the running
-/// `cargo test` holds the lock of the main one. `cargo xtask test` builds
-/// the binaries first, so that fallback is only for plain `cargo test`.
+/// next to the running test executable, (re)built once per test process
+/// with `cargo build -p qtask --bin qtask --features redis` into the same
+/// target directory: `cargo test` does not build the `qtask` package's
+/// binary (that package has no integration tests), and a binary left there
+/// by a plain `cargo build -p qtask` lacks the `redis` feature. cargo
+/// releases its build lock before it runs tests, so this does not deadlock
+/// (it waits while another cargo builds); when up to date it takes a moment.
 pub fn qtask_cli() -> Result<PathBuf> {
     if let Some(p) = std::env::var_os("QTASK_CLI") {
         return Ok(PathBuf::from(p));
     }
+    static BUILD: Mutex<()> = Mutex::new(());
+    let _guard = BUILD.lock().unwrap_or_else(|p| p.into_inner());
     let exe = std::env::current_exe()?;
     // target/<profile>/deps/<test> → target/<profile>/qtask
     let profile_dir = exe.parent().and_then(Path::parent).ok_or_else(|| anyhow!("odd test path {exe:?}"))?;
-    let candidate = profile_dir.join("qtask");
-    if candidate.exists() {
-        return Ok(candidate);
+    let built = profile_dir.join("qtask");
+    static DONE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    if let Some(p) = DONE.get() {
+        return Ok(p.clone());
     }
-    static BUILD: Mutex<()> = Mutex::new(());
-    let _guard = BUILD.lock().unwrap_or_else(|p| p.into_inner());
-    let target = profile_dir.parent().unwrap_or(profile_dir).join("cli-for-tests");
+    let target = profile_dir.parent().unwrap_or(profile_dir);
     let release = profile_dir.file_name().is_some_and(|n| n == "release");
-    let built = target.join(if release { "release" } else { "debug" }).join("qtask");
     let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     cmd.current_dir(workspace_root())
         .args(["build", "--quiet", "-p", "qtask", "--bin", "qtask", "--features", "redis", "--target-dir"])
-        .arg(&target);
+        .arg(target);
     if release {
         cmd.arg("--release");
     }
@@ -413,7 +420,7 @@ pub fn qtask_cli() -> Result<PathBuf> {
     if !st.success() || !built.exists() {
         bail!("{cmd:?} failed ({st}); build it first with `cargo build -p qtask --bin qtask --features redis`");
     }
-    Ok(built)
+    Ok(DONE.get_or_init(|| built).clone())
 }
 
 /// A reply of [`redis_cmd`].
@@ -507,4 +514,31 @@ pub fn redis_cmd(url: &str, args: &[&str]) -> Result<Resp> {
         send(&["SELECT", db])?;
     }
     send(args)
+}
+
+/// Lines of `MONITOR` on the Redis of `url` (every command any client
+/// sends, with its arguments), collected in the background until the
+/// server goes away. For fault tests that count what workers wrote.
+pub fn redis_monitor(url: &str) -> Result<Arc<Mutex<Vec<String>>>> {
+    let rest = url.strip_prefix("redis://").ok_or_else(|| anyhow!("not a redis URL: {url}"))?;
+    let hostport = rest.split_once('/').map(|(h, _)| h).unwrap_or(rest).to_string();
+    let stream = std::net::TcpStream::connect(&hostport).with_context(|| format!("connect {hostport}"))?;
+    let mut w = stream.try_clone()?;
+    std::io::Write::write_all(&mut w, b"MONITOR\r\n")?;
+    let mut r = BufReader::new(stream);
+    let mut ok = String::new();
+    r.read_line(&mut ok)?;
+    if !ok.starts_with("+OK") {
+        bail!("MONITOR answered {ok:?}");
+    }
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let sink = lines.clone();
+    std::thread::spawn(move || {
+        let _keep = w;
+        for line in r.lines() {
+            let Ok(line) = line else { break };
+            sink.lock().unwrap_or_else(|p| p.into_inner()).push(line);
+        }
+    });
+    Ok(lines)
 }

@@ -7,7 +7,11 @@
 //! * `cargo xtask venv` — only create the Python venv (`.venv`, celery==5.7.0).
 //! * `cargo xtask e2e` — the full stack: services, venv, release build of the
 //!   binaries, and the end-to-end tests.
+//! * `cargo xtask bench redis [--n N] [--calls M]` — qtask beside Python
+//!   Celery on a private Redis (release binaries, the venv's Celery); prints
+//!   a Markdown table (see docs/benchmarks.md).
 
+mod bench;
 mod services;
 mod venv;
 
@@ -65,8 +69,15 @@ fn main() -> Result<()> {
                 .args(&args[1..]);
             run(&mut cmd)
         }
+        Some("bench") => match args.get(1).map(String::as_str) {
+            Some("redis") => {
+                let python = venv::ensure(&root)?;
+                bench::redis(&root, &python, &args[2..])
+            }
+            _ => bail!("usage: cargo xtask bench redis [--n N] [--calls M]"),
+        },
         _ => {
-            eprintln!("usage: cargo xtask <test|services|venv|e2e> [cargo test args...]");
+            eprintln!("usage: cargo xtask <test|services|venv|e2e|bench redis> [args...]");
             std::process::exit(2);
         }
     }

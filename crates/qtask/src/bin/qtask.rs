@@ -117,7 +117,8 @@ async fn main_inner(cli: Cli) -> anyhow::Result<ExitCode> {
             let res = app.result::<Value>(id.to_string());
             let meta = res.meta().await?;
             if meta.status.is_ready() {
-                print_result(res.get(Duration::ZERO).await)
+                // Ready: `get` returns at once (a zero timeout could expire before the read).
+                print_result(res.get(Duration::from_secs(10)).await)
             } else {
                 println!("{}", serde_json::json!({"status": meta.status, "result": meta.result}));
                 Ok(ExitCode::SUCCESS)

@@ -1,0 +1,182 @@
+//! `qtask-bench`: the qtask side of `cargo xtask bench redis` (built with
+//! `--release`; xtask starts the workers and prints the table).
+//!
+//! ```text
+//! qtask-bench enqueue    --broker URL --queue Q --n N         one producer, sequential apply_async of tasks.noop
+//! qtask-bench prefill    --broker URL --queue Q --n N         N tasks.noop, pipelined
+//! qtask-bench drain-wait --broker URL --from S --queue Q --n N [--results]
+//!                        RENAME S → Q (the worker already waits on Q), then time until Q
+//!                        and `unacked` are empty (and N results are stored with --results)
+//! qtask-bench roundtrip  --broker URL --queue Q --calls M     sequential delay().get() latencies
+//! ```
+//!
+//! Each prints one JSON object on stdout.
+
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use integration_tests::redis_cmd;
+use qtask::{task, App, Config, Message, SendOptions};
+use serde_json::{json, Value};
+
+/// Do nothing (the producer-side declaration of the benchmark task).
+#[task(name = "tasks.noop")]
+async fn noop() -> Value {
+    Value::Null
+}
+
+#[derive(Debug, Default)]
+struct Args {
+    command: String,
+    broker: String,
+    queue: String,
+    from: String,
+    n: usize,
+    calls: usize,
+    results: bool,
+}
+
+fn parse() -> Result<Args> {
+    let mut a = Args { n: 5000, calls: 500, ..Default::default() };
+    let mut it = std::env::args().skip(1);
+    a.command = it.next().ok_or_else(|| anyhow!("usage: qtask-bench enqueue|prefill|drain-wait|roundtrip ..."))?;
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().ok_or_else(|| anyhow!("{flag} needs a value"));
+        match flag.as_str() {
+            "--broker" => a.broker = value()?,
+            "--queue" => a.queue = value()?,
+            "--from" => a.from = value()?,
+            "--n" => a.n = value()?.parse().context("--n")?,
+            "--calls" => a.calls = value()?.parse().context("--calls")?,
+            "--results" => a.results = true,
+            other => bail!("unknown argument {other}"),
+        }
+    }
+    if a.broker.is_empty() || a.queue.is_empty() {
+        bail!("--broker and --queue are required");
+    }
+    Ok(a)
+}
+
+async fn app(a: &Args, backend: bool) -> Result<App> {
+    let mut cfg = Config::default();
+    cfg.broker_url = Some(a.broker.clone());
+    if backend {
+        cfg.result_backend = Some(a.broker.clone());
+    }
+    cfg.task_default_queue = a.queue.clone();
+    Ok(qtask::app_from_config(cfg).await?)
+}
+
+async fn enqueue(a: &Args) -> Result<Value> {
+    let app = app(a, false).await?;
+    app.delay(noop::s()).await?; // connect and declare outside the timing
+    let t = Instant::now();
+    for _ in 0..a.n {
+        app.delay(noop::s()).await?;
+    }
+    let s = t.elapsed().as_secs_f64();
+    Ok(json!({"n": a.n, "seconds": s, "rate": a.n as f64 / s}))
+}
+
+async fn prefill(a: &Args) -> Result<Value> {
+    let app = app(a, false).await?;
+    let mut batch: Vec<(String, Message)> = Vec::with_capacity(1000);
+    for i in 0..a.n {
+        let msg = qtask::TaskMessageBuilder {
+            id: uuid::Uuid::new_v4().to_string(),
+            task: "tasks.noop".into(),
+            origin: app.origin().to_string(),
+            ..Default::default()
+        }
+        .build()?;
+        batch.push((a.queue.clone(), msg));
+        if batch.len() == 1000 || i + 1 == a.n {
+            app.broker().publish_many(&batch).await?;
+            batch.clear();
+        }
+    }
+    Ok(json!({"n": a.n}))
+}
+
+fn drain_wait(a: &Args) -> Result<Value> {
+    let url = &a.broker;
+    let pending = || -> Result<i64> {
+        Ok(redis_cmd(url, &["LLEN", &a.queue])?.int() + redis_cmd(url, &["HLEN", "unacked"])?.int())
+    };
+    let stored = || -> Result<i64> {
+        Ok(redis_cmd(url, &["EVAL", "return #redis.call('KEYS', 'celery-task-meta-*')", "0"])?.int())
+    };
+    let t = Instant::now();
+    redis_cmd(url, &["RENAME", &a.from, &a.queue])?;
+    let deadline = t + Duration::from_secs(600);
+    loop {
+        if pending()? == 0 && (!a.results || stored()? >= a.n as i64) {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("not drained after 600 s: {} pending", pending()?);
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let s = t.elapsed().as_secs_f64();
+    Ok(json!({"n": a.n, "seconds": s, "rate": a.n as f64 / s}))
+}
+
+async fn roundtrip(a: &Args) -> Result<Value> {
+    let app = app(a, true).await?;
+    for _ in 0..20 {
+        app.delay(noop::s()).await?.get(Duration::from_secs(30)).await?;
+    }
+    let mut lat = Vec::with_capacity(a.calls);
+    for _ in 0..a.calls {
+        let t = Instant::now();
+        app.apply_async(noop::s(), SendOptions::new()).await?.get(Duration::from_secs(30)).await?;
+        lat.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    Ok(percentiles(lat))
+}
+
+fn percentiles(mut lat: Vec<f64>) -> Value {
+    lat.sort_by(f64::total_cmp);
+    let at = |p: f64| lat.get(((lat.len() as f64 * p).ceil() as usize).saturating_sub(1)).copied().unwrap_or(f64::NAN);
+    let mean = lat.iter().sum::<f64>() / lat.len().max(1) as f64;
+    json!({"calls": lat.len(), "p50_ms": at(0.5), "p99_ms": at(0.99), "mean_ms": mean})
+}
+
+fn main() -> ExitCode {
+    let a = match parse() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let out = rt.block_on(async {
+        match a.command.as_str() {
+            "enqueue" => enqueue(&a).await,
+            "prefill" => prefill(&a).await,
+            "drain-wait" => drain_wait(&a),
+            "roundtrip" => roundtrip(&a).await,
+            other => Err(anyhow!("unknown command {other}")),
+        }
+    });
+    match out {
+        Ok(v) => {
+            println!("{v}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("qtask-bench: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}

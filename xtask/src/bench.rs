@@ -1,0 +1,303 @@
+//! `cargo xtask bench redis [--n N] [--calls M]`: qtask beside Python Celery
+//! on one private Redis, in one run.
+//!
+//! * enqueue: one producer, sequential `apply_async` of `tasks.noop`, N times;
+//! * drain: N `tasks.noop` pre-filled (then moved onto the worker's queue
+//!   with one `RENAME`), time until the queue and `unacked` are empty and, with
+//!   results, N results are stored; with results stored and without
+//!   (`--backend` omitted / Celery `task_ignore_result`);
+//! * round trip: M sequential `delay().get()`, p50 and p99.
+//!
+//! qtask runs the release `interop-worker --concurrency 2` (prefetch
+//! multiplier 4) and `qtask-bench`; Celery runs `celery worker -P prefork
+//! -c 2` (prefetch multiplier 4) from the venv.
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+
+struct Proc {
+    name: String,
+    child: Child,
+    log: Arc<Mutex<String>>,
+}
+
+impl Proc {
+    fn spawn(name: &str, mut cmd: Command) -> Result<Proc> {
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().with_context(|| format!("cannot start {cmd:?}"))?;
+        let log = Arc::new(Mutex::new(String::new()));
+        let out = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
+        let err = child.stderr.take().ok_or_else(|| anyhow!("no stderr"))?;
+        for pipe in [Box::new(out) as Box<dyn std::io::Read + Send>, Box::new(err)] {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                    let mut l = log.lock().unwrap_or_else(|p| p.into_inner());
+                    l.push_str(&line);
+                    l.push('\n');
+                }
+            });
+        }
+        Ok(Proc { name: name.to_string(), child, log })
+    }
+
+    fn wait_log(&mut self, needle: &str) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let log = self.log.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            if log.contains(needle) {
+                return Ok(());
+            }
+            if let Some(st) = self.child.try_wait()? {
+                bail!("{} exited ({st}):\n{log}", self.name);
+            }
+            if Instant::now() > deadline {
+                bail!("{} did not print {needle:?}:\n{log}", self.name);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGTERM, wait up to 30 s, then SIGKILL.
+    fn stop(mut self) -> Result<()> {
+        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.child.try_wait()?.is_none() {
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.wait();
+        Ok(())
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn output_json(cmd: &mut Command) -> Result<serde_json_lite::Obj> {
+    let out = cmd.output().with_context(|| format!("cannot run {cmd:?}"))?;
+    if !out.status.success() {
+        bail!("{cmd:?} failed: {}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().rev().find(|l| l.starts_with('{')).ok_or_else(|| anyhow!("{cmd:?} printed {text}"))?;
+    serde_json_lite::parse_obj(line)
+}
+
+/// A flat JSON object of numbers is all the bench scripts print; parsed
+/// without a JSON dependency in xtask.
+mod serde_json_lite {
+    use anyhow::{anyhow, Result};
+    use std::collections::HashMap;
+
+    pub(crate) type Obj = HashMap<String, f64>;
+
+    pub(crate) fn parse_obj(s: &str) -> Result<Obj> {
+        let inner = s.trim().strip_prefix('{').and_then(|s| s.strip_suffix('}')).ok_or_else(|| anyhow!("not an object: {s}"))?;
+        let mut m = HashMap::new();
+        for part in inner.split(',') {
+            let (k, v) = part.split_once(':').ok_or_else(|| anyhow!("bad member {part}"))?;
+            let k = k.trim().trim_matches('"').to_string();
+            if let Ok(v) = v.trim().parse::<f64>() {
+                m.insert(k, v);
+            }
+        }
+        Ok(m)
+    }
+}
+
+fn get(o: &serde_json_lite::Obj, k: &str) -> Result<f64> {
+    o.get(k).copied().ok_or_else(|| anyhow!("no {k} in {o:?}"))
+}
+
+struct Bench<'a> {
+    root: &'a Path,
+    python: &'a Path,
+    url: String,
+    port: u16,
+    n: usize,
+    calls: usize,
+}
+
+impl Bench<'_> {
+    fn bin(&self, name: &str) -> Command {
+        Command::new(self.root.join("target/release").join(name))
+    }
+
+    fn flush(&self) -> Result<()> {
+        let st = Command::new("redis-cli").args(["-p", &self.port.to_string(), "FLUSHALL"]).stdout(Stdio::null()).status()?;
+        if !st.success() {
+            bail!("redis-cli FLUSHALL failed");
+        }
+        Ok(())
+    }
+
+    fn qtask_bench(&self, args: &[&str]) -> Result<serde_json_lite::Obj> {
+        let mut cmd = self.bin("qtask-bench");
+        cmd.args(args).args(["--broker", &self.url]);
+        output_json(&mut cmd)
+    }
+
+    fn py(&self, queue: &str, backend: bool) -> Command {
+        let mut cmd = Command::new(self.python);
+        cmd.current_dir(self.root.join("integration-tests/python"))
+            .env("PYAPP_BROKER", &self.url)
+            .env("PYAPP_QUEUE", queue)
+            .env("PYAPP_PREFETCH_MULTIPLIER", "4")
+            .env("PYTHONDONTWRITEBYTECODE", "1");
+        if backend {
+            cmd.env("PYAPP_BACKEND", &self.url);
+        } else {
+            cmd.env_remove("PYAPP_BACKEND").env("PYAPP_IGNORE_RESULT", "1");
+        }
+        cmd
+    }
+
+    fn qtask_worker(&self, queue: &str, backend: bool) -> Result<Proc> {
+        let mut cmd = self.bin("interop-worker");
+        cmd.args(["--broker", &self.url, "--queues", queue, "--concurrency", "2", "--prefetch-multiplier", "4"]);
+        if backend {
+            cmd.args(["--backend", &self.url]);
+        }
+        cmd.env("QTASK_LOG", "info").env("QTASK_TASK_DEFAULT_QUEUE", queue);
+        let mut p = Proc::spawn("interop-worker", cmd)?;
+        p.wait_log("worker online")?;
+        Ok(p)
+    }
+
+    fn celery_worker(&self, queue: &str, backend: bool) -> Result<Proc> {
+        let mut cmd = self.py(queue, backend);
+        cmd.args(["-m", "celery", "-A", "pyapp", "worker", "-P", "prefork", "-c", "2", "-Q", queue])
+            .args(["--without-mingle", "--without-gossip", "--without-heartbeat", "-l", "info"]);
+        let mut p = Proc::spawn("celery worker", cmd)?;
+        p.wait_log(" ready.")?;
+        Ok(p)
+    }
+
+    fn enqueue(&self) -> Result<(f64, f64)> {
+        let n = self.n.to_string();
+        let q = get(&self.qtask_bench(&["enqueue", "--queue", "bench_enqueue", "--n", &n])?, "rate")?;
+        self.flush()?;
+        let c = get(&output_json(self.py("bench_enqueue", false).args(["bench.py", "enqueue", &n]))?, "rate")?;
+        self.flush()?;
+        Ok((q, c))
+    }
+
+    fn drain(&self, results: bool, celery: bool) -> Result<f64> {
+        let n = self.n.to_string();
+        self.qtask_bench(&["prefill", "--queue", "bench_stage", "--n", &n])?;
+        let worker =
+            if celery { self.celery_worker("bench_drain", results)? } else { self.qtask_worker("bench_drain", results)? };
+        let mut args = vec!["drain-wait", "--from", "bench_stage", "--queue", "bench_drain", "--n", &n];
+        if results {
+            args.push("--results");
+        }
+        let rate = get(&self.qtask_bench(&args)?, "rate")?;
+        worker.stop()?;
+        self.flush()?;
+        Ok(rate)
+    }
+
+    fn roundtrip(&self, celery: bool) -> Result<(f64, f64)> {
+        let calls = self.calls.to_string();
+        let out = if celery {
+            let worker = self.celery_worker("bench_rt", true)?;
+            let out = output_json(self.py("bench_rt", true).args(["bench.py", "roundtrip", &calls]))?;
+            worker.stop()?;
+            out
+        } else {
+            let worker = self.qtask_worker("bench_rt", true)?;
+            let out = self.qtask_bench(&["roundtrip", "--queue", "bench_rt", "--calls", &calls])?;
+            worker.stop()?;
+            out
+        };
+        self.flush()?;
+        Ok((get(&out, "p50_ms")?, get(&out, "p99_ms")?))
+    }
+}
+
+fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn machine() -> String {
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .unwrap_or_else(|| "unknown CPU".into());
+    let redis = Command::new("redis-server")
+        .arg("--version")
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).split_whitespace().nth(2).unwrap_or("").trim_start_matches("v=").to_string())
+        .unwrap_or_default();
+    format!("{cores} cores ({cpu}), Redis {redis}")
+}
+
+/// `cargo xtask bench redis [--n N] [--calls M]`.
+pub(crate) fn redis(root: &Path, python: &Path, args: &[String]) -> Result<()> {
+    let mut n = 5000;
+    let mut calls = 500;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--n" => n = it.next().ok_or_else(|| anyhow!("--n needs a value"))?.parse()?,
+            "--calls" => calls = it.next().ok_or_else(|| anyhow!("--calls needs a value"))?.parse()?,
+            other => bail!("unknown option {other} (usage: cargo xtask bench redis [--n N] [--calls M])"),
+        }
+    }
+    crate::run(Command::new(env!("CARGO")).current_dir(root).args([
+        "build",
+        "--release",
+        "--bin",
+        "interop-worker",
+        "--bin",
+        "qtask-bench",
+    ]))?;
+    let port = free_port()?;
+    let mut cmd = Command::new("redis-server");
+    cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]);
+    let mut server = Proc::spawn("redis-server", cmd)?;
+    server.wait_log("Ready to accept connections")?;
+    let b = Bench { root, python, url: format!("redis://127.0.0.1:{port}/0"), port, n, calls };
+
+    eprintln!("xtask: bench: enqueue ({n} tasks)");
+    let (enq_q, enq_c) = b.enqueue()?;
+    eprintln!("xtask: bench: drain with results ({n} tasks)");
+    let (dr_q, dr_c) = (b.drain(true, false)?, b.drain(true, true)?);
+    eprintln!("xtask: bench: drain without results ({n} tasks)");
+    let (dn_q, dn_c) = (b.drain(false, false)?, b.drain(false, true)?);
+    eprintln!("xtask: bench: round trips ({calls} calls)");
+    let ((p50_q, p99_q), (p50_c, p99_c)) = (b.roundtrip(false)?, b.roundtrip(true)?);
+    server.stop()?;
+
+    println!("Redis benchmark: {}; N = {n}, round trips = {calls}", machine());
+    println!("command: cargo xtask bench redis --n {n} --calls {calls}");
+    println!("qtask: interop-worker --concurrency 2 (prefetch 8), release; Celery 5.7: -P prefork -c 2 (prefetch 8)");
+    println!();
+    println!("| measure | qtask | Celery | qtask/Celery |");
+    println!("|---|---:|---:|---:|");
+    let row = |name: &str, q: f64, c: f64, unit: &str| {
+        println!("| {name} | {q:.0} {unit} | {c:.0} {unit} | {:.1}× |", q / c);
+    };
+    row("enqueue, one producer", enq_q, enq_c, "tasks/s");
+    row("end to end, results stored", dr_q, dr_c, "tasks/s");
+    row("end to end, no results", dn_q, dn_c, "tasks/s");
+    println!("| round trip `delay().get()` p50 | {p50_q:.3} ms | {p50_c:.3} ms | {:.3} |", p50_q / p50_c);
+    println!("| round trip `delay().get()` p99 | {p99_q:.3} ms | {p99_c:.3} ms | {:.3} |", p99_q / p99_c);
+    Ok(())
+}
