@@ -96,7 +96,8 @@ fn sqlite_concurrent_consumers_each_message_exactly_once() {
         threads.push(std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
             rt.block_on(async move {
-                let broker = SqliteBroker::connect(&url, SqlOptions::new().max_connections(2)).await.unwrap();
+                let opts = SqlOptions::new().max_connections(2).visibility_timeout(Duration::from_secs(2));
+                let broker = SqliteBroker::connect(&url, opts).await.unwrap();
                 let mut c = broker.consume(&["q".to_string()], ConsumeOptions::new(8)).await.unwrap();
                 while !done.load(std::sync::atomic::Ordering::Acquire) {
                     let Ok(r) = tokio::time::timeout(Duration::from_millis(200), c.recv()).await else {

@@ -45,6 +45,13 @@ enum Inner {
 /// * **Waiting:** on PostgreSQL every ready state is announced with
 ///   `NOTIFY` and [`wait`](ResultBackend::wait) is woken at once by `LISTEN`;
 ///   on SQLite it polls (1 ms growing to 100 ms).
+/// * **Row details, as Celery:** `result`, `args`, `kwargs` and `children`
+///   hold Python-`json.dumps` bytes; an empty `children` list is stored as
+///   NULL (read back as an empty list); `date_done` is naive UTC and is
+///   stamped for every state (reported only for ready states); the row is
+///   updated in place, and the UPDATE skips rows whose status is SUCCESS.
+///   The extended columns are written when the document carries them and
+///   the table has them.
 /// * **Chords:** joined by an atomic counter (see
 ///   [`ResultBackend::chord_part`]); chords sent by Python Celery are joined
 ///   by its `celery.chord_unlock` task instead, see

@@ -78,6 +78,9 @@ struct Shared {
 /// priorities (higher first), defer, dead letters and `max_deliveries` work
 /// as on [`PgBroker`](crate::PgBroker).
 ///
+/// The file uses WAL with `synchronous = NORMAL`: a crashed process loses
+/// nothing; a power loss may lose the last commits.
+///
 /// Idle consumers poll (every 1 ms, backing off to 50 ms) and are woken at
 /// once by publishers in the same process. **Fanout (events, remote
 /// control) reaches subscribers in the same process only.**
