@@ -2,7 +2,7 @@
 //! publish (one by one and batched) and consume + ack.
 //!
 //! ```text
-//! cargo run --release -p qsql --example throughput [N]
+//! cargo run --release -p qsql --example sql_throughput [N]
 //! ```
 //! Needs PostgreSQL at 127.0.0.1:5432 (user postgres, db test); uses its own
 //! schema and a temporary SQLite file, removed at the end.

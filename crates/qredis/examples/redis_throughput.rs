@@ -1,7 +1,7 @@
 //! Throughput of the Redis broker on a local server (no assertions).
 //!
 //! ```text
-//! cargo run -p qredis --release --example throughput [redis://127.0.0.1:6379/0] [messages]
+//! cargo run -p qredis --release --example redis_throughput [redis://127.0.0.1:6379/0] [messages]
 //! ```
 //!
 //! Measures `publish_many` (pipelined), concurrent single publishes, and
