@@ -346,6 +346,19 @@ impl ResultBackend for RpcBackend {
         Ok(())
     }
 
+    async fn store_for(
+        &self,
+        meta: &ResultMeta,
+        _ttl: Option<Duration>,
+        reply_to: Option<&str>,
+    ) -> Result<(), BackendError> {
+        self.store_reply(meta, reply_to).await
+    }
+
+    fn reply_to(&self) -> Option<String> {
+        Some(self.inner.queue.clone())
+    }
+
     async fn get(&self, task_id: &str) -> Result<Option<ResultMeta>, BackendError> {
         Ok(self.inner.get(task_id))
     }

@@ -16,7 +16,7 @@ use qamqp::{AmqpBroker, AmqpOptions};
 use serde_json::Value;
 
 /// Run `rabbitmqctl args...` and return its stdout; panics on failure.
-pub fn ctl(args: &[&str]) -> String {
+pub(crate) fn ctl(args: &[&str]) -> String {
     let out = Command::new("rabbitmqctl").args(args).output().unwrap_or_else(|e| panic!("rabbitmqctl: {e}"));
     assert!(
         out.status.success(),
@@ -28,7 +28,7 @@ pub fn ctl(args: &[&str]) -> String {
 }
 
 /// `rabbitmqctl -q --formatter json <what> -p <vhost> columns...` as JSON rows.
-pub fn list(what: &str, columns: &[&str]) -> Vec<Value> {
+pub(crate) fn list(what: &str, columns: &[&str]) -> Vec<Value> {
     let mut args = vec!["-q", "--formatter", "json", what, "-p", vhost()];
     args.extend_from_slice(columns);
     let out = ctl(&args);
@@ -42,7 +42,7 @@ fn stale(name: &str) -> bool {
 }
 
 /// This run's vhost (created on first use).
-pub fn vhost() -> &'static str {
+pub(crate) fn vhost() -> &'static str {
     static VHOST: OnceLock<String> = OnceLock::new();
     VHOST.get_or_init(|| {
         for line in ctl(&["-q", "list_vhosts", "name"]).lines() {
@@ -59,22 +59,22 @@ pub fn vhost() -> &'static str {
 }
 
 /// The URL of this run's vhost.
-pub fn url() -> String {
+pub(crate) fn url() -> String {
     format!("amqp://guest:guest@127.0.0.1:5672/{}", vhost())
 }
 
 /// A broker on this run's vhost.
-pub async fn broker(opts: AmqpOptions) -> AmqpBroker {
+pub(crate) async fn broker(opts: AmqpOptions) -> AmqpBroker {
     AmqpBroker::connect(&url(), opts).await.unwrap_or_else(|e| panic!("connect: {e}"))
 }
 
 /// A name no other test uses.
-pub fn unique(prefix: &str) -> String {
+pub(crate) fn unique(prefix: &str) -> String {
     format!("{prefix}.{}", uuid::Uuid::new_v4().simple())
 }
 
 /// Poll `cond` until it holds or `within` passes (then panic with `what`).
-pub async fn wait_until<F, Fut>(within: Duration, what: &str, mut cond: F)
+pub(crate) async fn wait_until<F, Fut>(within: Duration, what: &str, mut cond: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
@@ -94,6 +94,28 @@ where
 }
 
 /// The row of `rows` whose `name` is `name`.
-pub fn row<'a>(rows: &'a [Value], name: &str) -> &'a Value {
+pub(crate) fn row<'a>(rows: &'a [Value], name: &str) -> &'a Value {
     rows.iter().find(|r| r["name"] == name).unwrap_or_else(|| panic!("{name} not listed in {rows:?}"))
+}
+
+/// Close (server side, like a network cut) every connection whose
+/// `connection_name` client property is `name`; returns how many.
+pub(crate) fn close_connections(name: &str) -> usize {
+    // The plain (tab-separated) listing prints pids as close_connection wants them.
+    let out = ctl(&["-q", "--no-table-headers", "list_connections", "pid", "client_properties"]);
+    let needle = format!("\"{name}\"");
+    let mut closed = 0;
+    for line in out.lines().filter(|l| l.contains(&needle)) {
+        if let Some(pid) = line.split('\t').next() {
+            ctl(&["-q", "close_connection", pid.trim(), "qamqp fault test"]);
+            closed += 1;
+        }
+    }
+    closed
+}
+
+/// Whether a connection named `name` is open.
+pub(crate) fn connection_open(name: &str) -> bool {
+    let out = ctl(&["-q", "--formatter", "json", "list_connections", "client_properties"]);
+    out.contains(&format!("\"{name}\""))
 }
