@@ -26,6 +26,10 @@
 //!
 //! Redis 6.2 or newer is required (`RPOP` with a count, `BLMOVE`).
 //!
+//! Cargo feature `tls` (off by default): `rediss://` URLs through rustls
+//! with the `ring` provider and the webpki root certificates. It is opt-in
+//! because it adds a C build (`ring`) to every build of the crate.
+//!
 #![doc = include_str!("../docs/design.md")]
 
 mod backend;

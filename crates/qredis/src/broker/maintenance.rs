@@ -20,8 +20,9 @@ use crate::keys::{DELIVERIES_HEADER, SEP};
 use crate::scripts;
 
 /// How long the restore mutex is held at most (kombu uses 300 s; shorter so
-/// that a killed scanner does not delay restores for long).
-const MUTEX_TTL_MS: u64 = 30_000;
+/// that a scanner killed mid-scan does not hold up everyone's restores — a
+/// scan outliving it is harmless, every move is a compare-and-move).
+const MUTEX_TTL_MS: u64 = 10_000;
 /// Entries examined per page of a restore scan.
 const PAGE: usize = 500;
 /// Pages per scan at most (the next scan goes on).
