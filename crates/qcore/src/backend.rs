@@ -64,6 +64,28 @@ pub trait ResultBackend: Send + Sync + 'static {
     /// Skips the write if SUCCESS is already stored.
     async fn store(&self, meta: &ResultMeta, ttl: Option<Duration>) -> Result<(), BackendError>;
 
+    /// Store `meta` for the task whose request named `reply_to` (the
+    /// message's `reply_to` property). Workers record states through this;
+    /// only backends that deliver results to the caller (Celery's `rpc://`)
+    /// use `reply_to`, the default is [`store`](Self::store).
+    async fn store_for(
+        &self,
+        meta: &ResultMeta,
+        ttl: Option<Duration>,
+        reply_to: Option<&str>,
+    ) -> Result<(), BackendError> {
+        let _ = reply_to;
+        self.store(meta, ttl).await
+    }
+
+    /// The `reply_to` an [`App`](crate::App) using this backend must send
+    /// with its tasks for their results to reach it (the reply queue of an
+    /// `rpc://` backend); `None` (the default) when results do not travel
+    /// to the caller.
+    fn reply_to(&self) -> Option<String> {
+        None
+    }
+
     /// The stored document, or `None`.
     async fn get(&self, task_id: &str) -> Result<Option<ResultMeta>, BackendError>;
 

@@ -171,6 +171,8 @@ pub const KNOWN_SETTINGS: &[&str] = &[
     "worker_shutdown_timeout",
     "visibility_timeout",
     "max_deliveries",
+    // Kept in `extra` for the AMQP adapter (`x-max-priority` of task queues).
+    "task_queue_max_priority",
 ];
 
 fn cfg_err(key: &str, msg: impl std::fmt::Display) -> Error {

@@ -70,6 +70,7 @@ pub fn request_info(msg: &TaskMessage, hostname: &str, queue: &str, redelivered:
         kwargs: msg.kwargs.clone(),
         ignore_result: msg.ignore_result,
         redelivered,
+        reply_to: None,
     }
 }
 
@@ -87,9 +88,9 @@ fn meta_for(app: &App, req: &RequestInfo, status: State, result: Value) -> Resul
     m
 }
 
-async fn store(app: &App, meta: &ResultMeta) -> Result<(), Error> {
+async fn store(app: &App, reply_to: Option<&str>, meta: &ResultMeta) -> Result<(), Error> {
     if let Some(b) = app.backend() {
-        b.store(meta, Some(app.config().result_expires)).await?;
+        b.store_for(meta, Some(app.config().result_expires), reply_to).await?;
     }
     Ok(())
 }
@@ -102,7 +103,7 @@ fn parent_of(req: &RequestInfo, result: Option<Value>) -> Parent {
 pub async fn mark_started(app: &App, opts: &TaskOptions, req: &RequestInfo) -> Result<(), Error> {
     if opts.track_started.unwrap_or(app.config().task_track_started) && !ignores(app, opts, req) {
         let result = serde_json::json!({"pid": std::process::id(), "hostname": req.hostname});
-        store(app, &meta_for(app, req, State::Started, result)).await?;
+        store(app, req.reply_to.as_deref(), &meta_for(app, req, State::Started, result)).await?;
     }
     Ok(())
 }
@@ -169,7 +170,7 @@ async fn on_success(
         }
     }
     if !ignores(app, opts, req) {
-        store(app, &meta_for(app, req, State::Success, value.clone())).await?;
+        store(app, req.reply_to.as_deref(), &meta_for(app, req, State::Success, value.clone())).await?;
     }
     chord_part(app, msg, req, State::Success, value.clone()).await?;
     Ok(Finished::Succeeded { value })
@@ -220,7 +221,7 @@ async fn on_failure(
     if !ignores(app, opts, req) {
         let mut meta = meta_for(app, req, State::Failure, exc.to_value());
         meta.traceback = traceback.clone();
-        store(app, &meta).await?;
+        store(app, req.reply_to.as_deref(), &meta).await?;
     }
     run_errbacks(app, msg.embed.errbacks.as_deref().unwrap_or_default(), req, &req.id).await?;
     chord_part(app, msg, req, State::Failure, exc.to_value()).await?;
@@ -255,10 +256,12 @@ async fn on_retry(
     b.eta = Some(eta);
     b.parent_id = Some(req.id.clone());
     b.origin = app.origin().to_string();
-    b.reply_to = Some(app.reply_to().to_string());
+    // Celery's retry keeps the request's reply_to, so that rpc:// results
+    // of the retried run still reach the original caller.
+    b.reply_to = Some(req.reply_to.clone().unwrap_or_else(|| app.reply_to().to_string()));
     let retry_msg = b.build()?;
     if !ignores(app, opts, req) {
-        store(app, &meta_for(app, req, State::Retry, exc.to_value())).await?;
+        store(app, req.reply_to.as_deref(), &meta_for(app, req, State::Retry, exc.to_value())).await?;
     }
     app.dispatch(&req.queue, retry_msg).await?;
     Ok(Finished::Retried { exc, eta })
@@ -268,7 +271,7 @@ async fn on_retry(
 /// terminated) and settle its chord and errbacks.
 pub async fn mark_revoked(app: &App, msg: &TaskMessage, req: &RequestInfo, reason: &str) -> Result<(), Error> {
     let exc = ExceptionInfo::revoked(reason);
-    store(app, &meta_for(app, req, State::Revoked, exc.to_value())).await?;
+    store(app, req.reply_to.as_deref(), &meta_for(app, req, State::Revoked, exc.to_value())).await?;
     run_errbacks(app, msg.embed.errbacks.as_deref().unwrap_or_default(), req, &req.id).await?;
     chord_part(app, msg, req, State::Revoked, exc.to_value()).await
 }
@@ -299,7 +302,7 @@ async fn chord_part(
         if !body_id.is_empty() {
             let mut meta = ResultMeta::new(body_id.clone(), State::Failure, exc.to_value());
             meta.group_id = Some(gid.clone());
-            store(app, &meta).await?;
+            store(app, None, &meta).await?;
         }
         let errbacks = body.option_signatures("link_error");
         let body_req = RequestInfo { id: body_id.clone(), root_id: req.root_id.clone(), ..RequestInfo::default() };
@@ -315,10 +318,11 @@ async fn chord_part(
 /// serialized and decoded exactly as a worker would see it.
 pub async fn run_eager(app: &App, msg: Message, queue: &str) -> Result<(), Error> {
     let tm = msg.decode_task()?;
-    let req = request_info(&tm, "eager@localhost", queue, false);
+    let mut req = request_info(&tm, "eager@localhost", queue, false);
+    req.reply_to = msg.properties.reply_to.clone();
     let Some(task) = app.task(&tm.task) else {
         let exc = ExceptionInfo::not_registered(&tm.task);
-        store(app, &meta_for(app, &req, State::Failure, exc.to_value())).await?;
+        store(app, req.reply_to.as_deref(), &meta_for(app, &req, State::Failure, exc.to_value())).await?;
         return Ok(());
     };
     let opts = task.options();

@@ -108,7 +108,8 @@ pub(crate) async fn handle(shared: Arc<Shared>, delivery: Delivery, permit: Owne
         }
     };
     let id = msg.id.clone();
-    let req = trace::request_info(&msg, &shared.hostname, &queue, redelivered);
+    let mut req = trace::request_info(&msg, &shared.hostname, &queue, redelivered);
+    req.reply_to = message.properties.reply_to.clone();
     shared.emit(
         Some(&id),
         EventKind::TaskReceived {
@@ -178,7 +179,8 @@ pub(crate) async fn handle(shared: Arc<Shared>, delivery: Delivery, permit: Owne
             let mut meta = ResultMeta::new(id.clone(), State::Failure, exc.to_value());
             meta.group_id = msg.group.clone();
             meta.parent_id = msg.parent_id.clone();
-            if let Err(e) = backend.store(&meta, Some(app.config().result_expires)).await {
+            let reply_to = message.properties.reply_to.as_deref();
+            if let Err(e) = backend.store_for(&meta, Some(app.config().result_expires), reply_to).await {
                 tracing::warn!(task_id = %id, error = %e, "could not store NotRegistered failure");
             }
         }

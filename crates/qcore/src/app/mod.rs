@@ -137,11 +137,15 @@ impl AppBuilder {
             inner: Arc::new(Inner {
                 config: self.config.unwrap_or_default(),
                 broker,
-                backend: self.backend,
                 tasks: RwLock::new(HashMap::new()),
                 origin: format!("gen{}@{}", std::process::id(), host),
-                reply_to: uuid::Uuid::new_v4().to_string(),
+                reply_to: self
+                    .backend
+                    .as_ref()
+                    .and_then(|b| b.reply_to())
+                    .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
                 declared: std::sync::Mutex::new(Default::default()),
+                backend: self.backend,
             }),
         })
     }

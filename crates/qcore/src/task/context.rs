@@ -48,6 +48,9 @@ pub struct RequestInfo {
     pub ignore_result: bool,
     /// Whether the message was delivered before.
     pub redelivered: bool,
+    /// The sender's reply queue (the message's `reply_to` property): where
+    /// an `rpc://` backend sends this task's states.
+    pub reply_to: Option<String>,
 }
 
 /// The soft time limit signal shared between the worker and a running task.
@@ -132,7 +135,7 @@ impl TaskContext {
         if self.app.config().result_extended {
             self.app.extend_meta(&mut doc, &self.request);
         }
-        backend.store(&doc, Some(self.app.config().result_expires)).await?;
+        backend.store_for(&doc, Some(self.app.config().result_expires), self.request.reply_to.as_deref()).await?;
         Ok(())
     }
 
