@@ -12,6 +12,12 @@ pub const SUPPORTED_SCHEMES: &[&str] = &[
     "redis://",
     #[cfg(feature = "redis")]
     "rediss://",
+    #[cfg(feature = "amqp")]
+    "amqp://",
+    #[cfg(feature = "amqp")]
+    "amqps://",
+    #[cfg(feature = "amqp")]
+    "rpc://",
     #[cfg(feature = "postgres")]
     "postgres://",
     #[cfg(feature = "postgres")]
@@ -43,8 +49,8 @@ fn unsupported(kind: &str, url: &str) -> Error {
 }
 
 /// A broker for `url` (`memory://`, `sqlite://path`, and with features
-/// `redis://` / `rediss://`, `postgres://` / `postgresql://`; `amqp://` as it
-/// lands), with default settings. See [`connect_with`] to pass settings.
+/// `redis://` / `rediss://`, `postgres://` / `postgresql://`, `amqp://` /
+/// `amqps://`), with default settings. See [`connect_with`] to pass settings.
 pub async fn connect(url: &str) -> Result<Arc<dyn Broker>, Error> {
     connect_with(url, &Config::default()).await
 }
@@ -64,6 +70,8 @@ pub async fn connect_with(url: &str, cfg: &Config) -> Result<Arc<dyn Broker>, Er
             let options = qredis::RedisOptions::from_config(cfg);
             Ok(Arc::new(qredis::RedisBroker::connect(url, options).await?))
         }
+        #[cfg(feature = "amqp")]
+        "amqp" | "amqps" | "pyamqp" => Ok(Arc::new(crate::amqp::broker(url, cfg).await?)),
         #[cfg(feature = "postgres")]
         "postgres" | "postgresql" => crate::sql::connect_broker(url, cfg).await,
         #[cfg(feature = "sqlite")]
@@ -72,7 +80,9 @@ pub async fn connect_with(url: &str, cfg: &Config) -> Result<Arc<dyn Broker>, Er
     }
 }
 
-/// A result backend for `url`, with default settings.
+/// A result backend for `url`, with default settings. `rpc://` (feature
+/// `amqp`) needs the broker URL: use [`connect_backend_with`] with
+/// `broker_url` set, or [`app_from_config`].
 pub async fn connect_backend(url: &str) -> Result<Arc<dyn ResultBackend>, Error> {
     connect_backend_with(url, &Config::default()).await
 }
@@ -82,7 +92,9 @@ pub async fn connect_backend(url: &str) -> Result<Arc<dyn ResultBackend>, Error>
 /// take Celery's database backend spellings too: `db+postgresql://…`,
 /// `db+postgresql+psycopg2://…`, `db+sqlite:///relative.db`,
 /// `db+sqlite:////absolute.db`; `database_table_schemas.task` sets the
-/// PostgreSQL schema.
+/// PostgreSQL schema. `rpc://` (feature `amqp`, Celery's RPC backend)
+/// connects to `cfg.broker_url`, which must be `amqp://` / `amqps://`, and
+/// takes `result_expires`, `result_persistent`, `result_serializer`.
 #[cfg_attr(not(any(feature = "redis", feature = "sqlite", feature = "postgres")), allow(unused_variables))]
 pub async fn connect_backend_with(url: &str, cfg: &Config) -> Result<Arc<dyn ResultBackend>, Error> {
     match scheme(url)? {
@@ -101,6 +113,13 @@ pub async fn connect_backend_with(url: &str, cfg: &Config) -> Result<Arc<dyn Res
             }
             Ok(Arc::new(qredis::RedisBackend::connect(url, options).await?))
         }
+        #[cfg(feature = "amqp")]
+        "rpc" => Ok(crate::amqp::rpc_backend(cfg.broker_url.as_deref(), cfg).await?),
+        #[cfg(feature = "amqp")]
+        "amqp" | "amqps" => Err(Error::Config(
+            "an amqp:// result backend is Celery's deprecated `amqp` backend: use \"rpc://\" (results over the broker)"
+                .into(),
+        )),
         #[cfg(any(feature = "sqlite", feature = "postgres"))]
         _ if crate::sql::backend_url(url).is_some() => {
             let sql_url = crate::sql::backend_url(url).unwrap_or_default();
@@ -128,6 +147,17 @@ pub async fn app_from_config(mut cfg: Config) -> Result<App, Error> {
         cfg.result_backend = Some(DEFAULT_URL.to_string());
     }
     let broker_url = cfg.broker_url.get_or_insert_with(|| DEFAULT_URL.to_string()).clone();
+    #[cfg(feature = "amqp")]
+    if cfg.result_backend.as_deref().is_some_and(|u| scheme(u).ok() == Some("rpc")) {
+        // rpc:// rides on the broker's own connections; the app names the
+        // backend's reply queue as its tasks' reply_to.
+        if !crate::amqp::is_amqp(&broker_url) {
+            return Err(crate::amqp::rpc_needs_amqp(Some(&broker_url)));
+        }
+        let broker = crate::amqp::broker(&broker_url, &cfg).await?;
+        let backend = broker.rpc_backend(crate::amqp::rpc_options(&cfg)).await?;
+        return App::builder().broker(Arc::new(broker)).backend(Arc::new(backend)).config(cfg).build();
+    }
     let broker = connect_with(&broker_url, &cfg).await?;
     let mut builder = App::builder().broker(broker);
     if let Some(url) = cfg.result_backend.clone() {
@@ -147,5 +177,19 @@ mod tests {
         let e = connect("foo://user:secret@host").await.err().map(|e| e.to_string()).unwrap_or_default();
         assert!(e.contains("unsupported broker URL"), "{e}");
         assert!(!e.contains("secret"), "password leaked: {e}");
+    }
+
+    #[cfg(feature = "amqp")]
+    #[tokio::test]
+    async fn rpc_without_an_amqp_broker_is_a_config_error() {
+        let mut cfg = Config::default();
+        cfg.broker_url = Some("memory://".into());
+        cfg.result_backend = Some("rpc://".into());
+        let e = app_from_config(cfg.clone()).await.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains("rpc://") && e.contains("amqp://"), "{e}");
+        let e = connect_backend_with("rpc://", &cfg).await.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains("needs an amqp://"), "{e}");
+        let e = connect_backend("rpc://").await.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains("needs an amqp://"), "{e}");
     }
 }

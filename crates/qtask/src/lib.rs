@@ -35,13 +35,16 @@
 //! `rediss://` over TLS; re-exported as [`qredis`] for its options);
 //! `postgres` adds the PostgreSQL broker and result backend
 //! (`postgres://`, Celery's `db+postgresql://` for results) with enqueue on
-//! commit ([`SendInTx`]); `amqp` adds RabbitMQ as it lands.
+//! commit ([`SendInTx`]); `amqp` adds RabbitMQ (`amqp://`, `amqps://`) and Celery's `rpc://`
+//! result backend (re-exported as [`qamqp`]).
 //!
 //! **The embedded default:** an app configured with neither `broker_url`
 //! nor `result_backend` uses [`DEFAULT_URL`], `sqlite://qtask.db` (a file
 //! in the working directory), for both, so `qtask::app_from_config(Config::default())`
 //! needs no server. Sending after a commit on any broker: [`AfterCommit`].
 
+#[cfg(feature = "amqp")]
+mod amqp;
 mod connect;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod sql;
@@ -52,6 +55,8 @@ pub use connect::{
 pub use qcore::*;
 #[cfg(feature = "macros")]
 pub use qmacros::task;
+#[cfg(feature = "amqp")]
+pub use qamqp;
 #[cfg(feature = "memory")]
 pub use qmemory;
 #[cfg(feature = "redis")]
