@@ -159,7 +159,7 @@ impl Drop for ReaderGuard {
 /// survive a broker restart unless persistent; no groups
 /// (`save_group`/`get_group`) and no chords (`chord_init`/`chord_part`
 /// return [`ErrorKind::Unsupported`]); the ttl of a store is ignored; a
-/// store without a request (no `reply_to`) lands in this process's own cache.
+/// store without a `reply_to` lands in this process's own cache.
 #[derive(Clone)]
 pub struct RpcBackend {
     inner: Arc<Inner>,
@@ -203,16 +203,16 @@ impl RpcBackend {
 
     /// Send `meta` to the reply queue `reply_to` (the request's `reply_to`
     /// property), as Celery's rpc backend does on the worker side. Results
-    /// addressed to this backend's own queue go straight to its cache.
+    /// addressed to this backend's own queue, or to no queue at all, go
+    /// straight to its own cache.
     pub async fn store_reply(&self, meta: &ResultMeta, reply_to: Option<&str>) -> Result<(), BackendError> {
-        let Some(reply_to) = reply_to.filter(|r| !r.is_empty()) else {
-            tracing::debug!(task_id = %meta.task_id, "no reply_to on the request: the rpc result is not sent");
-            return Ok(());
-        };
-        if reply_to == self.inner.queue {
+        let reply_to = reply_to.filter(|r| !r.is_empty());
+        let Some(reply_to) = reply_to.filter(|r| *r != self.inner.queue) else {
+            // Addressed to this process, or to nobody (a message without
+            // reply_to, eager mode): keep it here.
             self.inner.put(meta.clone());
             return Ok(());
-        }
+        };
         let message = self.inner.reply_message(meta).map_err(to_backend)?;
         let make = || props::encode(&message);
         self.inner.core.publish("", reply_to, &message.body, &make).await.map_err(to_backend)
