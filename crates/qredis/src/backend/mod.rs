@@ -47,6 +47,21 @@ impl RedisBackendOptions {
         self.global_keyprefix = prefix.into();
         self
     }
+
+    /// Options from a qtask [`Config`](qcore::Config): the
+    /// `result_backend_transport_options` key `global_keyprefix`, as Celery names it.
+    pub fn from_config(config: &qcore::Config) -> Self {
+        let mut o = RedisBackendOptions::default();
+        if let Some(p) = config
+            .extra
+            .get("result_backend_transport_options")
+            .and_then(|t| t.get("global_keyprefix"))
+            .and_then(|v| v.as_str())
+        {
+            o.global_keyprefix = p.to_string();
+        }
+        o
+    }
 }
 
 struct Inner {
@@ -75,7 +90,9 @@ impl std::fmt::Debug for RedisBackend {
 /// milliseconds, or no expiry.
 fn expiry(ttl: Option<Duration>) -> (&'static str, u128) {
     match ttl {
+        // Celery writes without expiry when `result_expires` is 0/None.
         None => ("", 0),
+        Some(t) if t.is_zero() => ("", 0),
         Some(t) if t.subsec_nanos() == 0 && t.as_secs() > 0 => ("ex", u128::from(t.as_secs())),
         Some(t) => ("px", t.as_millis().max(1)),
     }
@@ -83,7 +100,7 @@ fn expiry(ttl: Option<Duration>) -> (&'static str, u128) {
 
 /// Whole seconds for `EXPIRE`/`EX` (at least 1); 0 = none.
 fn ttl_secs(ttl: Option<Duration>) -> u64 {
-    ttl.map(|t| t.as_secs_f64().ceil().max(1.0) as u64).unwrap_or(0)
+    ttl.filter(|t| !t.is_zero()).map(|t| t.as_secs_f64().ceil().max(1.0) as u64).unwrap_or(0)
 }
 
 fn part_from(elem: &[u8], score: f64) -> ChordPart {
@@ -125,7 +142,7 @@ impl RedisBackend {
     /// when the server cannot be reached.
     pub async fn connect(url: &str, options: RedisBackendOptions) -> Result<Self, BackendError> {
         let backend = Self::lazy(url, options)?;
-        with_conn!(backend.inner.conn, BackendError, "ping", |c| redis::cmd("PING").query_async::<Value>(c))?;
+        backend.ping().await?;
         Ok(backend)
     }
 
@@ -143,6 +160,12 @@ impl RedisBackend {
                 hub: OnceCell::new(),
             }),
         })
+    }
+
+    /// Whether the server is reachable now (readiness).
+    pub async fn ping(&self) -> Result<(), BackendError> {
+        with_conn!(self.inner.conn, BackendError, "ping", |c| redis::cmd("PING").query_async::<Value>(c))?;
+        Ok(())
     }
 
     async fn hub(&self) -> Arc<Hub> {
@@ -327,5 +350,28 @@ impl ResultBackend for RedisBackend {
 
     fn describe(&self) -> String {
         self.inner.display.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expiry_follows_celery() {
+        assert_eq!(expiry(Some(Duration::from_secs(86_400))), ("ex", 86_400));
+        assert_eq!(expiry(Some(Duration::from_millis(1500))), ("px", 1500));
+        assert_eq!(expiry(Some(Duration::ZERO)), ("", 0));
+        assert_eq!(expiry(None), ("", 0));
+        assert_eq!(ttl_secs(Some(Duration::from_millis(1500))), 2);
+        assert_eq!(ttl_secs(Some(Duration::ZERO)), 0);
+    }
+
+    #[test]
+    fn unreadable_chord_results_become_failures() {
+        let p = part_from(b"[1, \"t\", \"SUCCESS\", 5]", 2.0);
+        assert_eq!((p.task_id.as_str(), p.index, p.status, p.result), ("t", 2, State::Success, json!(5)));
+        let bad = part_from(b"garbage", 1.0);
+        assert_eq!(bad.status, State::Failure);
     }
 }
