@@ -2,8 +2,8 @@
 //!
 //! The core of qtask: Celery protocol v2 messages ([`Message`],
 //! [`TaskMessage`]), task states ([`State`]), result documents
-//! ([`ResultMeta`]), signatures and the canvas ([`Signature`], [`chain`],
-//! [`group`], [`chord`]), the [`Task`] trait, the [`Broker`] and
+//! ([`ResultMeta`]), signatures and the canvas ([`Signature`], [`chain()`],
+//! [`group()`], [`chord`]), the [`Task`] trait, the [`Broker`] and
 //! [`ResultBackend`] contracts, and the [`App`] with its producer API.
 //!
 //! qcore does no I/O of its own: everything goes through the traits, which
