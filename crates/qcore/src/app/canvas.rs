@@ -220,7 +220,15 @@ impl App {
             extra_headers,
             content_type,
             priority,
-            reply_to: Some(self.reply_to().to_string()),
+            // The signature's reply_to (set by whoever froze it: the original
+            // caller) wins, as in Celery, so rpc:// results of chain steps
+            // and callbacks reach that caller.
+            reply_to: Some(
+                o.get("reply_to")
+                    .and_then(Value::as_str)
+                    .filter(|r| !r.is_empty())
+                    .map_or_else(|| self.reply_to().to_string(), str::to_owned),
+            ),
         };
         let msg = builder.build()?;
         match sink {
