@@ -156,13 +156,38 @@ def get(task_id):
         return {"state": r.state, **exc_view(e)}
 
 
-SCENARIOS = {"messages": messages, "canvas": canvas, "retry": retry, "send": send, "get": get}
+def rpc():
+    """With result_backend rpc:// (results as messages to this process's reply queue)."""
+    out = {}
+    # First: polling r.state reads the reply queue with basic_get only until
+    # the first .get() starts Celery's result consumer (Celery behaviour).
+    r = progress.delay(30)
+    states = set()
+    deadline = time.time() + TIMEOUT
+    while time.time() < deadline and not r.ready():
+        states.add(r.state)
+        time.sleep(0.002)
+    out["progress_states"] = sorted(states)
+    out["progress"] = r.get(timeout=TIMEOUT)
+    out["args"] = add.apply_async((2, 3)).get(timeout=TIMEOUT)
+    out["kwargs"] = add.apply_async(kwargs={"x": 4, "y": 5}).get(timeout=TIMEOUT)
+    out["send_task"] = app.send_task("tasks.mul", args=[6, 7]).get(timeout=TIMEOUT)
+    out["countdown"] = add.apply_async((1, 1), countdown=0.3).get(timeout=TIMEOUT)
+    out["failure_state"] = failure_view(fail.delay("rpc boom"))
+    out["expired"] = failure_view(add.apply_async((1, 2), expires=datetime.now(timezone.utc) - timedelta(seconds=30)))
+    out["chain"] = chain(add.s(1, 2), add.s(3), mul.s(10)).apply_async().get(timeout=TIMEOUT)
+    many = [add.delay(i, i) for i in range(20)]
+    out["many"] = [m.get(timeout=TIMEOUT) for m in many]
+    return out
+
+
+SCENARIOS = {"messages": messages, "canvas": canvas, "retry": retry, "send": send, "get": get, "rpc": rpc}
 
 
 def main():
     name, *args = sys.argv[1:]
     fn = SCENARIOS[name]
-    if name in ("messages", "canvas", "retry"):
+    if name in ("messages", "canvas", "retry", "rpc"):
         try:
             out = fn()
         except Exception as e:  # noqa: BLE001

@@ -41,6 +41,9 @@ app.conf.update(
     worker_enable_remote_control=False,
     worker_send_task_events=False,
 )
+if os.environ.get("PYAPP_MAX_PRIORITY"):
+    # RabbitMQ: declare task queues with x-max-priority (as the qtask side does).
+    app.conf.task_queue_max_priority = int(os.environ["PYAPP_MAX_PRIORITY"])
 
 
 @app.task(name="tasks.add")

@@ -254,12 +254,31 @@ pub struct PyEnv {
     pub queue: String,
     /// `json` or `msgpack`.
     pub serializer: String,
+    /// More `PYAPP_*` variables (see `pyapp.py`).
+    pub vars: Vec<(String, String)>,
 }
 
 impl PyEnv {
     /// JSON, broker and backend both `url`, default queue `queue`.
     pub fn new(url: &str, queue: &str) -> PyEnv {
-        PyEnv { broker: url.into(), backend: Some(url.into()), queue: queue.into(), serializer: "json".into() }
+        PyEnv {
+            broker: url.into(),
+            backend: Some(url.into()),
+            queue: queue.into(),
+            serializer: "json".into(),
+            vars: Vec::new(),
+        }
+    }
+
+    /// Broker `broker`, results in `backend` (e.g. RabbitMQ with Redis results).
+    pub fn with_backend(broker: &str, backend: &str, queue: &str) -> PyEnv {
+        PyEnv { backend: Some(backend.into()), ..PyEnv::new(broker, queue) }
+    }
+
+    /// Set one more environment variable of the Python app.
+    pub fn var(mut self, name: &str, value: &str) -> PyEnv {
+        self.vars.push((name.into(), value.into()));
+        self
     }
 
     /// With another serializer.
@@ -275,6 +294,9 @@ impl PyEnv {
             .env("PYAPP_SERIALIZER", &self.serializer)
             .env("PYTHONDONTWRITEBYTECODE", "1")
             .env("PYTHONUNBUFFERED", "1");
+        for (k, v) in &self.vars {
+            cmd.env(k, v);
+        }
         match &self.backend {
             Some(b) => cmd.env("PYAPP_BACKEND", b),
             None => cmd.env_remove("PYAPP_BACKEND"),
@@ -317,6 +339,35 @@ pub fn py_producer(env: &PyEnv, scenario: &str, args: &[&str]) -> Result<Value> 
         bail!("producer.py {scenario} raised {e}\nstderr:\n{stderr}");
     }
     Ok(v)
+}
+
+/// The shared RabbitMQ of the interop tests: `QTASK_TEST_AMQP_URL`, else
+/// `amqp://guest:guest@127.0.0.1:5672/%2f`. Tests own their queue names.
+pub fn amqp_url() -> String {
+    std::env::var("QTASK_TEST_AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_string())
+}
+
+/// Run `rabbitmqctl ARGS...` (through `sudo -n` when not root and plain
+/// `rabbitmqctl` is refused) and return its stdout.
+pub fn rabbitmqctl(args: &[&str]) -> Result<String> {
+    let mut errors = Vec::new();
+    for prefix in [&[][..], &["sudo", "-n"][..]] {
+        let mut cmd = match prefix.first() {
+            Some(p) => {
+                let mut c = Command::new(p);
+                c.args(&prefix[1..]).arg("rabbitmqctl");
+                c
+            }
+            None => Command::new("rabbitmqctl"),
+        };
+        cmd.args(["-q"]).args(args);
+        match cmd.output() {
+            Ok(out) if out.status.success() => return Ok(String::from_utf8_lossy(&out.stdout).into_owned()),
+            Ok(out) => errors.push(format!("{cmd:?}: {} {}", out.status, String::from_utf8_lossy(&out.stderr))),
+            Err(e) => errors.push(format!("{cmd:?}: {e}")),
+        }
+    }
+    bail!("rabbitmqctl failed: {}", errors.join("; "))
 }
 
 /// A free TCP port on 127.0.0.1.
