@@ -7,7 +7,7 @@ use qcore::{Config, Error};
 
 /// Broker settings from `cfg`: `task_queue_max_priority` (`x-max-priority`
 /// on task queues, as Celery declares them), `max_deliveries`, and the
-/// worker's node name.
+/// worker's node name (`worker_hostname`, also put in the connection name).
 pub(crate) fn options(cfg: &Config) -> AmqpOptions {
     let mut o = AmqpOptions::default();
     let max_priority = cfg
@@ -21,7 +21,9 @@ pub(crate) fn options(cfg: &Config) -> AmqpOptions {
         o = o.max_deliveries(Some(m));
     }
     if let Some(h) = &cfg.worker_hostname {
-        o = o.node_name(h.clone());
+        // Also the connections' `connection_name` (`<node>/publish`,
+        // `<node>/consume`), so operators can tell workers apart.
+        o = o.node_name(h.clone()).connection_name(format!("qtask {h}"));
     }
     o
 }
