@@ -110,12 +110,7 @@ async fn amqp_killed_acks_late_worker_tasks_complete_exactly_once() -> Result<()
 /// `connection_name` is `qtask <worker_hostname>/publish|consume`).
 fn connections_of(needle: &str) -> Result<Vec<String>> {
     let out = rabbitmqctl(&["list_connections", "pid", "client_properties"])?;
-    Ok(out
-        .lines()
-        .filter(|l| l.contains(needle))
-        .filter_map(|l| l.split('\t').next())
-        .map(str::to_owned)
-        .collect())
+    Ok(out.lines().filter(|l| l.contains(needle)).filter_map(|l| l.split('\t').next()).map(str::to_owned).collect())
 }
 
 /// The broker force-closes the worker's connections twice while tasks are

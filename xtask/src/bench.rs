@@ -301,3 +301,217 @@ pub(crate) fn redis(root: &Path, python: &Path, args: &[String]) -> Result<()> {
     println!("| round trip `delay().get()` p99 | {p99_q:.3} ms | {p99_c:.3} ms | {:.3} |", p99_q / p99_c);
     Ok(())
 }
+
+// ---------------------------------------------------------------------------
+// RabbitMQ
+
+/// `cargo xtask bench amqp`: the same measures on RabbitMQ
+/// (`QTASK_TEST_AMQP_URL`, default `amqp://guest:guest@127.0.0.1:5672/%2f`),
+/// results in a private Redis (as most Celery + RabbitMQ deployments store
+/// them). Each measure uses fresh queue names, deleted afterwards. A drain
+/// fills the queue first, then starts the worker and times from the first
+/// message taken until the queue is empty (with results: and N results are
+/// stored).
+struct AmqpBench<'a> {
+    root: &'a Path,
+    python: &'a Path,
+    amqp: String,
+    redis: String,
+    redis_port: u16,
+    n: usize,
+    calls: usize,
+    queues: Mutex<Vec<String>>,
+}
+
+impl AmqpBench<'_> {
+    fn queue(&self, what: &str) -> String {
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+        let q = format!("bench_amqp_{what}_{}_{nanos}", std::process::id());
+        self.queues.lock().unwrap_or_else(|p| p.into_inner()).push(q.clone());
+        q
+    }
+
+    fn flush(&self) -> Result<()> {
+        let st = Command::new("redis-cli")
+            .args(["-p", &self.redis_port.to_string(), "FLUSHALL"])
+            .stdout(Stdio::null())
+            .status()?;
+        if !st.success() {
+            bail!("redis-cli FLUSHALL failed");
+        }
+        Ok(())
+    }
+
+    fn qtask_bench(&self, args: &[&str]) -> Result<serde_json_lite::Obj> {
+        let mut cmd = Command::new(self.root.join("target/release/qtask-bench"));
+        cmd.args(args).args(["--broker", &self.amqp, "--backend", &self.redis]);
+        output_json(&mut cmd)
+    }
+
+    fn py(&self, queue: &str, backend: bool) -> Command {
+        let mut cmd = Command::new(self.python);
+        cmd.current_dir(self.root.join("integration-tests/python"))
+            .env("PYAPP_BROKER", &self.amqp)
+            .env("PYAPP_QUEUE", queue)
+            .env("PYAPP_PREFETCH_MULTIPLIER", "4")
+            .env("PYTHONDONTWRITEBYTECODE", "1");
+        if backend {
+            cmd.env("PYAPP_BACKEND", &self.redis);
+        } else {
+            cmd.env_remove("PYAPP_BACKEND").env("PYAPP_IGNORE_RESULT", "1");
+        }
+        cmd
+    }
+
+    fn qtask_worker(&self, queue: &str, backend: bool) -> Result<Proc> {
+        let mut cmd = Command::new(self.root.join("target/release/interop-worker"));
+        cmd.args(["--broker", &self.amqp, "--queues", queue, "--concurrency", "2", "--prefetch-multiplier", "4"]);
+        if backend {
+            cmd.args(["--backend", &self.redis]);
+        }
+        cmd.env("QTASK_LOG", "info").env("QTASK_TASK_DEFAULT_QUEUE", queue);
+        let mut p = Proc::spawn("interop-worker", cmd)?;
+        p.wait_log("worker online")?;
+        Ok(p)
+    }
+
+    fn celery_worker(&self, queue: &str, backend: bool) -> Result<Proc> {
+        let mut cmd = self.py(queue, backend);
+        cmd.args(["-m", "celery", "-A", "pyapp", "worker", "-P", "prefork", "-c", "2", "-Q", queue])
+            .args(["--without-mingle", "--without-gossip", "--without-heartbeat", "-l", "info"]);
+        let mut p = Proc::spawn("celery worker", cmd)?;
+        p.wait_log(" ready.")?;
+        Ok(p)
+    }
+
+    fn enqueue(&self) -> Result<(f64, f64)> {
+        let n = self.n.to_string();
+        let q = get(&self.qtask_bench(&["enqueue", "--queue", &self.queue("enqueue"), "--n", &n])?, "rate")?;
+        let c = get(&output_json(self.py(&self.queue("enqueue"), false).args(["bench.py", "enqueue", &n]))?, "rate")?;
+        Ok((q, c))
+    }
+
+    fn drain(&self, results: bool, celery: bool) -> Result<f64> {
+        let n = self.n.to_string();
+        let queue = self.queue("drain");
+        self.qtask_bench(&["prefill", "--queue", &queue, "--n", &n])?;
+        let mut args = vec!["drain-wait".to_string(), "--queue".into(), queue.clone(), "--n".into(), n.clone()];
+        if results {
+            args.push("--results".into());
+        }
+        // The waiter runs beside the worker's start-up: it times from the
+        // first message taken, so start-up is not counted.
+        let mut waiter = Command::new(self.root.join("target/release/qtask-bench"));
+        waiter.args(&args).args(["--broker", &self.amqp, "--backend", &self.redis]);
+        let waiting = std::thread::spawn(move || output_json(&mut waiter));
+        let worker = if celery { self.celery_worker(&queue, results)? } else { self.qtask_worker(&queue, results)? };
+        let out = waiting.join().map_err(|_| anyhow!("drain waiter panicked"))??;
+        worker.stop()?;
+        self.flush()?;
+        get(&out, "rate")
+    }
+
+    fn roundtrip(&self, celery: bool) -> Result<(f64, f64)> {
+        let calls = self.calls.to_string();
+        let queue = self.queue("rt");
+        let out = if celery {
+            let worker = self.celery_worker(&queue, true)?;
+            let out = output_json(self.py(&queue, true).args(["bench.py", "roundtrip", &calls]))?;
+            worker.stop()?;
+            out
+        } else {
+            let worker = self.qtask_worker(&queue, true)?;
+            let out = self.qtask_bench(&["roundtrip", "--queue", &queue, "--calls", &calls])?;
+            worker.stop()?;
+            out
+        };
+        self.flush()?;
+        Ok((get(&out, "p50_ms")?, get(&out, "p99_ms")?))
+    }
+
+    /// Delete this run's queues (best effort).
+    fn cleanup(&self) {
+        for q in self.queues.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
+            let _ = Command::new("rabbitmqctl")
+                .args(["-q", "delete_queue", &q])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
+/// `cargo xtask bench amqp [--n N] [--calls M]`.
+pub(crate) fn amqp(root: &Path, python: &Path, args: &[String]) -> Result<()> {
+    let mut n = 5000;
+    let mut calls = 500;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--n" => n = it.next().ok_or_else(|| anyhow!("--n needs a value"))?.parse()?,
+            "--calls" => calls = it.next().ok_or_else(|| anyhow!("--calls needs a value"))?.parse()?,
+            other => bail!("unknown option {other} (usage: cargo xtask bench amqp [--n N] [--calls M])"),
+        }
+    }
+    crate::run(Command::new(env!("CARGO")).current_dir(root).args([
+        "build",
+        "--release",
+        "--bin",
+        "interop-worker",
+        "--bin",
+        "qtask-bench",
+    ]))?;
+    let amqp = std::env::var("QTASK_TEST_AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
+    let port = free_port()?;
+    let mut cmd = Command::new("redis-server");
+    cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]);
+    let mut server = Proc::spawn("redis-server", cmd)?;
+    server.wait_log("Ready to accept connections")?;
+    let b = AmqpBench {
+        root,
+        python,
+        amqp,
+        redis: format!("redis://127.0.0.1:{port}/0"),
+        redis_port: port,
+        n,
+        calls,
+        queues: Mutex::new(Vec::new()),
+    };
+    let run = || -> Result<_> {
+        eprintln!("xtask: bench amqp: enqueue ({n} tasks)");
+        let enq = b.enqueue()?;
+        eprintln!("xtask: bench amqp: drain with results ({n} tasks)");
+        let dr = (b.drain(true, false)?, b.drain(true, true)?);
+        eprintln!("xtask: bench amqp: drain without results ({n} tasks)");
+        let dn = (b.drain(false, false)?, b.drain(false, true)?);
+        eprintln!("xtask: bench amqp: round trips ({calls} calls)");
+        let rt = (b.roundtrip(false)?, b.roundtrip(true)?);
+        Ok((enq, dr, dn, rt))
+    };
+    let out = run();
+    b.cleanup();
+    server.stop()?;
+    let ((enq_q, enq_c), (dr_q, dr_c), (dn_q, dn_c), ((p50_q, p99_q), (p50_c, p99_c))) = out?;
+    let rabbit = Command::new("rabbitmqctl")
+        .args(["-q", "version"])
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+
+    println!("RabbitMQ benchmark: {}, RabbitMQ {rabbit}; N = {n}, round trips = {calls}", machine());
+    println!("command: cargo xtask bench amqp --n {n} --calls {calls}");
+    println!("qtask: interop-worker --concurrency 2 (prefetch 8), release; Celery 5.7: -P prefork -c 2 (prefetch 8); results in Redis");
+    println!();
+    println!("| measure | qtask | Celery | qtask/Celery |");
+    println!("|---|---:|---:|---:|");
+    let row = |name: &str, q: f64, c: f64, unit: &str| {
+        println!("| {name} | {q:.0} {unit} | {c:.0} {unit} | {:.1}× |", q / c);
+    };
+    row("enqueue, one producer", enq_q, enq_c, "tasks/s");
+    row("end to end, results stored", dr_q, dr_c, "tasks/s");
+    row("end to end, no results", dn_q, dn_c, "tasks/s");
+    println!("| round trip `delay().get()` p50 | {p50_q:.3} ms | {p50_c:.3} ms | {:.3} |", p50_q / p50_c);
+    println!("| round trip `delay().get()` p99 | {p99_q:.3} ms | {p99_c:.3} ms | {:.3} |", p99_q / p99_c);
+    Ok(())
+}

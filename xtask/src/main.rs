@@ -9,7 +9,8 @@
 //!   binaries, and the end-to-end tests.
 //! * `cargo xtask bench redis [--n N] [--calls M]` — qtask beside Python
 //!   Celery on a private Redis (release binaries, the venv's Celery); prints
-//!   a Markdown table (see docs/benchmarks.md).
+//!   a Markdown table (see docs/benchmarks.md); `cargo xtask bench amqp`
+//!   the same on RabbitMQ.
 
 mod bench;
 mod services;
@@ -74,10 +75,14 @@ fn main() -> Result<()> {
                 let python = venv::ensure(&root)?;
                 bench::redis(&root, &python, &args[2..])
             }
-            _ => bail!("usage: cargo xtask bench redis [--n N] [--calls M]"),
+            Some("amqp") => {
+                let python = venv::ensure(&root)?;
+                bench::amqp(&root, &python, &args[2..])
+            }
+            _ => bail!("usage: cargo xtask bench redis|amqp [--n N] [--calls M]"),
         },
         _ => {
-            eprintln!("usage: cargo xtask <test|services|venv|e2e|bench redis> [args...]");
+            eprintln!("usage: cargo xtask <test|services|venv|e2e|bench redis|bench amqp> [args...]");
             std::process::exit(2);
         }
     }

@@ -35,7 +35,9 @@ pub(crate) fn rpc_options(cfg: &Config) -> RpcOptions {
     if let Some(p) = cfg.extra.get("result_persistent").and_then(|v| v.as_bool()) {
         o = o.persistent(p);
     }
-    if let Some(ct) = cfg.extra.get("result_serializer").and_then(|v| v.as_str()).and_then(|s| qcore::ContentType::from_mime(s).ok()) {
+    if let Some(ct) =
+        cfg.extra.get("result_serializer").and_then(|v| v.as_str()).and_then(|s| qcore::ContentType::from_mime(s).ok())
+    {
         o = o.serializer(ct);
     }
     o

@@ -10,7 +10,12 @@
 //! qtask-bench roundtrip  --broker URL --queue Q --calls M     sequential delay().get() latencies
 //! ```
 //!
-//! Each prints one JSON object on stdout.
+//! Each prints one JSON object on stdout. `--backend URL` stores results
+//! elsewhere than the broker (default: the broker URL). On RabbitMQ
+//! (`--broker amqp://…`, for `cargo xtask bench amqp`) `prefill` fills the
+//! worker's queue before the worker starts and `drain-wait` (no `--from`)
+//! times from the first message taken until the queue is empty (and N
+//! results are stored in the Redis `--backend` with `--results`).
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -32,6 +37,7 @@ struct Args {
     broker: String,
     queue: String,
     from: String,
+    backend: Option<String>,
     n: usize,
     calls: usize,
     results: bool,
@@ -47,6 +53,7 @@ fn parse() -> Result<Args> {
             "--broker" => a.broker = value()?,
             "--queue" => a.queue = value()?,
             "--from" => a.from = value()?,
+            "--backend" => a.backend = Some(value()?),
             "--n" => a.n = value()?.parse().context("--n")?,
             "--calls" => a.calls = value()?.parse().context("--calls")?,
             "--results" => a.results = true,
@@ -63,7 +70,7 @@ async fn app(a: &Args, backend: bool) -> Result<App> {
     let mut cfg = Config::default();
     cfg.broker_url = Some(a.broker.clone());
     if backend {
-        cfg.result_backend = Some(a.broker.clone());
+        cfg.result_backend = Some(a.backend.clone().unwrap_or_else(|| a.broker.clone()));
     }
     cfg.task_default_queue = a.queue.clone();
     Ok(qtask::app_from_config(cfg).await?)
@@ -82,6 +89,7 @@ async fn enqueue(a: &Args) -> Result<Value> {
 
 async fn prefill(a: &Args) -> Result<Value> {
     let app = app(a, false).await?;
+    app.broker().declare_queue(&a.queue).await?;
     let mut batch: Vec<(String, Message)> = Vec::with_capacity(1000);
     for i in 0..a.n {
         let msg = qtask::TaskMessageBuilder {
@@ -98,6 +106,37 @@ async fn prefill(a: &Args) -> Result<Value> {
         }
     }
     Ok(json!({"n": a.n}))
+}
+
+/// RabbitMQ: the worker starts on a filled queue; time from the first
+/// message taken (the ready count drops) until none is left (and N results
+/// are in the Redis backend with `--results`).
+async fn drain_wait_amqp(a: &Args) -> Result<Value> {
+    let app = app(a, false).await?;
+    let backend = a.backend.clone().unwrap_or_default();
+    let stored = || -> Result<i64> {
+        Ok(redis_cmd(&backend, &["EVAL", "return #redis.call('KEYS', 'celery-task-meta-*')", "0"])?.int())
+    };
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let n = a.n as u64;
+    while app.broker().queue_len(&a.queue).await? >= n {
+        if Instant::now() > deadline {
+            bail!("no worker took a message from {} within 600 s", a.queue);
+        }
+        tokio::time::sleep(Duration::from_micros(500)).await;
+    }
+    let t = Instant::now();
+    loop {
+        if app.broker().queue_len(&a.queue).await? == 0 && (!a.results || stored()? >= a.n as i64) {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("not drained after 600 s");
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let s = t.elapsed().as_secs_f64();
+    Ok(json!({"n": a.n, "seconds": s, "rate": a.n as f64 / s}))
 }
 
 fn drain_wait(a: &Args) -> Result<Value> {
@@ -164,6 +203,7 @@ fn main() -> ExitCode {
         match a.command.as_str() {
             "enqueue" => enqueue(&a).await,
             "prefill" => prefill(&a).await,
+            "drain-wait" if a.broker.starts_with("amqp") => drain_wait_amqp(&a).await,
             "drain-wait" => drain_wait(&a),
             "roundtrip" => roundtrip(&a).await,
             other => Err(anyhow!("unknown command {other}")),
