@@ -10,9 +10,11 @@
 //! * `cargo xtask bench redis [--n N] [--calls M]` — qtask beside Python
 //!   Celery on a private Redis (release binaries, the venv's Celery); prints
 //!   a Markdown table (see docs/benchmarks.md); `cargo xtask bench amqp`
-//!   the same on RabbitMQ.
+//!   the same on RabbitMQ; `cargo xtask bench postgres|sqlite [--poll SECS]`
+//!   the SQL broker and backend beside Celery on kombu's SQLAlchemy transport.
 
 mod bench;
+mod bench_sql;
 mod services;
 mod venv;
 
@@ -79,10 +81,14 @@ fn main() -> Result<()> {
                 let python = venv::ensure(&root)?;
                 bench::amqp(&root, &python, &args[2..])
             }
-            _ => bail!("usage: cargo xtask bench redis|amqp [--n N] [--calls M]"),
+            Some(engine @ ("postgres" | "sqlite")) => {
+                let python = venv::ensure(&root)?;
+                bench_sql::sql(&root, &python, engine, &args[2..])
+            }
+            _ => bail!("usage: cargo xtask bench redis|amqp|postgres|sqlite [--n N] [--calls M]"),
         },
         _ => {
-            eprintln!("usage: cargo xtask <test|services|venv|e2e|bench redis|bench amqp> [args...]");
+            eprintln!("usage: cargo xtask <test|services|venv|e2e|bench redis|amqp|postgres|sqlite> [args...]");
             std::process::exit(2);
         }
     }
