@@ -4,7 +4,9 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
-use integration_tests::{interop_worker_bin, qtask_cli, redis_cmd, redis_url, spawn_interop_worker, unique, WorkerOpts};
+use integration_tests::{
+    interop_worker_bin, qtask_cli, redis_cmd, redis_url, spawn_interop_worker, unique, WorkerOpts,
+};
 use serde_json::{json, Value};
 
 /// The CLI with no inherited QTASK_*/CELERY_* settings.
@@ -83,11 +85,29 @@ fn cli_call_wait_result_purge_on_redis() -> Result<()> {
     assert_eq!(l.len(), 2, "{l:?}");
     assert!(is_task_id(&l[0]), "{l:?}");
     assert_eq!(l[1], "9");
-    let out = run(cli()?.args(flags).args(["call", "tasks.xsum", "--args", "[[1, 2, 3]]", "--queue", &queue, "--wait", "30"]))?;
+    let out = run(cli()?.args(flags).args([
+        "call",
+        "tasks.xsum",
+        "--args",
+        "[[1, 2, 3]]",
+        "--queue",
+        &queue,
+        "--wait",
+        "30",
+    ]))?;
     assert_eq!(lines(&out).get(1).map(String::as_str), Some("6"));
 
     // FAILURE: exit 1, the remote error on stderr.
-    let out = run(cli()?.args(flags).args(["call", "tasks.fail", "--args", r#"["boom"]"#, "--queue", &queue, "--wait", "30"]))?;
+    let out = run(cli()?.args(flags).args([
+        "call",
+        "tasks.fail",
+        "--args",
+        r#"["boom"]"#,
+        "--queue",
+        &queue,
+        "--wait",
+        "30",
+    ]))?;
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("ValueError") && stderr.contains("boom"), "{stderr}");
@@ -97,15 +117,27 @@ fn cli_call_wait_result_purge_on_redis() -> Result<()> {
     assert!(String::from_utf8_lossy(&out.stderr).contains("ValueError"));
 
     // URLs from QTASK_*, then CELERY_* variables.
-    let out = run(cli()?
-        .env("QTASK_BROKER_URL", &url)
-        .env("QTASK_RESULT_BACKEND", &url)
-        .args(["call", "tasks.mul", "--args", "[6, 7]", "--queue", &queue, "--wait", "30"]))?;
+    let out = run(cli()?.env("QTASK_BROKER_URL", &url).env("QTASK_RESULT_BACKEND", &url).args([
+        "call",
+        "tasks.mul",
+        "--args",
+        "[6, 7]",
+        "--queue",
+        &queue,
+        "--wait",
+        "30",
+    ]))?;
     assert_eq!(lines(&out).get(1).map(String::as_str), Some("42"));
-    let out = run(cli()?
-        .env("CELERY_BROKER_URL", &url)
-        .env("CELERY_RESULT_BACKEND", &url)
-        .args(["call", "tasks.mul", "--args", "[3, 3]", "--queue", &queue, "--wait", "30"]))?;
+    let out = run(cli()?.env("CELERY_BROKER_URL", &url).env("CELERY_RESULT_BACKEND", &url).args([
+        "call",
+        "tasks.mul",
+        "--args",
+        "[3, 3]",
+        "--queue",
+        &queue,
+        "--wait",
+        "30",
+    ]))?;
     assert_eq!(lines(&out).get(1).map(String::as_str), Some("9"));
 
     // purge: a queue nobody consumes.

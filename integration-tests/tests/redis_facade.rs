@@ -56,7 +56,8 @@ async fn broker_transport_options_reach_the_redis_broker() -> Result<()> {
 #[tokio::test]
 async fn redis_url_errors_are_clear() -> Result<()> {
     // Bad redis URL: a configuration error, the password not echoed.
-    let e = qtask::connect("redis://:hunter2@127.0.0.1:notaport/0").await.err().map(|e| e.to_string()).unwrap_or_default();
+    let e =
+        qtask::connect("redis://:hunter2@127.0.0.1:notaport/0").await.err().map(|e| e.to_string()).unwrap_or_default();
     assert!(e.contains("invalid port"), "{e}");
     assert!(!e.contains("hunter2"), "{e}");
     // Nothing listening: a connection error.
@@ -73,7 +74,11 @@ async fn redis_url_errors_are_clear() -> Result<()> {
     }
     // rediss:// is understood (TLS): against a plain-text server the
     // handshake fails, which is not an "unsupported URL" error.
-    let e = qtask::connect(&redis_url().replacen("redis://", "rediss://", 1)).await.err().map(|e| e.to_string()).unwrap_or_default();
+    let e = qtask::connect(&redis_url().replacen("redis://", "rediss://", 1))
+        .await
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
     assert!(!e.is_empty() && !e.contains("unsupported"), "{e}");
     // Unknown schemes list what this build supports.
     let e = qtask::connect("nats://h").await.err().map(|e| e.to_string()).unwrap_or_default();

@@ -11,8 +11,8 @@ use std::time::Duration;
 use anyhow::{ensure, Result};
 use chrono::Utc;
 use integration_tests::{
-    interop_worker_bin, py_producer, redis_cmd, redis_url, spawn_interop_worker, spawn_python_worker, unique,
-    PyEnv, WorkerOpts,
+    interop_worker_bin, py_producer, redis_cmd, redis_url, spawn_interop_worker, spawn_python_worker, unique, PyEnv,
+    WorkerOpts,
 };
 use qtask::{
     chain, chord, group, task, App, Config, ContentType, Error, ExceptionInfo, SendOptions, Signature, State,
@@ -218,8 +218,12 @@ async fn python_priorities_on_qtask_worker() -> Result<()> {
         let out = py_producer(&env, "send", &["tasks.add", &opts])?;
         ids.push(out["id"].as_str().unwrap_or_default().to_string());
     }
-    let opts =
-        WorkerOpts { backend: Some(url.clone()), concurrency: Some(1), prefetch_multiplier: Some(1), ..Default::default() };
+    let opts = WorkerOpts {
+        backend: Some(url.clone()),
+        concurrency: Some(1),
+        prefetch_multiplier: Some(1),
+        ..Default::default()
+    };
     let _worker = spawn_interop_worker(interop_worker_bin!(), &url, &[&queue], &opts)?;
     let app = rust_app(&queue, ContentType::Json).await?;
     let order = run_order(&app, &ids).await?;
@@ -272,7 +276,12 @@ async fn qtask_to_python_messages(ct: ContentType) -> Result<()> {
 
     // Expiry: already expired → REVOKED; not yet expired → runs.
     let past = Utc::now() - chrono::Duration::seconds(30);
-    let (state, exc) = failed(app.send_task("tasks.add", vec![json!(1), json!(2)], Map::new(), SendOptions::new().expires_at(past)).await?.get(T).await)?;
+    let (state, exc) = failed(
+        app.send_task("tasks.add", vec![json!(1), json!(2)], Map::new(), SendOptions::new().expires_at(past))
+            .await?
+            .get(T)
+            .await,
+    )?;
     assert_eq!(state, "REVOKED");
     assert_eq!(exc.exc_type, "TaskRevokedError");
     assert_eq!(exc.exc_message, vec![json!("expired")]);
@@ -332,9 +341,7 @@ async fn qtask_canvas_on_python(ct: ContentType) -> Result<()> {
     assert_eq!(r.get(T).await?, json!([0, 2, 4, 6, 8]));
     let r = app.delay(chord((0..10).map(|i| add::s(i, i).into()), xsum::sig())).await?;
     assert_eq!(r.get(T).await?, json!(90));
-    let r = app
-        .delay(chain([add::s(1, 1).into(), group([add::sig().arg(1), add::sig().arg(2)]), xsum::sig()]))
-        .await?;
+    let r = app.delay(chain([add::s(1, 1).into(), group([add::sig().arg(1), add::sig().arg(2)]), xsum::sig()])).await?;
     assert_eq!(r.get(T).await?, json!(7));
     let r = app.delay(chain([add::s(1, 1).into(), Signature::from(add::s(5, 5)).immutable()])).await?;
     assert_eq!(r.get(T).await?, json!(10));
@@ -402,8 +409,12 @@ async fn chord_split_between_python_and_qtask_workers_completes_once() -> Result
     let url = redis_url();
     let env = PyEnv::new(&url, &shared);
     let _py = spawn_python_worker(&env, &[&shared, &q_py], None)?;
-    let opts =
-        WorkerOpts { backend: Some(url.clone()), concurrency: Some(1), prefetch_multiplier: Some(1), ..Default::default() };
+    let opts = WorkerOpts {
+        backend: Some(url.clone()),
+        concurrency: Some(1),
+        prefetch_multiplier: Some(1),
+        ..Default::default()
+    };
     let _rs = spawn_interop_worker(interop_worker_bin!(), &url, &[&shared, &q_rs], &opts)?;
     let app = rust_app(&shared, ContentType::Json).await?;
 

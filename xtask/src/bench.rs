@@ -9,8 +9,10 @@
 //! * round trip: M sequential `delay().get()`, p50 and p99.
 //!
 //! qtask runs the release `interop-worker --concurrency 2` (prefetch
-//! multiplier 4) and `qtask-bench`; Celery runs `celery worker -P prefork
-//! -c 2` (prefetch multiplier 4) from the venv.
+//! multiplier 4; the end-to-end rows also at `--concurrency 16`: its tasks
+//! are async, so slots are cheap, like a gevent pool's) and `qtask-bench`;
+//! Celery runs `celery worker -P prefork -c 2` (prefetch multiplier 4) from
+//! the venv.
 
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
@@ -106,7 +108,11 @@ mod serde_json_lite {
     pub(crate) type Obj = HashMap<String, f64>;
 
     pub(crate) fn parse_obj(s: &str) -> Result<Obj> {
-        let inner = s.trim().strip_prefix('{').and_then(|s| s.strip_suffix('}')).ok_or_else(|| anyhow!("not an object: {s}"))?;
+        let inner = s
+            .trim()
+            .strip_prefix('{')
+            .and_then(|s| s.strip_suffix('}'))
+            .ok_or_else(|| anyhow!("not an object: {s}"))?;
         let mut m = HashMap::new();
         for part in inner.split(',') {
             let (k, v) = part.split_once(':').ok_or_else(|| anyhow!("bad member {part}"))?;
@@ -138,7 +144,10 @@ impl Bench<'_> {
     }
 
     fn flush(&self) -> Result<()> {
-        let st = Command::new("redis-cli").args(["-p", &self.port.to_string(), "FLUSHALL"]).stdout(Stdio::null()).status()?;
+        let st = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string(), "FLUSHALL"])
+            .stdout(Stdio::null())
+            .status()?;
         if !st.success() {
             bail!("redis-cli FLUSHALL failed");
         }
@@ -166,9 +175,10 @@ impl Bench<'_> {
         cmd
     }
 
-    fn qtask_worker(&self, queue: &str, backend: bool) -> Result<Proc> {
+    fn qtask_worker(&self, queue: &str, backend: bool, concurrency: usize) -> Result<Proc> {
         let mut cmd = self.bin("interop-worker");
-        cmd.args(["--broker", &self.url, "--queues", queue, "--concurrency", "2", "--prefetch-multiplier", "4"]);
+        let c = concurrency.to_string();
+        cmd.args(["--broker", &self.url, "--queues", queue, "--concurrency", &c, "--prefetch-multiplier", "4"]);
         if backend {
             cmd.args(["--backend", &self.url]);
         }
@@ -180,8 +190,13 @@ impl Bench<'_> {
 
     fn celery_worker(&self, queue: &str, backend: bool) -> Result<Proc> {
         let mut cmd = self.py(queue, backend);
-        cmd.args(["-m", "celery", "-A", "pyapp", "worker", "-P", "prefork", "-c", "2", "-Q", queue])
-            .args(["--without-mingle", "--without-gossip", "--without-heartbeat", "-l", "info"]);
+        cmd.args(["-m", "celery", "-A", "pyapp", "worker", "-P", "prefork", "-c", "2", "-Q", queue]).args([
+            "--without-mingle",
+            "--without-gossip",
+            "--without-heartbeat",
+            "-l",
+            "info",
+        ]);
         let mut p = Proc::spawn("celery worker", cmd)?;
         p.wait_log(" ready.")?;
         Ok(p)
@@ -196,11 +211,14 @@ impl Bench<'_> {
         Ok((q, c))
     }
 
-    fn drain(&self, results: bool, celery: bool) -> Result<f64> {
+    /// Drain rate of a qtask worker with `concurrency` slots, or (None) of Celery.
+    fn drain(&self, results: bool, qtask_concurrency: Option<usize>) -> Result<f64> {
         let n = self.n.to_string();
         self.qtask_bench(&["prefill", "--queue", "bench_stage", "--n", &n])?;
-        let worker =
-            if celery { self.celery_worker("bench_drain", results)? } else { self.qtask_worker("bench_drain", results)? };
+        let worker = match qtask_concurrency {
+            None => self.celery_worker("bench_drain", results)?,
+            Some(c) => self.qtask_worker("bench_drain", results, c)?,
+        };
         let mut args = vec!["drain-wait", "--from", "bench_stage", "--queue", "bench_drain", "--n", &n];
         if results {
             args.push("--results");
@@ -219,7 +237,7 @@ impl Bench<'_> {
             worker.stop()?;
             out
         } else {
-            let worker = self.qtask_worker("bench_rt", true)?;
+            let worker = self.qtask_worker("bench_rt", true, 2)?;
             let out = self.qtask_bench(&["roundtrip", "--queue", "bench_rt", "--calls", &calls])?;
             worker.stop()?;
             out
@@ -237,13 +255,24 @@ fn machine() -> String {
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
         .unwrap_or_else(|| "unknown CPU".into());
     let redis = Command::new("redis-server")
         .arg("--version")
         .output()
         .ok()
-        .map(|o| String::from_utf8_lossy(&o.stdout).split_whitespace().nth(2).unwrap_or("").trim_start_matches("v=").to_string())
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .split_whitespace()
+                .nth(2)
+                .unwrap_or("")
+                .trim_start_matches("v=")
+                .to_string()
+        })
         .unwrap_or_default();
     format!("{cores} cores ({cpu}), Redis {redis}")
 }
@@ -278,16 +307,19 @@ pub(crate) fn redis(root: &Path, python: &Path, args: &[String]) -> Result<()> {
     eprintln!("xtask: bench: enqueue ({n} tasks)");
     let (enq_q, enq_c) = b.enqueue()?;
     eprintln!("xtask: bench: drain with results ({n} tasks)");
-    let (dr_q, dr_c) = (b.drain(true, false)?, b.drain(true, true)?);
+    let (dr_q, dr_q16, dr_c) = (b.drain(true, Some(2))?, b.drain(true, Some(16))?, b.drain(true, None)?);
     eprintln!("xtask: bench: drain without results ({n} tasks)");
-    let (dn_q, dn_c) = (b.drain(false, false)?, b.drain(false, true)?);
+    let (dn_q, dn_q16, dn_c) = (b.drain(false, Some(2))?, b.drain(false, Some(16))?, b.drain(false, None)?);
     eprintln!("xtask: bench: round trips ({calls} calls)");
     let ((p50_q, p99_q), (p50_c, p99_c)) = (b.roundtrip(false)?, b.roundtrip(true)?);
     server.stop()?;
 
     println!("Redis benchmark: {}; N = {n}, round trips = {calls}", machine());
     println!("command: cargo xtask bench redis --n {n} --calls {calls}");
-    println!("qtask: interop-worker --concurrency 2 (prefetch 8), release; Celery 5.7: -P prefork -c 2 (prefetch 8)");
+    println!(
+        "qtask: release interop-worker --concurrency 2 (prefetch 8), and --concurrency 16 (prefetch 64) where marked; \
+         Celery 5.7: celery worker -P prefork -c 2 (prefetch 8)"
+    );
     println!();
     println!("| measure | qtask | Celery | qtask/Celery |");
     println!("|---|---:|---:|---:|");
@@ -296,7 +328,9 @@ pub(crate) fn redis(root: &Path, python: &Path, args: &[String]) -> Result<()> {
     };
     row("enqueue, one producer", enq_q, enq_c, "tasks/s");
     row("end to end, results stored", dr_q, dr_c, "tasks/s");
+    row("end to end, results stored, qtask -c 16", dr_q16, dr_c, "tasks/s");
     row("end to end, no results", dn_q, dn_c, "tasks/s");
+    row("end to end, no results, qtask -c 16", dn_q16, dn_c, "tasks/s");
     println!("| round trip `delay().get()` p50 | {p50_q:.3} ms | {p50_c:.3} ms | {:.3} |", p50_q / p50_c);
     println!("| round trip `delay().get()` p99 | {p99_q:.3} ms | {p99_c:.3} ms | {:.3} |", p99_q / p99_c);
     Ok(())
@@ -325,7 +359,8 @@ struct AmqpBench<'a> {
 
 impl AmqpBench<'_> {
     fn queue(&self, what: &str) -> String {
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+        let nanos =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
         let q = format!("bench_amqp_{what}_{}_{nanos}", std::process::id());
         self.queues.lock().unwrap_or_else(|p| p.into_inner()).push(q.clone());
         q
@@ -377,8 +412,13 @@ impl AmqpBench<'_> {
 
     fn celery_worker(&self, queue: &str, backend: bool) -> Result<Proc> {
         let mut cmd = self.py(queue, backend);
-        cmd.args(["-m", "celery", "-A", "pyapp", "worker", "-P", "prefork", "-c", "2", "-Q", queue])
-            .args(["--without-mingle", "--without-gossip", "--without-heartbeat", "-l", "info"]);
+        cmd.args(["-m", "celery", "-A", "pyapp", "worker", "-P", "prefork", "-c", "2", "-Q", queue]).args([
+            "--without-mingle",
+            "--without-gossip",
+            "--without-heartbeat",
+            "-l",
+            "info",
+        ]);
         let mut p = Proc::spawn("celery worker", cmd)?;
         p.wait_log(" ready.")?;
         Ok(p)
