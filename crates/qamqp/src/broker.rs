@@ -6,9 +6,7 @@ use async_trait::async_trait;
 use lapin::options::{BasicGetOptions, BasicNackOptions, QueueDeclareOptions, QueuePurgeOptions};
 use lapin::types::FieldTable;
 use lapin::BasicProperties;
-use qcore::{
-    Broker, BrokerError, ConsumeOptions, Consumer, DeadLetter, ErrorKind, Message, Subscription,
-};
+use qcore::{Broker, BrokerError, ConsumeOptions, Consumer, DeadLetter, ErrorKind, Message, Subscription};
 
 use crate::consumer::{dead_queue, AmqpConsumer};
 use crate::core::{Core, ExchangeSpec, MakeProps};
@@ -108,8 +106,12 @@ impl Broker for AmqpBroker {
         let r = self
             .core
             .admin(&format!("queue_len({queue:?})"), |ch| async move {
-                ch.queue_declare(name.clone(), QueueDeclareOptions { passive: true, ..Default::default() }, FieldTable::default())
-                    .await
+                ch.queue_declare(
+                    name.clone(),
+                    QueueDeclareOptions { passive: true, ..Default::default() },
+                    FieldTable::default(),
+                )
+                .await
             })
             .await;
         match r {
@@ -147,7 +149,14 @@ impl Broker for AmqpBroker {
             return Ok(Vec::new());
         }
         let ch = self.core.publish_link.channel().await?;
-        match ch.queue_declare(name.clone(), QueueDeclareOptions { passive: true, ..Default::default() }, FieldTable::default()).await {
+        match ch
+            .queue_declare(
+                name.clone(),
+                QueueDeclareOptions { passive: true, ..Default::default() },
+                FieldTable::default(),
+            )
+            .await
+        {
             Ok(_) => {}
             Err(e) => {
                 let e = crate::error::broker_err("dead_letters", e);

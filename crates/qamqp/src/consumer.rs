@@ -24,8 +24,9 @@ pub(crate) fn dead_queue(queue: &str) -> String {
     format!("{queue}.dead")
 }
 
-type DeliveryStream =
-    std::pin::Pin<Box<dyn futures_util::Stream<Item = (usize, Result<lapin::message::Delivery, lapin::Error>)> + Send + Sync>>;
+type DeliveryStream = std::pin::Pin<
+    Box<dyn futures_util::Stream<Item = (usize, Result<lapin::message::Delivery, lapin::Error>)> + Send + Sync>,
+>;
 
 struct Session {
     channel: Channel,
@@ -61,10 +62,18 @@ impl AmqpConsumer {
         let mut stream = SelectAll::new();
         for (i, q) in self.queues.iter().enumerate() {
             let name = short(q, "queue name")?;
-            self.core.declare_task_queue(&ch, &name).await.map_err(|e| broker_err(&format!("declaring queue {q:?}"), e))?;
+            self.core
+                .declare_task_queue(&ch, &name)
+                .await
+                .map_err(|e| broker_err(&format!("declaring queue {q:?}"), e))?;
             let tag = if self.tag.is_empty() { String::new() } else { format!("{}.{i}", self.tag) };
             let consumer = ch
-                .basic_consume(name, short(&tag, "consumer tag")?, BasicConsumeOptions::default(), FieldTable::default())
+                .basic_consume(
+                    name,
+                    short(&tag, "consumer tag")?,
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
                 .await
                 .map_err(|e| broker_err(&format!("consuming from {q:?}"), e))?;
             stream.push(Box::pin(consumer.map(move |d| (i, d))) as DeliveryStream);

@@ -63,7 +63,10 @@ impl Link {
             Err(_) => {
                 return Err(BrokerError::new(
                     ErrorKind::Connection,
-                    format!("connecting to {}:{} timed out after {:?}", self.uri.authority.host, self.uri.authority.port, self.timeout),
+                    format!(
+                        "connecting to {}:{} timed out after {:?}",
+                        self.uri.authority.host, self.uri.authority.port, self.timeout
+                    ),
                 ))
             }
             Ok(Err(e)) => {
@@ -242,7 +245,13 @@ impl Core {
         let mut pending = Vec::with_capacity(items.len());
         for (i, (ex, rk, body, props)) in items.iter().enumerate() {
             let sent = ch
-                .basic_publish(short(ex, "exchange name")?, short(rk, "routing key")?, BasicPublishOptions::default(), body, props()?)
+                .basic_publish(
+                    short(ex, "exchange name")?,
+                    short(rk, "routing key")?,
+                    BasicPublishOptions::default(),
+                    body,
+                    props()?,
+                )
                 .await;
             match sent {
                 Ok(confirm) => pending.push((i, confirm)),
@@ -254,7 +263,10 @@ impl Core {
         for (i, confirm) in pending {
             match tokio::time::timeout_at(deadline, confirm).await {
                 Ok(Ok(Confirmation::Nack(_))) => {
-                    return Err(BrokerError::new(ErrorKind::Other, "the broker refused a message of the batch (basic.nack)"))
+                    return Err(BrokerError::new(
+                        ErrorKind::Other,
+                        "the broker refused a message of the batch (basic.nack)",
+                    ))
                 }
                 Ok(Ok(_)) => {}
                 Ok(Err(_)) => failed.push(i),
@@ -329,8 +341,12 @@ impl Core {
             FieldTable::default(),
         )
         .await?;
-        ch.queue_declare(q.clone(), QueueDeclareOptions { durable: true, ..Default::default() }, self.task_queue_args())
-            .await?;
+        ch.queue_declare(
+            q.clone(),
+            QueueDeclareOptions { durable: true, ..Default::default() },
+            self.task_queue_args(),
+        )
+        .await?;
         ch.queue_bind(q.clone(), q.clone(), q.clone(), QueueBindOptions::default(), FieldTable::default()).await
     }
 
@@ -353,9 +369,13 @@ impl Core {
         let (name, what) = (&name, format!("declaring queue {q:?}"));
         self.declare_once(&format!("plain:{q}"), || {
             self.admin(&what, |ch| async move {
-                ch.queue_declare(name.clone(), QueueDeclareOptions { durable: true, ..Default::default() }, FieldTable::default())
-                    .await
-                    .map(|_| ())
+                ch.queue_declare(
+                    name.clone(),
+                    QueueDeclareOptions { durable: true, ..Default::default() },
+                    FieldTable::default(),
+                )
+                .await
+                .map(|_| ())
             })
         })
         .await
@@ -364,7 +384,9 @@ impl Core {
     /// Declare an exchange used for fanout/topic publishing.
     pub(crate) async fn ensure_exchange(&self, spec: &ExchangeSpec) -> Result<(), BrokerError> {
         let what = format!("declaring exchange {:?}", spec.name);
-        self.declare_once(&format!("x:{}", spec.name), || self.admin(&what, |ch| async move { spec.declare(&ch).await }))
+        self.declare_once(&format!("x:{}", spec.name), || {
+            self.admin(&what, |ch| async move { spec.declare(&ch).await })
+        })
         .await
     }
 }

@@ -87,7 +87,10 @@ mod tests {
         assert!(e.to_string().contains("PRECONDITION_FAILED"), "{e}");
         let e = broker_err("get", amqp(AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND)));
         assert_eq!(e.kind(), ErrorKind::NotFound);
-        let e = broker_err("io", lapin::ErrorKind::IOError(std::sync::Arc::new(std::io::ErrorKind::BrokenPipe.into())).into());
+        let e = broker_err(
+            "io",
+            lapin::ErrorKind::IOError(std::sync::Arc::new(std::io::ErrorKind::BrokenPipe.into())).into(),
+        );
         assert_eq!(e.kind(), ErrorKind::Connection);
         assert!(e.is_retryable());
         let e = broker_err("forced", amqp(AMQPErrorKind::Hard(AMQPHardError::CONNECTIONFORCED)));

@@ -286,7 +286,8 @@ mod tests {
     fn republish_stashes_and_restores_expiration_and_hides_bookkeeping() {
         let m = sample();
         let raw = encode(&m).unwrap();
-        let deferred = republish(&raw, vec![(H_ETA, json!(1_700_000_000_000i64)), (H_DELIVERIES, json!(2))], true).unwrap();
+        let deferred =
+            republish(&raw, vec![(H_ETA, json!(1_700_000_000_000i64)), (H_DELIVERIES, json!(2))], true).unwrap();
         assert_eq!(*deferred.expiration(), None, "no per-message TTL while waiting");
         // RabbitMQ adds x-death when it dead-letters out of the delay queue.
         let mut t = deferred.headers().clone().unwrap();

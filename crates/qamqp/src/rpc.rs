@@ -290,7 +290,12 @@ async fn open_reader(inner: &Inner, name: &ShortString) -> Result<(lapin::Channe
         .await
         .map_err(|e| crate::error::broker_err(&format!("declaring the reply queue {:?}", inner.queue), e))?;
     let consumer = ch
-        .basic_consume(name.clone(), "".into(), BasicConsumeOptions { no_ack: true, ..Default::default() }, FieldTable::default())
+        .basic_consume(
+            name.clone(),
+            "".into(),
+            BasicConsumeOptions { no_ack: true, ..Default::default() },
+            FieldTable::default(),
+        )
         .await
         .map_err(|e| crate::error::broker_err("consuming the reply queue", e))?;
     Ok((ch, consumer))
@@ -373,7 +378,10 @@ impl ResultBackend for RpcBackend {
             }
             match tokio::time::timeout_at(deadline, rx.changed()).await {
                 Err(_) => {
-                    return Err(BackendError::new(ErrorKind::Timeout, format!("task {task_id} not ready after {timeout:?}")))
+                    return Err(BackendError::new(
+                        ErrorKind::Timeout,
+                        format!("task {task_id} not ready after {timeout:?}"),
+                    ))
                 }
                 Ok(Err(_)) => return Err(BackendError::new(ErrorKind::Closed, "the rpc backend was closed")),
                 Ok(Ok(())) => {}
@@ -400,7 +408,12 @@ impl ResultBackend for RpcBackend {
         Err(unsupported("chords"))
     }
 
-    async fn chord_part(&self, _gid: &str, _part: &ChordPart, _ttl: Option<Duration>) -> Result<ChordJoin, BackendError> {
+    async fn chord_part(
+        &self,
+        _gid: &str,
+        _part: &ChordPart,
+        _ttl: Option<Duration>,
+    ) -> Result<ChordJoin, BackendError> {
         Err(unsupported("chords"))
     }
 

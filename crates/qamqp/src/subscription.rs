@@ -114,7 +114,8 @@ impl AmqpSubscription {
             (broker_err(what, e), locked)
         };
         self.spec.exchange.declare(&ch).await.map_err(|e| lapin_err("declaring the exchange", e))?;
-        let q = ShortString::try_new(queue).map_err(|_| plain(BrokerError::new(qcore::ErrorKind::Config, "queue name too long")))?;
+        let q = ShortString::try_new(queue)
+            .map_err(|_| plain(BrokerError::new(qcore::ErrorKind::Config, "queue name too long")))?;
         ch.queue_declare(
             q.clone(),
             QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() },
@@ -123,11 +124,22 @@ impl AmqpSubscription {
         .await
         .map_err(|e| lapin_err(&format!("declaring queue {queue:?}"), e))?;
         let binding = short(&self.spec.binding, "routing key").map_err(plain)?;
-        ch.queue_bind(q.clone(), self.spec.exchange.name.clone(), binding, QueueBindOptions::default(), FieldTable::default())
-            .await
-            .map_err(|e| lapin_err("binding the queue", e))?;
+        ch.queue_bind(
+            q.clone(),
+            self.spec.exchange.name.clone(),
+            binding,
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|e| lapin_err("binding the queue", e))?;
         let consumer = ch
-            .basic_consume(q, "".into(), BasicConsumeOptions { no_ack: true, ..Default::default() }, FieldTable::default())
+            .basic_consume(
+                q,
+                "".into(),
+                BasicConsumeOptions { no_ack: true, ..Default::default() },
+                FieldTable::default(),
+            )
             .await
             .map_err(|e| lapin_err(&format!("consuming from {queue:?}"), e))?;
         Ok((ch, consumer))

@@ -240,7 +240,10 @@ mod tests {
     #[test]
     fn defaults_and_vhosts() {
         let u = ok("amqp://");
-        assert_eq!((u.host.as_str(), u.port, u.user.as_str(), u.password.as_str()), ("localhost", 5672, "guest", "guest"));
+        assert_eq!(
+            (u.host.as_str(), u.port, u.user.as_str(), u.password.as_str()),
+            ("localhost", 5672, "guest", "guest")
+        );
         assert_eq!(u.vhost, "/");
         assert_eq!(u.heartbeat, 60);
         for (url, vhost) in [

@@ -170,14 +170,26 @@ fn event_and_remote_control_headers() {
 
 #[test]
 fn big_ints_are_the_only_tag_difference() {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/publish/12-DEFAULT_celery_capapp.echo.frames.bin");
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/publish/12-DEFAULT_celery_capapp.echo.frames.bin");
     let (header, body) = split_frames(&std::fs::read(path).expect("fixture"));
     let celery_tags = header_tags(&header[12..]);
     assert!(celery_tags.contains(&("x-big".to_string(), 'L')), "py-amqp writes L: {celery_tags:?}");
     let (message, _) = decode(&parse(&header), body);
     let ours = header_tags(&generate(&encode(&message).expect("encode")));
     assert!(ours.contains(&("x-big".to_string(), 'l')));
-    for (k, t) in [("x-neg", 'I'), ("x-float", 'd'), ("x-list", 'A'), ("x-list[0]", 'I'), ("x-list[1]", 'S'), ("x-bytes", 'S'), ("stamps", 'F'), ("timelimit[0]", 'V'), ("ignore_result", 't'), ("retries", 'I')] {
+    for (k, t) in [
+        ("x-neg", 'I'),
+        ("x-float", 'd'),
+        ("x-list", 'A'),
+        ("x-list[0]", 'I'),
+        ("x-list[1]", 'S'),
+        ("x-bytes", 'S'),
+        ("stamps", 'F'),
+        ("timelimit[0]", 'V'),
+        ("ignore_result", 't'),
+        ("retries", 'I'),
+    ] {
         assert!(ours.contains(&(k.to_string(), t)), "{k} should be {t}: {ours:?}");
     }
 }

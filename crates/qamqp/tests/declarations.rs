@@ -101,7 +101,8 @@ async fn subscriptions_declare_celerys_exchanges_and_queues() {
     let node = format!("w1@{}", unique("decl-node"));
     let b = broker(AmqpOptions::default().node_name(&node)).await;
     let reply_id = uuid::Uuid::new_v4().to_string();
-    let before: Vec<String> = list("list_queues", &["name"]).iter().filter_map(|r| r["name"].as_str().map(str::to_owned)).collect();
+    let before: Vec<String> =
+        list("list_queues", &["name"]).iter().filter_map(|r| r["name"].as_str().map(str::to_owned)).collect();
     let mut events = b.subscribe("celeryev", "#").await.unwrap();
     let mut pidbox = b.subscribe("celery.pidbox", "").await.unwrap();
     let mut replies = b.subscribe("reply.celery.pidbox", &reply_id).await.unwrap();
@@ -136,7 +137,11 @@ async fn subscriptions_declare_celerys_exchanges_and_queues() {
         [("celeryev", "topic", true), ("celery.pidbox", "fanout", false), ("reply.celery.pidbox", "direct", false)]
     {
         let x = row(&exchanges, name);
-        assert_eq!((&x["type"], &x["durable"], &x["auto_delete"]), (&json!(kind), &json!(durable), &json!(false)), "{name}");
+        assert_eq!(
+            (&x["type"], &x["durable"], &x["auto_delete"]),
+            (&json!(kind), &json!(durable), &json!(false)),
+            "{name}"
+        );
     }
     assert!(binding_exists("celeryev", &ev_name, "#"));
     assert!(binding_exists("celery.pidbox", &format!("{node}.celery.pidbox"), ""));

@@ -136,7 +136,10 @@ async fn deferred_message_waits_in_a_delay_queue_not_unacked() {
     assert_eq!(bucket["durable"], true);
     let mut args = bucket["arguments"].as_array().cloned().unwrap_or_default();
     args.sort_by_key(|a| a.to_string());
-    assert_eq!(args, vec![json!(["x-dead-letter-exchange", "longstr", ""]), json!(["x-message-ttl", "signedint", 2048])]);
+    assert_eq!(
+        args,
+        vec![json!(["x-dead-letter-exchange", "longstr", ""]), json!(["x-message-ttl", "signedint", 2048])]
+    );
     let back = next(&mut c, Duration::from_secs(10)).await.expect("the deferred message");
     let now = Utc::now();
     assert!(now >= until, "came back {} ms early", (until - now).num_milliseconds());

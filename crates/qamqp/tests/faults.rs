@@ -185,12 +185,11 @@ async fn settling_a_delivery_of_a_lost_connection_is_ignored() {
     // The same consumer object resumes and gets both again.
     let mut again = Vec::new();
     for _ in 0..2 {
-        let d = tokio::time::timeout(Duration::from_secs(20), c.recv()).await.unwrap_or_else(|_| panic!("no redelivery"));
-        let d = loop {
-            match d {
-                Ok(Some(d)) => break d,
-                other => panic!("recv: {other:?}"),
-            }
+        let d =
+            tokio::time::timeout(Duration::from_secs(20), c.recv()).await.unwrap_or_else(|_| panic!("no redelivery"));
+        let d = match d {
+            Ok(Some(d)) => d,
+            other => panic!("recv: {other:?}"),
         };
         again.push(d.message.task_id().unwrap_or_default().to_string());
         d.acker.ack().await.unwrap();
@@ -227,11 +226,9 @@ async fn publisher_and_subscription_recover_after_connection_loss() {
     })
     .await
     .expect("the subscription resumed");
-    let got = loop {
-        match got {
-            Ok(Some(x)) => break x,
-            other => panic!("subscription recv: {other:?}"),
-        }
+    let got = match got {
+        Ok(Some(x)) => x,
+        other => panic!("subscription recv: {other:?}"),
     };
     assert_eq!(got.0, "worker.heartbeat");
 }

@@ -44,7 +44,10 @@ async fn results_reach_the_caller_and_success_is_final() {
     let done = waiting.await.unwrap().unwrap();
     assert_eq!((done.status, done.result), (State::Success, json!(5)));
     // A redelivered task cannot turn SUCCESS back into FAILURE.
-    worker.store_for(&meta(&id, State::Failure, json!({"exc_type": "X"})), None, Some(caller.reply_queue())).await.unwrap();
+    worker
+        .store_for(&meta(&id, State::Failure, json!({"exc_type": "X"})), None, Some(caller.reply_queue()))
+        .await
+        .unwrap();
     // Replies arrive in order: once this marker is read, so was the FAILURE.
     let marker = unique("marker");
     worker.store_for(&meta(&marker, State::Success, json!(1)), None, Some(caller.reply_queue())).await.unwrap();

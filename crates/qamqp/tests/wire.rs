@@ -70,9 +70,13 @@ async fn published_messages_arrive_with_celerys_content_header() {
         let q = unique("wire");
         b.declare_queue(&q).await.unwrap();
         b.publish(&q, &message(&decoded, body.clone())).await.unwrap();
-        ch.queue_declare(q.as_str().into(), QueueDeclareOptions { passive: true, ..Default::default() }, FieldTable::default())
-            .await
-            .unwrap();
+        ch.queue_declare(
+            q.as_str().into(),
+            QueueDeclareOptions { passive: true, ..Default::default() },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
         let got = ch.basic_get(q.as_str().into(), BasicGetOptions { no_ack: true }).await.unwrap().expect("a message");
         let d = got.delivery;
         assert_eq!(d.exchange.as_str(), "", "{name}: tasks go through the default exchange");
