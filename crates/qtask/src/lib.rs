@@ -2,7 +2,7 @@
 //!
 //! A distributed task queue in Rust that speaks Celery's protocol. This is
 //! the facade: it re-exports [`qcore`] (messages, canvas, [`App`], the
-//! [`Broker`] and [`ResultBackend`] contracts), the [`task`] attribute, the
+//! [`Broker`] and [`ResultBackend`] contracts), the [`task`](macro@task) attribute, the
 //! [`Worker`], and builds brokers and backends from URLs with [`connect`].
 //!
 //! ```
@@ -32,7 +32,7 @@
 //! `memory://` broker and backend) and `sqlite` (the SQLite broker and
 //! Celery's database result backend, `sqlite://path`) are on by default;
 //! `redis` adds the Redis broker and result backend (`redis://`, and
-//! `rediss://` over TLS; re-exported as [`qredis`] for its options);
+//! `rediss://` over TLS; re-exported as `qtask::qredis` for its options);
 //! `postgres` adds the PostgreSQL broker and result backend
 //! (`postgres://`, Celery's `db+postgresql://` for results) with enqueue on
 //! commit ([`SendInTx`]); `amqp` adds RabbitMQ (`amqp://`, `amqps://`) and Celery's `rpc://`
