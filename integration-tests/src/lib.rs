@@ -438,10 +438,10 @@ impl Drop for RedisServer {
 
 /// The `qtask` CLI binary: `QTASK_CLI` if set, else `target/<profile>/qtask`
 /// next to the running test executable, (re)built once per test process
-/// with `cargo build -p qtask --bin qtask --features redis` into the same
+/// with `cargo build -p qtask --bin qtask --features redis,amqp` into the same
 /// target directory: `cargo test` does not build the `qtask` package's
 /// binary (that package has no integration tests), and a binary left there
-/// by a plain `cargo build -p qtask` lacks the `redis` feature. cargo
+/// by a plain `cargo build -p qtask` lacks the `redis` and `amqp` features. cargo
 /// releases its build lock before it runs tests, so this does not deadlock
 /// (it waits while another cargo builds); when up to date it takes a moment.
 pub fn qtask_cli() -> Result<PathBuf> {
@@ -462,14 +462,14 @@ pub fn qtask_cli() -> Result<PathBuf> {
     let release = profile_dir.file_name().is_some_and(|n| n == "release");
     let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     cmd.current_dir(workspace_root())
-        .args(["build", "--quiet", "-p", "qtask", "--bin", "qtask", "--features", "redis", "--target-dir"])
+        .args(["build", "--quiet", "-p", "qtask", "--bin", "qtask", "--features", "redis,amqp", "--target-dir"])
         .arg(target);
     if release {
         cmd.arg("--release");
     }
     let st = cmd.status().with_context(|| format!("cannot run {cmd:?}"))?;
     if !st.success() || !built.exists() {
-        bail!("{cmd:?} failed ({st}); build it first with `cargo build -p qtask --bin qtask --features redis`");
+        bail!("{cmd:?} failed ({st}); build it first with `cargo build -p qtask --bin qtask --features redis,amqp`");
     }
     Ok(DONE.get_or_init(|| built).clone())
 }
