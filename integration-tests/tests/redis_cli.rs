@@ -44,7 +44,7 @@ fn cli_call_wait_result_purge_on_redis() -> Result<()> {
     let url = redis_url();
     let queue = unique("cli");
     let opts = WorkerOpts { backend: Some(url.clone()), ..Default::default() };
-    let _worker = spawn_interop_worker(interop_worker_bin!(), &url, &[&queue], &opts)?;
+    let mut worker = spawn_interop_worker(interop_worker_bin!(), &url, &[&queue], &opts)?;
     let flags = ["--broker", url.as_str(), "--backend", url.as_str()];
 
     // call: prints the id; `result ID` reads the result once it is stored.
@@ -155,5 +155,9 @@ fn cli_call_wait_result_purge_on_redis() -> Result<()> {
     let out = run(cli()?.args(["--broker", "nats://h", "purge"]))?;
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unsupported broker URL"));
+
+    // The interop worker exits cleanly on SIGTERM (warm shutdown).
+    let status = worker.terminate(Duration::from_secs(30))?;
+    assert!(status.success(), "interop-worker exited with {status}:\n{}", worker.log());
     Ok(())
 }
