@@ -62,7 +62,22 @@ impl ContentType {
     pub fn decode<T: serde::de::DeserializeOwned>(self, bytes: &[u8]) -> Result<T, ProtocolError> {
         match self {
             ContentType::Json => serde_json::from_slice(bytes).map_err(|e| ProtocolError::decode("json body", e)),
-            ContentType::Msgpack => rmp_serde::from_slice(bytes).map_err(|e| ProtocolError::decode("msgpack body", e)),
+            ContentType::Msgpack => {
+                // Like JSON, a body must be exactly one value: trailing bytes
+                // mean a broken producer, and the message is malformed.
+                let mut rest_bytes: &[u8] = bytes;
+                let mut de = rmp_serde::Deserializer::new(&mut rest_bytes);
+                let v = T::deserialize(&mut de).map_err(|e| ProtocolError::decode("msgpack body", e))?;
+                drop(de);
+                let rest = rest_bytes.len();
+                if rest != 0 {
+                    return Err(ProtocolError::decode(
+                        "msgpack body",
+                        format!("{rest} trailing bytes after the value"),
+                    ));
+                }
+                Ok(v)
+            }
         }
     }
 }
@@ -640,6 +655,23 @@ impl TaskMessage {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn msgpack_body_with_trailing_bytes_is_malformed() {
+        let mut b = TaskMessageBuilder {
+            id: "t1".into(),
+            task: "tasks.add".into(),
+            args: vec![1.into(), 2.into()],
+            content_type: ContentType::Msgpack,
+            ..TaskMessageBuilder::default()
+        }
+        .build()
+        .unwrap();
+        assert!(b.decode_task().is_ok());
+        b.body.extend_from_slice(&[0x91, 0x01]);
+        let e = b.decode_task().unwrap_err().to_string();
+        assert!(e.contains("trailing bytes"), "{e}");
+    }
     use serde_json::json;
 
     use super::*;

@@ -216,9 +216,13 @@ pub(crate) async fn handle(shared: Arc<Shared>, delivery: Delivery, permit: Owne
     }
 
     let acks_late = opts.acks_late.unwrap_or(app.config().task_acks_late);
-    if !acks_late {
-        ack(&acker, &id).await;
-    }
+    // Early ack: the task need not wait for the broker's reply (it is awaited
+    // once the run ends, so the delivery is settled before this returns). If
+    // the ack is lost the message comes back and runs again (at least once).
+    let early_ack = (!acks_late).then(|| {
+        let (acker, id) = (acker.clone(), id.clone());
+        tokio::spawn(async move { ack(&acker, &id).await })
+    });
     let (term_tx, term_rx) = oneshot::channel();
     shared.running.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone(), term_tx);
     shared.active.fetch_add(1, Ordering::Relaxed);
@@ -232,6 +236,9 @@ pub(crate) async fn handle(shared: Arc<Shared>, delivery: Delivery, permit: Owne
     let soft =
         msg.timelimit.soft.map(Duration::from_secs_f64).or(opts.soft_time_limit).or(app.config().task_soft_time_limit);
     let end = run(&shared, task, &msg, Arc::new(req.clone()), hard, soft, term_rx, &acker, acks_late, &mut phase).await;
+    if let Some(h) = early_ack {
+        let _ = h.await;
+    }
     shared.running.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
     shared.active.fetch_sub(1, Ordering::Relaxed);
     drop(slot);
