@@ -86,7 +86,7 @@ async fn malformed_message_is_dead_lettered_with_reason() {
     .await;
     let dead = broker.dead_letters("celery", 10).await.unwrap();
     assert!(dead.iter().all(|d| d.reason.starts_with("malformed message")), "{dead:?}");
-    assert_eq!(dead[0].message.body, b"{not json");
+    assert!(dead.iter().any(|d| d.message.body == b"{not json"), "the bytes are kept as they came");
     w.stop().await;
 }
 
