@@ -10,7 +10,7 @@ use deadpool_redis::redis::{self, Value};
 use qcore::backend::poll_until_ready;
 use qcore::{BackendError, ChordJoin, ChordPart, ErrorKind, ResultBackend, ResultMeta, State};
 use serde_json::{json, Value as Json};
-use tokio::sync::OnceCell;
+use tokio::sync::{mpsc, oneshot, OnceCell};
 
 use crate::conn::{map_err, with_conn, Conn};
 use crate::keys::Keys;
@@ -70,6 +70,70 @@ struct Inner {
     opts: RedisBackendOptions,
     display: String,
     hub: OnceCell<Arc<Hub>>,
+    stores: std::sync::Mutex<Option<mpsc::UnboundedSender<StoreReq>>>,
+}
+
+/// One result document waiting to be written in a batch.
+struct StoreReq {
+    key: String,
+    doc: Vec<u8>,
+    mode: &'static str,
+    value: u128,
+    reply: oneshot::Sender<Result<bool, BackendError>>,
+}
+
+/// Most documents written by one script call.
+const STORE_BATCH: usize = 256;
+
+/// Write queued result documents in batches: the store script calls of
+/// concurrent tasks pipelined together, so that they share a round trip. A store is answered only
+/// after its batch was written.
+async fn store_batcher(conn: Arc<Conn>, mut rx: mpsc::UnboundedReceiver<StoreReq>) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < STORE_BATCH {
+            match rx.try_recv() {
+                Ok(r) => batch.push(r),
+                Err(_) => break,
+            }
+        }
+        // One EVALSHA of the store script per document (each guarded and
+        // published on its own, as a single store), all pipelined in one
+        // write and one round trip.
+        let script = &*scripts::STORE_RESULT;
+        let mut pipe = redis::pipe();
+        for r in &batch {
+            pipe.cmd("EVALSHA")
+                .arg(script.get_hash())
+                .arg(1)
+                .arg(&r.key)
+                .arg(&r.doc)
+                .arg(r.mode)
+                .arg(r.value.to_string());
+        }
+        let res: Result<Vec<i64>, BackendError> = with_conn!(conn, BackendError, "store result", |c| async {
+            match pipe.query_async::<Vec<i64>>(&mut *c).await {
+                // Not loaded (server restarted or flushed): no call ran; load and send again.
+                Err(e) if e.kind() == redis::ErrorKind::NoScriptError => {
+                    script.load_async(&mut *c).await?;
+                    pipe.query_async::<Vec<i64>>(&mut *c).await
+                }
+                r => r,
+            }
+        });
+        match res {
+            Ok(flags) => {
+                for (i, r) in batch.into_iter().enumerate() {
+                    let _ = r.reply.send(Ok(flags.get(i).copied().unwrap_or(0) == 1));
+                }
+            }
+            Err(e) => {
+                for r in batch {
+                    let _ = r.reply.send(Err(BackendError::new(e.kind(), e.to_string())));
+                }
+            }
+        }
+    }
 }
 
 /// The Redis result backend: `celery-task-meta-<id>` documents written with
@@ -158,6 +222,7 @@ impl RedisBackend {
                 opts: options,
                 display: parsed.display,
                 hub: OnceCell::new(),
+                stores: std::sync::Mutex::new(None),
             }),
         })
     }
@@ -187,10 +252,26 @@ impl ResultBackend for RedisBackend {
         let key = self.inner.keys.task_meta(&meta.task_id);
         let doc = meta.to_json();
         let (mode, value) = expiry(ttl);
-        let mut inv = scripts::STORE_RESULT.prepare_invoke();
-        inv.key(&key).arg(&doc).arg(mode).arg(value.to_string());
-        let written: i64 = with_conn!(self.inner.conn, BackendError, "store result", |c| inv.invoke_async::<i64>(c))?;
-        if written == 0 {
+        // The batcher is started by the first store, inside the caller's
+        // runtime (again if that runtime is gone); it ends when the backend
+        // is dropped.
+        let tx = {
+            let mut g = self.inner.stores.lock().unwrap_or_else(|p| p.into_inner());
+            match g.as_ref() {
+                Some(tx) if !tx.is_closed() => tx.clone(),
+                _ => {
+                    let (tx, rx) = mpsc::unbounded_channel();
+                    tokio::spawn(store_batcher(self.inner.conn.clone(), rx));
+                    *g = Some(tx.clone());
+                    tx
+                }
+            }
+        };
+        let (reply, rx) = oneshot::channel();
+        let closed = || BackendError::new(ErrorKind::Closed, "result store batcher stopped");
+        tx.send(StoreReq { key, doc, mode, value, reply }).map_err(|_| closed())?;
+        let written = rx.await.map_err(|_| closed())??;
+        if !written {
             tracing::debug!(task_id = %meta.task_id, state = %meta.status, "SUCCESS already stored; write skipped");
         }
         Ok(())

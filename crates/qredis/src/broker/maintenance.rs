@@ -325,7 +325,7 @@ pub(crate) async fn run(inner: Arc<Inner>, state: Weak<ConsumerState>) {
                 Err(e) => tracing::warn!(error = %e, "restore scan failed"),
             }
             scans += 1;
-            if scans % 10 == 0 {
+            if scans.is_multiple_of(10) {
                 let mut inv = scripts::SWEEP_OWNERS.prepare_invoke();
                 inv.key(inner.keys.owner()).key(inner.keys.unacked()).arg(&sweep_cursor);
                 match with_conn!(inner.conn, BrokerError, "sweep owners", |c| inv.invoke_async::<String>(c)) {
