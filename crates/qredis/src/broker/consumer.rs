@@ -22,6 +22,10 @@ use crate::envelope;
 use crate::keys::PRIORITY_STEPS;
 use crate::scripts;
 
+/// Longest wait for half the prefetch window to be free before refilling
+/// the part that is.
+const REFILL_WAIT: Duration = Duration::from_millis(2);
+
 /// What a consumer and its ackers share: the deliveries it holds.
 pub(crate) struct ConsumerState {
     /// Owner token written to `qtask.unacked_owner` for every delivery.
@@ -237,6 +241,18 @@ impl Consumer for RedisConsumer {
             }
             while self.state.count() >= self.prefetch {
                 self.state.room.notified().await;
+            }
+            // Refill in batches: wait (briefly) until at least half the
+            // window is free, rather than fetching one or two per settled
+            // delivery. Bounded, so that free slots never wait long.
+            let low = (self.prefetch / 2).max(1);
+            if self.prefetch - self.state.count().min(self.prefetch) < low {
+                let deadline = Instant::now() + REFILL_WAIT;
+                while self.prefetch - self.state.count().min(self.prefetch) < low {
+                    if tokio::time::timeout_at(deadline, self.state.room.notified()).await.is_err() {
+                        break;
+                    }
+                }
             }
             if let Some(at) = self.retry_at {
                 tokio::time::sleep_until(at).await;
