@@ -23,17 +23,22 @@ import sys
 import time
 
 from celery import Celery
+from kombu.transport import sqlalchemy as kombu_sqla
 
 BROKER = os.environ["SQLBENCH_BROKER"]
 BACKEND = os.environ.get("SQLBENCH_BACKEND") or None
 QUEUE = os.environ.get("SQLBENCH_QUEUE", "celery")
 POLL = float(os.environ.get("SQLBENCH_POLL", "1.0"))
 
+# kombu reads `polling_interval` from the transport options, but its
+# SQLAlchemy transport passes every transport option on to create_engine(),
+# which rejects it: set the class attribute instead.
+kombu_sqla.Transport.polling_interval = POLL
+
 app = Celery("sqlbench", broker=BROKER, backend=BACKEND)
 app.conf.update(
     task_default_queue=QUEUE,
     task_ignore_result=BACKEND is None,
-    broker_transport_options={"polling_interval": POLL},
     broker_connection_retry_on_startup=True,
     worker_hijack_root_logger=False,
     worker_prefetch_multiplier=4,

@@ -11,9 +11,11 @@
 //!
 //! * enqueue: one producer, sequential `apply_async` of `tasks.noop`, N times;
 //! * drain: N `tasks.noop` pre-filled on a staging queue, moved onto the
-//!   worker's queue with one `UPDATE`, time until the queue is empty and,
-//!   with results, N SUCCESS rows are in `celery_taskmeta`; with results and
-//!   without;
+//!   worker's queue with one `UPDATE` (for qtask followed by one more
+//!   publish, whose `NOTIFY` wakes the idle worker as any publish does: a
+//!   bare `UPDATE` wakes nobody and the worker would sleep its idle poll),
+//!   time until the queue is empty and, with results, all SUCCESS rows are
+//!   in `celery_taskmeta`; with results and without;
 //! * round trip: M sequential `delay().get()`, p50 and p99.
 //!
 //! Every measure gets a fresh database (PostgreSQL: a new database, dropped
@@ -252,9 +254,11 @@ impl Bench<'_> {
     fn drain(&self, results: bool, celery: bool) -> Result<f64> {
         let db = self.fresh()?;
         let n = self.n.to_string();
-        // The staging queue is filled while no worker runs.
+        // The staging queue is filled while no worker runs (by a producer
+        // configured like the worker: Celery's messages say ignore_result
+        // when the producer has no backend).
         if celery {
-            output_line(self.py(&db, "bench_stage", false).args(["sqlbench.py", "enqueue", &n]))?;
+            output_line(self.py(&db, "bench_stage", results).args(["sqlbench.py", "enqueue", &n]))?;
         } else {
             output_line(self.tool().args(["prefill", "--broker", &db.qtask, "--queue", "bench_stage", "--n", &n]))?;
         }
@@ -263,9 +267,10 @@ impl Bench<'_> {
         } else {
             self.qtask_worker(&db, "bench_drain", results)?
         };
-        // Celery's producer sent one more (outside its timing) to create the tables.
-        let staged = if celery { self.n + 1 } else { self.n };
-        let staged = staged.to_string();
+        // Celery's producer sent one more (outside its timing) to create the
+        // tables; for qtask, qtask-sql-bench publishes one more right after
+        // the move, whose NOTIFY wakes the idle worker as a real publish does.
+        let staged = (self.n + 1).to_string();
         let layout = if celery { "kombu" } else { "qtask" };
         // qtask's URL of the database is also what qtask-sql-bench reads kombu's tables with.
         let mut args = vec![
@@ -282,6 +287,9 @@ impl Bench<'_> {
         args.extend(["--n", &staged]);
         if results {
             args.push("--results");
+        }
+        if !celery {
+            args.extend(["--broker", &db.qtask]);
         }
         let line = output_line(self.tool().args(&args))?;
         worker.stop()?;
@@ -385,10 +393,13 @@ pub(crate) fn sql(root: &Path, python: &Path, engine_name: &str, args: &[String]
     let result = (|| -> Result<()> {
         eprintln!("xtask: bench {engine_name}: enqueue ({n} tasks)");
         let (enq_q, enq_c) = (b.enqueue(false)?, b.enqueue(true)?);
+        eprintln!("xtask: enqueue: qtask {enq_q:.0}/s, Celery {enq_c:.0}/s");
         eprintln!("xtask: bench {engine_name}: drain with results ({n} tasks)");
         let (dr_q, dr_c) = (b.drain(true, false)?, b.drain(true, true)?);
+        eprintln!("xtask: drain with results: qtask {dr_q:.0}/s, Celery {dr_c:.0}/s");
         eprintln!("xtask: bench {engine_name}: drain without results ({n} tasks)");
         let (dn_q, dn_c) = (b.drain(false, false)?, b.drain(false, true)?);
+        eprintln!("xtask: drain without results: qtask {dn_q:.0}/s, Celery {dn_c:.0}/s");
         eprintln!("xtask: bench {engine_name}: round trips ({calls} calls)");
         let ((p50_q, p99_q), (p50_c, p99_c)) = (b.roundtrip(false)?, b.roundtrip(true)?);
 

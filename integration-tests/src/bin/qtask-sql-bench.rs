@@ -4,10 +4,13 @@
 //! ```text
 //! qtask-sql-bench enqueue    --broker URL --queue Q --n N     one producer, sequential apply_async of tasks.noop
 //! qtask-sql-bench prefill    --broker URL --queue Q --n N     N tasks.noop, batched
-//! qtask-sql-bench drain-wait --db URL --layout qtask|kombu --from S --queue Q --n N [--results]
+//! qtask-sql-bench drain-wait --db URL --layout qtask|kombu --from S --queue Q --n N [--results] [--broker URL]
 //!                            move every waiting message of S to Q in one UPDATE (the worker
 //!                            already waits on Q), then time until Q is empty (and N SUCCESS
-//!                            rows are in celery_taskmeta with --results)
+//!                            rows are in celery_taskmeta with --results). With --broker, one
+//!                            more tasks.noop is published to Q through qtask right after the
+//!                            UPDATE: its NOTIFY wakes an idle PostgreSQL consumer as any
+//!                            publish would (a bare UPDATE wakes nobody); N counts it.
 //! qtask-sql-bench roundtrip  --broker URL --queue Q --calls M  sequential delay().get() latencies
 //! qtask-sql-bench createdb   --db URL --name NAME              CREATE DATABASE (PostgreSQL)
 //! qtask-sql-bench dropdb     --db URL --name NAME              DROP DATABASE (PostgreSQL)
@@ -50,7 +53,9 @@ struct Args {
 fn parse() -> Result<Args> {
     let mut a = Args { n: 2000, calls: 200, layout: "qtask".into(), ..Default::default() };
     let mut it = std::env::args().skip(1);
-    a.command = it.next().ok_or_else(|| anyhow!("usage: qtask-sql-bench enqueue|prefill|drain-wait|roundtrip|createdb|dropdb ..."))?;
+    a.command = it
+        .next()
+        .ok_or_else(|| anyhow!("usage: qtask-sql-bench enqueue|prefill|drain-wait|roundtrip|createdb|dropdb ..."))?;
     while let Some(flag) = it.next() {
         let mut value = || it.next().ok_or_else(|| anyhow!("{flag} needs a value"));
         match flag.as_str() {
@@ -170,10 +175,15 @@ async fn drain_wait(a: &Args) -> Result<Value> {
         other => bail!("unknown --layout {other} (qtask or kombu)"),
     };
     let stored_sql = "SELECT COUNT(*) FROM celery_taskmeta WHERE status = ?1";
+    let waker = if a.broker.is_empty() { None } else { Some(app(a, false).await?) };
+    let expected_moved = if waker.is_some() { a.n - 1 } else { a.n };
     let t = Instant::now();
     let moved = db.exec(move_sql, &a.from, &a.queue).await?;
-    if moved as usize != a.n {
-        bail!("moved {moved} messages from {}, expected {}", a.from, a.n);
+    if let Some(app) = &waker {
+        app.delay(noop::s()).await?;
+    }
+    if moved as usize != expected_moved {
+        bail!("moved {moved} messages from {}, expected {expected_moved}", a.from);
     }
     let deadline = t + Duration::from_secs(900);
     loop {
@@ -213,8 +223,11 @@ async fn database(a: &Args, create: bool) -> Result<Value> {
         bail!("--name must be lower-case letters, digits and _");
     }
     let pool = sqlx::postgres::PgPoolOptions::new().max_connections(1).connect(&a.db).await?;
-    let sql =
-        if create { format!("CREATE DATABASE {}", a.name) } else { format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", a.name) };
+    let sql = if create {
+        format!("CREATE DATABASE {}", a.name)
+    } else {
+        format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", a.name)
+    };
     sqlx::query(&sql).execute(&pool).await?;
     Ok(json!({"ok": 1}))
 }
