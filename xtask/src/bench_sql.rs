@@ -341,7 +341,10 @@ fn machine(engine: Engine) -> String {
                 format!("PostgreSQL {}", String::from_utf8_lossy(&o.stdout).split_whitespace().nth(2).unwrap_or("?"))
             })
             .unwrap_or_else(|| "PostgreSQL".into()),
-        Engine::Sqlite => "SQLite (bundled with sqlx; Python's sqlite3 for Celery), WAL".into(),
+        Engine::Sqlite => {
+            "SQLite (qtask: bundled with sqlx, WAL; Celery: Python's sqlite3 through SQLAlchemy, rollback journal)"
+                .into()
+        }
     };
     format!("{cores} cores ({cpu}), {db}")
 }
