@@ -52,11 +52,11 @@ mod sql;
 pub use connect::{
     app, app_from_config, connect, connect_backend, connect_backend_with, connect_with, DEFAULT_URL, SUPPORTED_SCHEMES,
 };
+#[cfg(feature = "amqp")]
+pub use qamqp;
 pub use qcore::*;
 #[cfg(feature = "macros")]
 pub use qmacros::task;
-#[cfg(feature = "amqp")]
-pub use qamqp;
 #[cfg(feature = "memory")]
 pub use qmemory;
 #[cfg(feature = "redis")]
