@@ -8,9 +8,8 @@
 //! With nothing configured it runs on the embedded default: the SQLite
 //! database `qtask.db` in the working directory holds the queue and the
 //! results, so it needs no server. Set `QTASK_BROKER_URL` /
-//! `QTASK_RESULT_BACKEND` to use another broker: `memory://`, or with the
-//! matching feature `redis://…`, `postgres://…`, `amqp://…`, e.g.
-//! `QTASK_BROKER_URL=redis://127.0.0.1/0 cargo run --example quickstart --features qtask/redis`.
+//! `QTASK_RESULT_BACKEND` to use another broker (`redis://…`,
+//! `postgres://…`, `amqp://…`, `memory://`).
 //!
 //! It uses its own queue, `quickstart`, and empties it first, so it can be
 //! run again on the same `qtask.db`, also after a run that was killed
