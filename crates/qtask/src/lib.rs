@@ -35,8 +35,8 @@
 //! `rediss://` over TLS; re-exported as `qtask::qredis` for its options);
 //! `postgres` adds the PostgreSQL broker and result backend
 //! (`postgres://`, Celery's `db+postgresql://` for results) with enqueue on
-//! commit ([`SendInTx`]); `amqp` adds RabbitMQ (`amqp://`, `amqps://`) and Celery's `rpc://`
-//! result backend (re-exported as [`qamqp`]).
+//! commit (`SendInTx`); `amqp` adds RabbitMQ (`amqp://`, `amqps://`) and Celery's `rpc://`
+//! result backend (re-exported as `qamqp`).
 //!
 //! **The embedded default:** an app configured with neither `broker_url`
 //! nor `result_backend` uses [`DEFAULT_URL`], `sqlite://qtask.db` (a file

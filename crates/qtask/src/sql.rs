@@ -1,6 +1,6 @@
 //! The SQL adapters behind the facade: URLs (`postgres://`, `sqlite://`,
 //! Celery's `db+…` spellings), settings from [`Config`], and enqueue on
-//! commit ([`SendInTx`] on PostgreSQL, [`AfterCommit`] on any broker).
+//! commit (`SendInTx` on PostgreSQL, [`AfterCommit`] on any broker).
 
 use std::sync::Arc;
 
@@ -104,7 +104,7 @@ pub(crate) async fn connect_backend(url: &str, cfg: &Config) -> Result<Arc<dyn R
 /// nothing is sent. Ids are assigned when a signature is queued, so the
 /// result handle can be stored with the transaction's rows.
 ///
-/// Unlike [`SendInTx::send_in_tx`] this is not atomic: if the process dies
+/// Unlike `SendInTx::send_in_tx` (PostgreSQL) this is not atomic: if the process dies
 /// between the commit and [`committed`](Self::committed), the tasks are
 /// lost (the rows are not). On PostgreSQL prefer `send_in_tx`.
 ///
@@ -230,6 +230,12 @@ mod pg {
     /// The transaction must be on the broker's database (any pool; the
     /// broker's own is [`pg_broker`]`(&app).pool()`). In eager mode
     /// (`task_always_eager`) the task runs at once, as `delay` would.
+    ///
+    /// It works with apps whose broker came from a `postgres://` URL
+    /// ([`crate::connect`], [`crate::app_from_config`]); for an app built by
+    /// hand around a [`PgBroker`], do the same in two steps:
+    /// [`App::prepare`] builds the messages and
+    /// [`PgBroker::publish_in_tx`] writes each of them in the transaction.
     ///
     /// ```no_run
     /// use qtask::{SendInTx, Signature};
