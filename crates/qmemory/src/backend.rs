@@ -110,7 +110,7 @@ fn live<'a, T>(map: &'a mut HashMap<String, Expiring<T>>, key: &str) -> Option<&
 impl Store {
     fn wrote(&mut self) {
         self.writes += 1;
-        if self.writes % SWEEP_EVERY == 0 {
+        if self.writes.is_multiple_of(SWEEP_EVERY) {
             let now = Instant::now();
             self.results.retain(|_, e| e.alive(now));
             self.groups.retain(|_, e| e.alive(now));
