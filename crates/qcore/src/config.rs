@@ -432,6 +432,15 @@ mod tests {
     }
 
     #[test]
+    fn the_deploy_example_settings_parse() {
+        let c = Config::from_toml_str(include_str!("../../../deploy/qtask.toml")).unwrap();
+        assert!(c.task_acks_late);
+        assert_eq!(c.worker_shutdown_timeout, Duration::from_secs(60));
+        assert_eq!(c.route("emails.welcome", None), "mail");
+        assert_eq!(c.route("reports.build", None), "slow");
+    }
+
+    #[test]
     fn globs() {
         assert!(glob_match("a.*", "a.b.c"));
         assert!(glob_match("*.send", "mail.send"));
