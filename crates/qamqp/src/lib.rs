@@ -28,6 +28,7 @@ mod options;
 mod props;
 mod rpc;
 mod subscription;
+mod tls;
 mod url;
 #[cfg(test)]
 mod wire_tests;
@@ -35,4 +36,5 @@ mod wire_tests;
 pub use broker::AmqpBroker;
 pub use options::{AmqpOptions, QueueType};
 pub use rpc::{RpcBackend, RpcOptions};
+pub use tls::TlsOptions;
 pub use url::AmqpUrl;

@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use crate::tls::TlsOptions;
+
 /// The kind of queue [`declare_queue`](qcore::Broker::declare_queue) creates
 /// for tasks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -53,6 +55,9 @@ pub struct AmqpOptions {
     pub reconnect_max_delay: Duration,
     /// How long a publish waits for the broker's confirm.
     pub confirm_timeout: Duration,
+    /// Certificates of `amqps://` connections (Celery's `broker_use_ssl`):
+    /// by default the system's roots and no client certificate.
+    pub tls: TlsOptions,
 }
 
 impl Default for AmqpOptions {
@@ -65,6 +70,7 @@ impl Default for AmqpOptions {
             node_name: None,
             reconnect_max_delay: Duration::from_secs(5),
             confirm_timeout: Duration::from_secs(30),
+            tls: TlsOptions::default(),
         }
     }
 }
@@ -109,6 +115,12 @@ impl AmqpOptions {
     /// Set how long a publish waits for its confirm.
     pub fn confirm_timeout(mut self, d: Duration) -> Self {
         self.confirm_timeout = d;
+        self
+    }
+
+    /// Set the TLS certificates of `amqps://` connections.
+    pub fn tls(mut self, tls: TlsOptions) -> Self {
+        self.tls = tls;
         self
     }
 }
