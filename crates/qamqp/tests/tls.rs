@@ -1,0 +1,172 @@
+//! `amqps://` against a private RabbitMQ node with a TLS listener whose
+//! certificates a throwaway CA (made with the `openssl` command at test
+//! time) signed.
+
+#[path = "common/rabbit_node.rs"]
+mod rabbit_node;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use qamqp::{AmqpBroker, AmqpOptions, TlsOptions};
+use qcore::{Broker, ConsumeOptions, ErrorKind, Message, Properties};
+use rabbit_node::{RabbitNode, TlsListener};
+use serde_json::json;
+
+/// A CA with a server certificate for `localhost` and a client certificate
+/// for `guest`, in a temporary directory (removed on drop).
+struct Pki {
+    dir: PathBuf,
+}
+
+fn openssl(dir: &Path, args: &[&str]) -> Result<()> {
+    let out = Command::new("openssl").args(args).current_dir(dir).output().context("running openssl")?;
+    if !out.status.success() {
+        bail!("openssl {args:?}: {}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
+}
+
+impl Pki {
+    fn new() -> Result<Pki> {
+        let dir = std::env::temp_dir().join(format!("qamqp-pki-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir)?;
+        let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+        let mut ca = vec!["req", "-x509", "-days", "2", "-subj", "/CN=qtask test CA", "-keyout", "ca.key", "-out"];
+        ca.extend(["ca.pem"]);
+        ca.extend(ec);
+        openssl(&dir, &ca)?;
+        for (name, subject, ext) in [
+            (
+                "server",
+                "/CN=localhost",
+                "subjectAltName=DNS:localhost\nextendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\n",
+            ),
+            ("client", "/CN=guest", "extendedKeyUsage=clientAuth\nbasicConstraints=CA:FALSE\n"),
+        ] {
+            let (key, csr, pem, extfile) =
+                (format!("{name}.key"), format!("{name}.csr"), format!("{name}.pem"), format!("{name}.ext"));
+            std::fs::write(dir.join(&extfile), ext)?;
+            let mut req = vec!["req", "-subj", subject, "-keyout", &key, "-out", &csr];
+            req.extend(ec);
+            openssl(&dir, &req)?;
+            let sign = format!(
+                "x509 -req -in {csr} -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -extfile {extfile} -out {pem}"
+            );
+            openssl(&dir, &sign.split_whitespace().collect::<Vec<_>>())?;
+        }
+        Ok(Pki { dir })
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    fn listener(&self, require_client_cert: bool) -> TlsListener {
+        TlsListener {
+            cacertfile: self.path("ca.pem"),
+            certfile: self.path("server.pem"),
+            keyfile: self.path("server.key"),
+            require_client_cert,
+        }
+    }
+}
+
+impl Drop for Pki {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn task(id: &str) -> Message {
+    let mut m = Message {
+        properties: Properties { correlation_id: Some(id.into()), ..Properties::default() },
+        body: br#"[[1, 2], {}, {"callbacks": null, "errbacks": null, "chain": null, "chord": null}]"#.to_vec(),
+        ..Message::default()
+    };
+    m.headers.insert("lang".into(), json!("py"));
+    m.headers.insert("task".into(), json!("tests.add"));
+    m.headers.insert("id".into(), json!(id));
+    m
+}
+
+/// Publish one task and consume it back, acking it.
+async fn round_trip(broker: &AmqpBroker) -> Result<()> {
+    let queue = format!("tls.{}", uuid::Uuid::new_v4().simple());
+    let id = uuid::Uuid::new_v4().to_string();
+    broker.declare_queue(&queue).await?;
+    broker.publish(&queue, &task(&id)).await?;
+    let mut consumer = broker.consume(std::slice::from_ref(&queue), ConsumeOptions::new(1)).await?;
+    let d = tokio::time::timeout(Duration::from_secs(20), consumer.recv())
+        .await
+        .context("no delivery within 20 s")??
+        .context("the consumer ended")?;
+    assert_eq!(d.message.headers.get("id"), Some(&json!(id)));
+    assert_eq!(d.message.body, task(&id).body);
+    d.acker.ack().await?;
+    Ok(())
+}
+
+/// The error with its sources, as one line.
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+/// The private node itself: plain `amqp://` works on its own port, so the
+/// TLS failures below are about TLS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn private_node_plain_round_trip() -> Result<()> {
+    let pki = Pki::new()?;
+    let node = RabbitNode::start_with(Some(pki.listener(false)))?;
+    let broker = AmqpBroker::connect(&node.url(), AmqpOptions::default()).await?;
+    round_trip(&broker).await
+}
+
+/// Without the private CA, the server's certificate is not trusted: a
+/// clear error naming the certificate problem, no panic, no connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn amqps_without_the_ca_is_refused_with_a_clear_error() -> Result<()> {
+    let pki = Pki::new()?;
+    let node = RabbitNode::start_with(Some(pki.listener(false)))?;
+    let opts = AmqpOptions::default().connection_name("qtask tls no-ca");
+    let err = match AmqpBroker::connect(&node.tls_url("localhost"), opts).await {
+        Ok(_) => bail!("connected over TLS to a server signed by an unknown CA"),
+        Err(e) => e,
+    };
+    let text = chain(&err);
+    assert!(text.contains(&format!("localhost:{}", node.tls_port.unwrap_or(0))), "{text}");
+    assert!(text.contains("certificate") && text.contains("UnknownIssuer"), "{text}");
+    assert!(!text.contains("guest:guest"), "credentials in the error: {text}");
+    Ok(())
+}
+
+/// Bad TLS files are configuration errors before any connection.
+#[test]
+fn bad_tls_files_are_config_errors() -> Result<()> {
+    let pki = Pki::new()?;
+    let missing = pki.path("nope.pem");
+    for r in [
+        TlsOptions::default().ca_file(&missing),
+        TlsOptions::default().ca_file(pki.path("ca.key")),
+        TlsOptions::default().client_cert_files(pki.path("client.pem"), Some(&missing)),
+        TlsOptions::default().client_cert_files(pki.path("client.pem"), None::<&Path>),
+    ] {
+        let e = r.err().context("accepted a bad TLS file")?;
+        assert_eq!(e.kind(), ErrorKind::Config, "{e}");
+    }
+    // The real files load.
+    let tls = TlsOptions::default()
+        .ca_file(pki.path("ca.pem"))?
+        .client_cert_files(pki.path("client.pem"), Some(pki.path("client.key")))?;
+    assert_eq!(tls.ca_path(), Some(pki.path("ca.pem").as_path()));
+    Ok(())
+}
