@@ -11,7 +11,7 @@
 //! ```
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::error::Error;
@@ -61,12 +61,113 @@ fn glob_match(pattern: &str, s: &str) -> bool {
     pi == p.len()
 }
 
+/// Celery's `broker_use_ssl`: TLS to the broker, with the system's root
+/// certificates (`broker_use_ssl = true`) or with files of one's own CA and
+/// client certificate:
+///
+/// ```toml
+/// broker_use_ssl = { ca_certs = "/etc/qtask/ca.pem", certfile = "/etc/qtask/client.pem", keyfile = "/etc/qtask/client.key", cert_reqs = "CERT_REQUIRED" }
+/// ```
+///
+/// From the environment: `QTASK_BROKER_USE_SSL=true`, or
+/// `QTASK_BROKER_USE_SSL=ca_certs=/etc/qtask/ca.pem,certfile=...,keyfile=...`.
+/// `cert_reqs` may be `CERT_REQUIRED` (or `CERT_OPTIONAL`, which Python
+/// treats the same way on a client); `CERT_NONE` is refused: the broker's
+/// certificate is always verified. The files are read by the broker adapter
+/// when it connects.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct BrokerSsl {
+    /// `ca_certs`: PEM file of the CA certificates the broker's certificate
+    /// is checked against (besides the system's roots).
+    pub ca_certs: Option<PathBuf>,
+    /// `certfile`: PEM client certificate (chain) for brokers that require one.
+    pub certfile: Option<PathBuf>,
+    /// `keyfile`: unencrypted PEM private key of `certfile` (default: looked
+    /// for in `certfile`).
+    pub keyfile: Option<PathBuf>,
+}
+
+fn parse_broker_ssl(v: &toml::Value) -> Result<Option<BrokerSsl>, Error> {
+    const KEY: &str = "broker_use_ssl";
+    let table = match v {
+        toml::Value::Table(t) => t.clone(),
+        toml::Value::String(s) if s.contains('=') => {
+            // From the environment: `ca_certs=/a.pem,certfile=/c.pem,keyfile=/k.pem`.
+            let mut t = toml::Table::new();
+            for part in s.split(',').filter(|p| !p.trim().is_empty()) {
+                let (k, v) =
+                    part.split_once('=').ok_or_else(|| cfg_err(KEY, format!("expected key=value, got {part:?}")))?;
+                t.insert(k.trim().to_string(), toml::Value::String(v.trim().to_string()));
+            }
+            t
+        }
+        other => return Ok(as_bool(KEY, other)?.then(BrokerSsl::default)),
+    };
+    let mut ssl = BrokerSsl::default();
+    for (k, v) in &table {
+        let path = || -> Result<Option<PathBuf>, Error> {
+            match v {
+                toml::Value::String(s) if !s.trim().is_empty() => Ok(Some(PathBuf::from(s.trim()))),
+                other => Err(cfg_err(KEY, format!("{k}: expected a file path, got {other:?}"))),
+            }
+        };
+        match k.as_str() {
+            "ca_certs" => ssl.ca_certs = path()?,
+            "certfile" => ssl.certfile = path()?,
+            "keyfile" => ssl.keyfile = path()?,
+            "cert_reqs" => {
+                let level = match v {
+                    toml::Value::Integer(i) => *i,
+                    toml::Value::String(s) => match s.trim().to_ascii_uppercase().trim_start_matches("SSL.") {
+                        "CERT_NONE" | "NONE" | "0" => 0,
+                        "CERT_OPTIONAL" | "OPTIONAL" | "1" => 1,
+                        "CERT_REQUIRED" | "REQUIRED" | "2" => 2,
+                        _ => -1,
+                    },
+                    _ => -1,
+                };
+                match level {
+                    1 | 2 => {}
+                    0 => {
+                        return Err(cfg_err(
+                            KEY,
+                            "cert_reqs = CERT_NONE is not supported: qtask always verifies the broker's certificate \
+                             (give its CA in ca_certs)",
+                        ))
+                    }
+                    _ => {
+                        return Err(cfg_err(
+                            KEY,
+                            format!("cert_reqs: expected CERT_REQUIRED or CERT_OPTIONAL, got {v:?}"),
+                        ))
+                    }
+                }
+            }
+            other => {
+                return Err(cfg_err(
+                    KEY,
+                    format!("unknown key {other:?} (known: ca_certs, certfile, keyfile, cert_reqs)"),
+                ))
+            }
+        }
+    }
+    if ssl.keyfile.is_some() && ssl.certfile.is_none() {
+        return Err(cfg_err(KEY, "keyfile needs certfile"));
+    }
+    Ok(Some(ssl))
+}
+
 /// Settings, named as in Celery. Unset values take Celery's defaults.
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub struct Config {
     /// Broker URL (`redis://`, `amqp://`, `postgres://`, `sqlite://`, `memory://`).
     pub broker_url: Option<String>,
+    /// TLS to the broker with own CA / client certificate files
+    /// (`broker_use_ssl`; AMQP broker). `None`: TLS only as the URL says
+    /// (`amqps://`), with the system's roots.
+    pub broker_use_ssl: Option<BrokerSsl>,
     /// Result backend URL; `None` stores no results.
     pub result_backend: Option<String>,
     /// Queue for tasks with no route (Celery: `celery`).
@@ -119,6 +220,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             broker_url: None,
+            broker_use_ssl: None,
             result_backend: None,
             task_default_queue: "celery".into(),
             task_serializer: ContentType::Json,
@@ -149,6 +251,7 @@ impl Default for Config {
 /// The setting names [`Config::set`] understands.
 pub const KNOWN_SETTINGS: &[&str] = &[
     "broker_url",
+    "broker_use_ssl",
     "result_backend",
     "task_default_queue",
     "task_serializer",
@@ -273,6 +376,7 @@ impl Config {
     pub fn set(&mut self, key: &str, v: &toml::Value) -> Result<(), Error> {
         match key {
             "broker_url" => self.broker_url = Some(as_string(key, v)?),
+            "broker_use_ssl" => self.broker_use_ssl = parse_broker_ssl(v)?,
             "result_backend" => self.result_backend = Some(as_string(key, v)?).filter(|s| !s.is_empty()),
             "task_default_queue" => self.task_default_queue = as_string(key, v)?,
             "task_serializer" => {
@@ -438,6 +542,48 @@ mod tests {
         assert_eq!(c.worker_shutdown_timeout, Duration::from_secs(60));
         assert_eq!(c.route("emails.welcome", None), "mail");
         assert_eq!(c.route("reports.build", None), "slow");
+    }
+
+    #[test]
+    fn broker_use_ssl_from_toml_and_env() {
+        let c = Config::from_toml_str(
+            r#"broker_use_ssl = { ca_certs = "/etc/q/ca.pem", certfile = "/etc/q/c.pem", keyfile = "/etc/q/c.key", cert_reqs = "CERT_REQUIRED" }"#,
+        )
+        .unwrap();
+        let ssl = c.broker_use_ssl.unwrap();
+        assert_eq!(ssl.ca_certs.as_deref(), Some(Path::new("/etc/q/ca.pem")));
+        assert_eq!(ssl.certfile.as_deref(), Some(Path::new("/etc/q/c.pem")));
+        assert_eq!(ssl.keyfile.as_deref(), Some(Path::new("/etc/q/c.key")));
+        assert_eq!(Config::from_toml_str("broker_use_ssl = true").unwrap().broker_use_ssl, Some(BrokerSsl::default()));
+        assert_eq!(Config::from_toml_str("broker_use_ssl = false").unwrap().broker_use_ssl, None);
+        assert_eq!(Config::default().broker_use_ssl, None);
+        let c = Config::from_toml_str("broker_use_ssl = { cert_reqs = 2 }").unwrap();
+        assert_eq!(c.broker_use_ssl, Some(BrokerSsl::default()));
+
+        let mut c = Config::default();
+        c.merge_vars([(
+            "CELERY_BROKER_USE_SSL".to_string(),
+            "ca_certs=/a.pem, cert_reqs=ssl.CERT_REQUIRED".to_string(),
+        )])
+        .unwrap();
+        assert_eq!(c.broker_use_ssl.and_then(|s| s.ca_certs), Some(PathBuf::from("/a.pem")));
+        let mut c = Config::default();
+        c.merge_vars([("QTASK_BROKER_USE_SSL".to_string(), "yes".to_string())]).unwrap();
+        assert_eq!(c.broker_use_ssl, Some(BrokerSsl::default()));
+
+        for bad in [
+            "broker_use_ssl = { cert_reqs = \"CERT_NONE\" }",
+            "broker_use_ssl = { cert_reqs = 0 }",
+            "broker_use_ssl = { ca_cert = \"/typo.pem\" }",
+            "broker_use_ssl = { ca_certs = \"\" }",
+            "broker_use_ssl = { ca_certs = 1 }",
+            "broker_use_ssl = { keyfile = \"/k.pem\" }",
+            "broker_use_ssl = \"maybe\"",
+            "broker_use_ssl = [1]",
+        ] {
+            let e = Config::from_toml_str(bad).unwrap_err().to_string();
+            assert!(e.contains("broker_use_ssl"), "{bad}: {e}");
+        }
     }
 
     #[test]
