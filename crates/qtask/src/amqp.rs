@@ -2,14 +2,21 @@
 
 use std::sync::Arc;
 
-use qamqp::{AmqpBroker, AmqpOptions, RpcBackend, RpcOptions};
+use std::borrow::Cow;
+
+use qamqp::{AmqpBroker, AmqpOptions, RpcBackend, RpcOptions, TlsOptions};
 use qcore::{Config, Error};
 
 /// Broker settings from `cfg`: `task_queue_max_priority` (`x-max-priority`
-/// on task queues, as Celery declares them), `max_deliveries`, and the
-/// worker's node name (`worker_hostname`, also put in the connection name).
-pub(crate) fn options(cfg: &Config) -> AmqpOptions {
+/// on task queues, as Celery declares them), `max_deliveries`, the
+/// worker's node name (`worker_hostname`, also put in the connection name)
+/// and `broker_use_ssl` (its files are read here: a missing or bad one is a
+/// configuration error before any connection).
+pub(crate) fn options(cfg: &Config) -> Result<AmqpOptions, Error> {
     let mut o = AmqpOptions::default();
+    if let Some(ssl) = &cfg.broker_use_ssl {
+        o = o.tls(TlsOptions::from_files(ssl.ca_certs.as_deref(), ssl.certfile.as_deref(), ssl.keyfile.as_deref())?);
+    }
     let max_priority = cfg
         .extra
         .get("task_queue_max_priority")
@@ -25,7 +32,21 @@ pub(crate) fn options(cfg: &Config) -> AmqpOptions {
         // `<node>/consume`), so operators can tell workers apart.
         o = o.node_name(h.clone()).connection_name(format!("qtask {h}"));
     }
-    o
+    Ok(o)
+}
+
+/// With `broker_use_ssl` set, an `amqp://` (or `pyamqp://`) URL connects
+/// with TLS, as kombu does (and so defaults to port 5671).
+pub(crate) fn tls_url<'a>(url: &'a str, cfg: &Config) -> Cow<'a, str> {
+    if cfg.broker_use_ssl.is_none() {
+        return Cow::Borrowed(url);
+    }
+    match url.split_once("://") {
+        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("amqp") || scheme.eq_ignore_ascii_case("pyamqp") => {
+            Cow::Owned(format!("amqps://{rest}"))
+        }
+        _ => Cow::Borrowed(url),
+    }
 }
 
 /// Result settings from `cfg`: `result_expires` (reply queue `x-expires`),
@@ -44,7 +65,7 @@ pub(crate) fn rpc_options(cfg: &Config) -> RpcOptions {
 }
 
 pub(crate) async fn broker(url: &str, cfg: &Config) -> Result<AmqpBroker, Error> {
-    Ok(AmqpBroker::connect(url, options(cfg)).await?)
+    Ok(AmqpBroker::connect(&tls_url(url, cfg), options(cfg)?).await?)
 }
 
 pub(crate) fn is_amqp(url: &str) -> bool {
@@ -65,7 +86,46 @@ pub(crate) fn rpc_needs_amqp(broker_url: Option<&str>) -> Error {
 /// connection (see [`crate::app_from_config`], which shares the broker's).
 pub(crate) async fn rpc_backend(broker_url: Option<&str>, cfg: &Config) -> Result<Arc<RpcBackend>, Error> {
     match broker_url {
-        Some(u) if is_amqp(u) => Ok(Arc::new(RpcBackend::connect(u, rpc_options(cfg)).await?)),
+        Some(u) if is_amqp(u) => Ok(Arc::new(RpcBackend::connect(&tls_url(u, cfg), rpc_options(cfg)).await?)),
         other => Err(rpc_needs_amqp(other)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    fn temp_dir() -> PathBuf {
+        let nanos =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+        let d = std::env::temp_dir().join(format!("qtask-amqp-tls-{}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn broker_use_ssl_becomes_tls_options_and_an_amqps_url() {
+        let d = temp_dir();
+        let ca = d.join("ca.pem");
+        std::fs::write(&ca, "-----BEGIN CERTIFICATE-----\nMAMCAQE=\n-----END CERTIFICATE-----\n").unwrap();
+        let toml =
+            format!("broker_use_ssl = {{ ca_certs = {:?}, cert_reqs = \"CERT_REQUIRED\" }}", ca.display().to_string());
+        let cfg = Config::from_toml_str(&toml).unwrap();
+        let o = options(&cfg).unwrap();
+        assert_eq!(o.tls.ca_path(), Some(ca.as_path()));
+        assert_eq!(tls_url("amqp://u:p@h/v", &cfg), "amqps://u:p@h/v");
+        assert_eq!(tls_url("pyamqp://h", &cfg), "amqps://h");
+        assert_eq!(tls_url("amqps://h:5671", &cfg), "amqps://h:5671");
+        let plain = Config::default();
+        assert_eq!(tls_url("amqp://h", &plain), "amqp://h");
+        assert_eq!(options(&plain).unwrap().tls, TlsOptions::default());
+
+        // A missing file is a configuration error naming it.
+        let missing = d.join("nope.pem");
+        let toml = format!("broker_use_ssl = {{ ca_certs = {:?} }}", missing.display().to_string());
+        let e = options(&Config::from_toml_str(&toml).unwrap()).unwrap_err().to_string();
+        assert!(e.contains("nope.pem"), "{e}");
+        let _ = std::fs::remove_dir_all(d);
     }
 }
