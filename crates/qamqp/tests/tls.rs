@@ -2,83 +2,20 @@
 //! certificates a throwaway CA (made with the `openssl` command at test
 //! time) signed.
 
+#[path = "common/pki.rs"]
+mod pki;
 #[path = "common/rabbit_node.rs"]
 mod rabbit_node;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use pki::Pki;
 use qamqp::{AmqpBroker, AmqpOptions, TlsOptions};
 use qcore::{Broker, ConsumeOptions, ErrorKind, Message, Properties};
-use rabbit_node::{RabbitNode, TlsListener};
+use rabbit_node::RabbitNode;
 use serde_json::json;
-
-/// A CA with a server certificate for `localhost` and a client certificate
-/// for `guest`, in a temporary directory (removed on drop).
-struct Pki {
-    dir: PathBuf,
-}
-
-fn openssl(dir: &Path, args: &[&str]) -> Result<()> {
-    let out = Command::new("openssl").args(args).current_dir(dir).output().context("running openssl")?;
-    if !out.status.success() {
-        bail!("openssl {args:?}: {}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(())
-}
-
-impl Pki {
-    fn new() -> Result<Pki> {
-        let dir = std::env::temp_dir().join(format!("qamqp-pki-{}", uuid::Uuid::new_v4().simple()));
-        std::fs::create_dir_all(&dir)?;
-        let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
-        let mut ca = vec!["req", "-x509", "-days", "2", "-subj", "/CN=qtask test CA", "-keyout", "ca.key", "-out"];
-        ca.extend(["ca.pem"]);
-        ca.extend(ec);
-        openssl(&dir, &ca)?;
-        for (name, subject, ext) in [
-            (
-                "server",
-                "/CN=localhost",
-                "subjectAltName=DNS:localhost\nextendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\n",
-            ),
-            ("client", "/CN=guest", "extendedKeyUsage=clientAuth\nbasicConstraints=CA:FALSE\n"),
-        ] {
-            let (key, csr, pem, extfile) =
-                (format!("{name}.key"), format!("{name}.csr"), format!("{name}.pem"), format!("{name}.ext"));
-            std::fs::write(dir.join(&extfile), ext)?;
-            let mut req = vec!["req", "-subj", subject, "-keyout", &key, "-out", &csr];
-            req.extend(ec);
-            openssl(&dir, &req)?;
-            let sign = format!(
-                "x509 -req -in {csr} -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -extfile {extfile} -out {pem}"
-            );
-            openssl(&dir, &sign.split_whitespace().collect::<Vec<_>>())?;
-        }
-        Ok(Pki { dir })
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.join(name)
-    }
-
-    fn listener(&self, require_client_cert: bool) -> TlsListener {
-        TlsListener {
-            cacertfile: self.path("ca.pem"),
-            certfile: self.path("server.pem"),
-            keyfile: self.path("server.key"),
-            require_client_cert,
-        }
-    }
-}
-
-impl Drop for Pki {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
 
 fn task(id: &str) -> Message {
     let mut m = Message {
