@@ -12,6 +12,7 @@ use qcore::{Acker, BrokerError, Consumer, Delivery};
 use serde_json::Value;
 use tokio::sync::Mutex;
 
+use crate::acks::AckBatcher;
 use crate::core::Core;
 use crate::delay::{due_ms, is_early, now_ms};
 use crate::error::{broker_err, classify, Fault};
@@ -31,6 +32,7 @@ type DeliveryStream = std::pin::Pin<
 struct Session {
     channel: Channel,
     stream: SelectAll<DeliveryStream>,
+    acks: AckBatcher,
 }
 
 /// A consumer of task queues that survives connection loss: `recv` reopens
@@ -79,7 +81,8 @@ impl AmqpConsumer {
             stream.push(Box::pin(consumer.map(move |d| (i, d))) as DeliveryStream);
         }
         tracing::debug!(queues = ?self.queues, prefetch = self.prefetch, "consuming");
-        Ok(Session { channel: ch, stream })
+        let acks = AckBatcher::start(ch.clone(), self.prefetch);
+        Ok(Session { channel: ch, stream, acks })
     }
 
     /// Subscribe now, so that a refused declaration reaches `consume`'s caller.
@@ -95,9 +98,16 @@ impl AmqpConsumer {
     /// Turn a lapin delivery into one for the worker, or handle it here
     /// (poison message, early deferred message, uncounted redelivery) and
     /// return `None`.
-    async fn prepare(&self, channel: &Channel, qi: usize, d: lapin::message::Delivery) -> Option<Delivery> {
+    async fn prepare(
+        &self,
+        channel: &Channel,
+        acks: &AckBatcher,
+        qi: usize,
+        d: lapin::message::Delivery,
+    ) -> Option<Delivery> {
         let queue = self.queues.get(qi).cloned().unwrap_or_default();
         let lapin::message::Delivery { delivery_tag, redelivered, properties, data, .. } = d;
+        acks.seen(delivery_tag);
         let body = data.clone();
         let (message, internal) = props::decode(&properties, data);
         let counting = self.counting();
@@ -108,6 +118,7 @@ impl AmqpConsumer {
         let acker = Arc::new(AmqpAcker {
             core: self.core.clone(),
             channel: channel.clone(),
+            acks: acks.clone(),
             tag: delivery_tag,
             queue: queue.clone(),
             raw: properties,
@@ -167,8 +178,8 @@ impl Consumer for AmqpConsumer {
             match session.stream.next().await {
                 Some((qi, Ok(d))) => {
                     self.failures = 0;
-                    let channel = session.channel.clone();
-                    if let Some(delivery) = self.prepare(&channel, qi, d).await {
+                    let (channel, acks) = (session.channel.clone(), session.acks.clone());
+                    if let Some(delivery) = self.prepare(&channel, &acks, qi, d).await {
                         return Ok(Some(delivery));
                     }
                 }
@@ -185,12 +196,27 @@ impl Consumer for AmqpConsumer {
             }
         }
     }
+
+    /// Send the pending acks, then close the channel: RabbitMQ puts the
+    /// deliveries nobody settled back in their queues at once.
+    async fn close(&mut self) -> Result<(), BrokerError> {
+        if let Some(session) = self.session.take() {
+            session.acks.flush().await;
+            if session.channel.status().connected() {
+                if let Err(e) = session.channel.close(200, "OK".into()).await {
+                    tracing::debug!(error = %e, "closing the consumer channel");
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Settles one delivery on the channel it came from.
 pub(crate) struct AmqpAcker {
     core: Arc<Core>,
     channel: Channel,
+    acks: AckBatcher,
     tag: u64,
     queue: String,
     raw: BasicProperties,
@@ -221,23 +247,27 @@ impl AmqpAcker {
         if !self.alive() {
             return Ok(());
         }
-        match self.channel.basic_ack(self.tag, BasicAckOptions::default()).await {
+        let r = match self.channel.basic_ack(self.tag, BasicAckOptions::default()).await {
             Err(e) if matches!(classify(&e), Fault::Channel | Fault::Connection) => {
                 tracing::debug!(error = %e, "ack on a lost channel ignored; RabbitMQ redelivers the message");
                 Ok(())
             }
             r => r.map_err(|e| broker_err("ack", e)),
-        }
+        };
+        self.acks.done(self.tag);
+        r
     }
 
     async fn plain_reject(&self, requeue: bool) -> Result<(), BrokerError> {
         if !self.alive() {
             return Ok(());
         }
-        match self.channel.basic_reject(self.tag, BasicRejectOptions { requeue }).await {
+        let r = match self.channel.basic_reject(self.tag, BasicRejectOptions { requeue }).await {
             Err(e) if matches!(classify(&e), Fault::Channel | Fault::Connection) => Ok(()),
             r => r.map_err(|e| broker_err("reject", e)),
-        }
+        };
+        self.acks.done(self.tag);
+        r
     }
 
     /// Settle once: later calls after a success are no-ops.
@@ -288,8 +318,16 @@ impl AmqpAcker {
 
 #[async_trait]
 impl Acker for AmqpAcker {
+    /// Queues the ack in the channel's batch (see [`AckBatcher`]) and
+    /// returns: the frame follows within [`ACK_DELAY`](crate::acks::ACK_DELAY).
     async fn ack(&self) -> Result<(), BrokerError> {
-        self.settle_with(|| self.basic_ack()).await
+        self.settle_with(|| async {
+            if self.alive() {
+                self.acks.ack(self.tag);
+            }
+            Ok(())
+        })
+        .await
     }
 
     async fn reject(&self, requeue: bool) -> Result<(), BrokerError> {

@@ -18,6 +18,7 @@
 //!
 #![doc = include_str!("../docs/design.md")]
 
+mod acks;
 mod broker;
 mod consumer;
 mod core;

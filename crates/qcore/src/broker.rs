@@ -111,6 +111,16 @@ pub trait Consumer: Send {
     /// The next delivery; waits until one is available. `Ok(None)` means the
     /// consumer was closed and will yield nothing more.
     async fn recv(&mut self) -> Result<Option<Delivery>, BrokerError>;
+
+    /// Stop consuming once the deliveries handed out are settled: settlements
+    /// a broker batches are sent (and waited for) before it returns, and
+    /// deliveries taken but not handed out go back to their queues. The
+    /// worker calls it at shutdown; dropping a consumer without it may leave
+    /// the last batched acks unsent (the broker then redelivers those
+    /// messages). Nothing more is received afterwards.
+    async fn close(&mut self) -> Result<(), BrokerError> {
+        Ok(())
+    }
 }
 
 /// A subscription to a fanout/topic exchange.

@@ -461,7 +461,9 @@ impl Worker {
         shared.emit(None, EventKind::WorkerOffline);
         control.abort();
         heartbeat.abort();
-        drop(consumer);
+        if let Err(e) = consumer.close().await {
+            tracing::warn!(error = %e, "closing the consumer");
+        }
         tracing::info!(hostname = %shared.hostname, "worker offline");
         Ok(())
     }
