@@ -398,9 +398,10 @@ impl AmqpBench<'_> {
         cmd
     }
 
-    fn qtask_worker(&self, queue: &str, backend: bool) -> Result<Proc> {
+    fn qtask_worker(&self, queue: &str, backend: bool, concurrency: usize) -> Result<Proc> {
         let mut cmd = Command::new(self.root.join("target/release/interop-worker"));
-        cmd.args(["--broker", &self.amqp, "--queues", queue, "--concurrency", "2", "--prefetch-multiplier", "4"]);
+        let c = concurrency.to_string();
+        cmd.args(["--broker", &self.amqp, "--queues", queue, "--concurrency", &c, "--prefetch-multiplier", "4"]);
         if backend {
             cmd.args(["--backend", &self.redis]);
         }
@@ -431,7 +432,8 @@ impl AmqpBench<'_> {
         Ok((q, c))
     }
 
-    fn drain(&self, results: bool, celery: bool) -> Result<f64> {
+    /// Drain rate of a qtask worker with `concurrency` slots, or (None) of Celery.
+    fn drain(&self, results: bool, qtask_concurrency: Option<usize>) -> Result<f64> {
         let n = self.n.to_string();
         let queue = self.queue("drain");
         self.qtask_bench(&["prefill", "--queue", &queue, "--n", &n])?;
@@ -444,7 +446,10 @@ impl AmqpBench<'_> {
         let mut waiter = Command::new(self.root.join("target/release/qtask-bench"));
         waiter.args(&args).args(["--broker", &self.amqp, "--backend", &self.redis]);
         let waiting = std::thread::spawn(move || output_json(&mut waiter));
-        let worker = if celery { self.celery_worker(&queue, results)? } else { self.qtask_worker(&queue, results)? };
+        let worker = match qtask_concurrency {
+            None => self.celery_worker(&queue, results)?,
+            Some(c) => self.qtask_worker(&queue, results, c)?,
+        };
         let out = waiting.join().map_err(|_| anyhow!("drain waiter panicked"))??;
         worker.stop()?;
         self.flush()?;
@@ -460,7 +465,7 @@ impl AmqpBench<'_> {
             worker.stop()?;
             out
         } else {
-            let worker = self.qtask_worker(&queue, true)?;
+            let worker = self.qtask_worker(&queue, true, 2)?;
             let out = self.qtask_bench(&["roundtrip", "--queue", &queue, "--calls", &calls])?;
             worker.stop()?;
             out
@@ -521,9 +526,9 @@ pub(crate) fn amqp(root: &Path, python: &Path, args: &[String]) -> Result<()> {
         eprintln!("xtask: bench amqp: enqueue ({n} tasks)");
         let enq = b.enqueue()?;
         eprintln!("xtask: bench amqp: drain with results ({n} tasks)");
-        let dr = (b.drain(true, false)?, b.drain(true, true)?);
+        let dr = (b.drain(true, Some(2))?, b.drain(true, Some(16))?, b.drain(true, None)?);
         eprintln!("xtask: bench amqp: drain without results ({n} tasks)");
-        let dn = (b.drain(false, false)?, b.drain(false, true)?);
+        let dn = (b.drain(false, Some(2))?, b.drain(false, Some(16))?, b.drain(false, None)?);
         eprintln!("xtask: bench amqp: round trips ({calls} calls)");
         let rt = (b.roundtrip(false)?, b.roundtrip(true)?);
         Ok((enq, dr, dn, rt))
@@ -531,7 +536,7 @@ pub(crate) fn amqp(root: &Path, python: &Path, args: &[String]) -> Result<()> {
     let out = run();
     b.cleanup();
     server.stop()?;
-    let ((enq_q, enq_c), (dr_q, dr_c), (dn_q, dn_c), ((p50_q, p99_q), (p50_c, p99_c))) = out?;
+    let ((enq_q, enq_c), (dr_q, dr_q16, dr_c), (dn_q, dn_q16, dn_c), ((p50_q, p99_q), (p50_c, p99_c))) = out?;
     let rabbit = Command::new("rabbitmqctl")
         .args(["-q", "version"])
         .output()
@@ -541,7 +546,10 @@ pub(crate) fn amqp(root: &Path, python: &Path, args: &[String]) -> Result<()> {
 
     println!("RabbitMQ benchmark: {}, RabbitMQ {rabbit}; N = {n}, round trips = {calls}", machine());
     println!("command: cargo xtask bench amqp --n {n} --calls {calls}");
-    println!("qtask: interop-worker --concurrency 2 (prefetch 8), release; Celery 5.7: -P prefork -c 2 (prefetch 8); results in Redis");
+    println!(
+        "qtask: release interop-worker --concurrency 2 (prefetch 8), and --concurrency 16 (prefetch 64) where marked; \
+         Celery 5.7: celery worker -P prefork -c 2 (prefetch 8); results in a private Redis"
+    );
     println!();
     println!("| measure | qtask | Celery | qtask/Celery |");
     println!("|---|---:|---:|---:|");
@@ -550,7 +558,9 @@ pub(crate) fn amqp(root: &Path, python: &Path, args: &[String]) -> Result<()> {
     };
     row("enqueue, one producer", enq_q, enq_c, "tasks/s");
     row("end to end, results stored", dr_q, dr_c, "tasks/s");
+    row("end to end, results stored, qtask -c 16", dr_q16, dr_c, "tasks/s");
     row("end to end, no results", dn_q, dn_c, "tasks/s");
+    row("end to end, no results, qtask -c 16", dn_q16, dn_c, "tasks/s");
     println!("| round trip `delay().get()` p50 | {p50_q:.3} ms | {p50_c:.3} ms | {:.3} |", p50_q / p50_c);
     println!("| round trip `delay().get()` p99 | {p99_q:.3} ms | {p99_c:.3} ms | {:.3} |", p99_q / p99_c);
     Ok(())
