@@ -18,6 +18,7 @@ use tokio::sync::Mutex;
 use crate::error::{broker_err, classify, Fault};
 use crate::fields::short;
 use crate::options::{AmqpOptions, QueueType};
+use crate::tls::TlsOptions;
 use crate::url::AmqpUrl;
 
 /// Builds the properties of a message to publish (again on a retry).
@@ -26,6 +27,7 @@ pub(crate) type MakeProps<'a> = &'a (dyn Fn() -> Result<BasicProperties, BrokerE
 /// One AMQP connection, opened on first use and reopened when found dead.
 pub(crate) struct Link {
     uri: lapin::uri::AMQPUri,
+    tls: TlsOptions,
     name: String,
     timeout: Duration,
     conn: Mutex<Option<Arc<Connection>>>,
@@ -33,9 +35,10 @@ pub(crate) struct Link {
 }
 
 impl Link {
-    fn new(url: &AmqpUrl, name: String) -> Self {
+    fn new(url: &AmqpUrl, tls: &TlsOptions, name: String) -> Self {
         Link {
             uri: url.to_lapin(),
+            tls: tls.clone(),
             name,
             timeout: url.connection_timeout.unwrap_or(Duration::from_secs(10)),
             conn: Mutex::new(None),
@@ -59,7 +62,7 @@ impl Link {
         }
         *slot = None;
         let props = ConnectionProperties::default().with_connection_name(LongString::from(self.name.as_bytes()));
-        let conn = match tokio::time::timeout(self.timeout, Connection::connect_uri(self.uri.clone(), props)).await {
+        let conn = match tokio::time::timeout(self.timeout, crate::tls::connect(self.uri.clone(), props, &self.tls)).await {
             Err(_) => {
                 return Err(BrokerError::new(
                     ErrorKind::Connection,
@@ -122,8 +125,8 @@ pub(crate) struct Core {
 
 impl Core {
     pub(crate) fn new(url: AmqpUrl, opts: AmqpOptions) -> Arc<Self> {
-        let publish_link = Link::new(&url, format!("{}/publish", opts.connection_name));
-        let consume_link = Link::new(&url, format!("{}/consume", opts.connection_name));
+        let publish_link = Link::new(&url, &opts.tls, format!("{}/publish", opts.connection_name));
+        let consume_link = Link::new(&url, &opts.tls, format!("{}/consume", opts.connection_name));
         Arc::new(Core {
             url,
             opts,

@@ -227,10 +227,7 @@ fn armour(label: &str, der: &[u8]) -> Vec<u8> {
 }
 
 /// Open a connection to `uri` with `tls` (used on `amqps://` URIs; lapin
-/// ignores it on `amqp://` ones). `core.rs`'s `Link::connection` is to call
-/// this instead of `Connection::connect_uri` (see the TLS section of
-/// docs/design.md); until then `amqps://` uses the system's roots only.
-#[allow(dead_code)]
+/// ignores it on `amqp://` ones).
 pub(crate) async fn connect(
     uri: lapin::uri::AMQPUri,
     props: lapin::ConnectionProperties,
