@@ -62,31 +62,31 @@ impl Link {
         }
         *slot = None;
         let props = ConnectionProperties::default().with_connection_name(LongString::from(self.name.as_bytes()));
-        let conn =
-            match tokio::time::timeout(self.timeout, crate::tls::connect(self.uri.clone(), props, &self.tls)).await {
-                Err(_) => {
-                    return Err(BrokerError::new(
-                        ErrorKind::Connection,
-                        format!(
-                            "connecting to {}:{} timed out after {:?}",
-                            self.uri.authority.host, self.uri.authority.port, self.timeout
-                        ),
-                    ))
-                }
-                Ok(Err(e)) => {
-                    let kind = match classify(&e) {
-                        Fault::Connection | Fault::Channel => ErrorKind::Connection,
-                        // Bad credentials (403) or vhost (530) while connecting.
-                        Fault::Refused(_) | Fault::Fatal => ErrorKind::Config,
-                    };
-                    return Err(BrokerError::with_source(
-                        kind,
-                        format!("connecting to {}:{}", self.uri.authority.host, self.uri.authority.port),
-                        e,
-                    ));
-                }
-                Ok(Ok(c)) => Arc::new(c),
-            };
+        let connect = crate::tls::connect(self.uri.clone(), props, &self.tls);
+        let conn = match tokio::time::timeout(self.timeout, connect).await {
+            Err(_) => {
+                return Err(BrokerError::new(
+                    ErrorKind::Connection,
+                    format!(
+                        "connecting to {}:{} timed out after {:?}",
+                        self.uri.authority.host, self.uri.authority.port, self.timeout
+                    ),
+                ))
+            }
+            Ok(Err(e)) => {
+                let kind = match classify(&e) {
+                    Fault::Connection | Fault::Channel => ErrorKind::Connection,
+                    // Bad credentials (403) or vhost (530) while connecting.
+                    Fault::Refused(_) | Fault::Fatal => ErrorKind::Config,
+                };
+                return Err(BrokerError::with_source(
+                    kind,
+                    format!("connecting to {}:{}", self.uri.authority.host, self.uri.authority.port),
+                    e,
+                ));
+            }
+            Ok(Ok(c)) => Arc::new(c),
+        };
         self.epoch.fetch_add(1, Ordering::AcqRel);
         tracing::debug!(connection = %self.name, "AMQP connection open");
         *slot = Some(conn.clone());
