@@ -75,6 +75,9 @@ impl Link {
             }
             Ok(Err(e)) => {
                 let kind = match classify(&e) {
+                    // A certificate refused by either side is settings, not
+                    // a passing outage: retrying cannot fix it.
+                    _ if crate::tls::is_certificate_error(&e) => ErrorKind::Config,
                     Fault::Connection | Fault::Channel => ErrorKind::Connection,
                     // Bad credentials (403) or vhost (530) while connecting.
                     Fault::Refused(_) | Fault::Fatal => ErrorKind::Config,

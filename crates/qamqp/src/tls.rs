@@ -226,6 +226,23 @@ fn armour(label: &str, der: &[u8]) -> Vec<u8> {
     out.into_bytes()
 }
 
+/// Whether a connection error is TLS refusing a certificate (the server's:
+/// unknown issuer, wrong host name, expired; or ours: missing, unknown),
+/// as rustls words it.
+pub(crate) fn is_certificate_error(e: &(dyn std::error::Error + 'static)) -> bool {
+    const NEEDLES: [&str; 4] =
+        ["invalid peer certificate", "certificate not valid for name", "CertificateRequired", "BadCertificate"];
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        let message = err.to_string();
+        if NEEDLES.iter().any(|needle| message.contains(needle)) {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
 /// Open a connection to `uri` with `tls` (used on `amqps://` URIs; lapin
 /// ignores it on `amqp://` ones).
 pub(crate) async fn connect(
