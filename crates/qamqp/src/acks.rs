@@ -26,11 +26,12 @@
 //! [`Consumer::close`](qcore::Consumer::close)).
 
 use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex as StdMutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use lapin::options::BasicAckOptions;
 use lapin::Channel;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
 
 use crate::error::{classify, Fault};
@@ -45,53 +46,85 @@ pub(crate) fn batch_size(prefetch: u16) -> usize {
     usize::from(prefetch / 2).max(1)
 }
 
-enum Cmd {
-    /// The consumer received this delivery tag.
-    Seen(u64),
-    /// Acknowledge this tag (in a batch).
-    Ack(u64),
-    /// This tag was settled directly (reject, or republish and ack).
-    Done(u64),
-    /// Send what is pending, then answer.
-    Flush(oneshot::Sender<()>),
+/// What the consumer, the ackers and the batcher task share.
+struct Shared {
+    ledger: StdMutex<Ledger>,
+    /// Wakes the task: the first ack of a batch (to arm the timer), a full
+    /// batch, a flush, the last handle gone.
+    wake: Notify,
+    batch: usize,
+}
+
+impl Shared {
+    fn ledger(&self) -> MutexGuard<'_, Ledger> {
+        self.ledger.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Tells the task to send what is pending and stop when the last handle
+/// goes.
+struct Handle(Arc<Shared>);
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        self.0.ledger().closed = true;
+        self.0.wake.notify_one();
+    }
 }
 
 /// The handle of a channel's ack batcher. Cheap to clone.
 #[derive(Clone)]
-pub(crate) struct AckBatcher {
-    tx: mpsc::UnboundedSender<Cmd>,
-}
+pub(crate) struct AckBatcher(Arc<Handle>);
 
 impl AckBatcher {
     /// Start the batcher of `channel`; it ends when every handle is dropped,
     /// after sending what is pending.
     pub(crate) fn start(channel: Channel, prefetch: u16) -> Self {
-        let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(rx, channel, batch_size(prefetch)));
-        AckBatcher { tx }
+        let shared = Arc::new(Shared {
+            ledger: StdMutex::new(Ledger::default()),
+            wake: Notify::new(),
+            batch: batch_size(prefetch),
+        });
+        tokio::spawn(run(shared.clone(), channel));
+        AckBatcher(Arc::new(Handle(shared)))
+    }
+
+    fn shared(&self) -> &Shared {
+        &self.0 .0
     }
 
     /// The consumer received `tag` (call before the delivery is handed over).
     pub(crate) fn seen(&self, tag: u64) {
-        let _ = self.tx.send(Cmd::Seen(tag));
+        self.shared().ledger().seen(tag);
     }
 
-    /// Acknowledge `tag` in a batch.
+    /// Acknowledge `tag` in a batch. Only the first ack of a batch and a
+    /// full batch wake the task, not every ack.
     pub(crate) fn ack(&self, tag: u64) {
-        let _ = self.tx.send(Cmd::Ack(tag));
+        let shared = self.shared();
+        let pending = {
+            let mut ledger = shared.ledger();
+            if !ledger.ack(tag) {
+                return;
+            }
+            ledger.pending.len()
+        };
+        if pending == 1 || pending >= shared.batch {
+            shared.wake.notify_one();
+        }
     }
 
     /// `tag` was settled directly on the channel (the frame is already sent).
     pub(crate) fn done(&self, tag: u64) {
-        let _ = self.tx.send(Cmd::Done(tag));
+        self.shared().ledger().unsettled.remove(&tag);
     }
 
     /// Send every pending ack and wait until they are written.
     pub(crate) async fn flush(&self) {
         let (tx, rx) = oneshot::channel();
-        if self.tx.send(Cmd::Flush(tx)).is_ok() {
-            let _ = rx.await;
-        }
+        self.shared().ledger().waiters.push(tx);
+        self.shared().wake.notify_one();
+        let _ = rx.await;
     }
 }
 
@@ -106,6 +139,10 @@ struct Ledger {
     unsettled: BTreeSet<u64>,
     /// Acknowledged, not sent yet.
     pending: Vec<u64>,
+    /// Flushes waiting for the next send.
+    waiters: Vec<oneshot::Sender<()>>,
+    /// Every handle is gone.
+    closed: bool,
 }
 
 /// One `basic.ack` to send.
@@ -116,33 +153,29 @@ struct AckFrame {
 }
 
 impl Ledger {
-    fn apply(&mut self, cmd: Cmd, waiters: &mut Vec<oneshot::Sender<()>>) {
-        match cmd {
-            Cmd::Seen(tag) => {
-                self.unsettled.insert(tag);
-                if tag == self.contiguous + 1 {
-                    self.contiguous = tag;
-                    while self.ahead.remove(&(self.contiguous + 1)) {
-                        self.contiguous += 1;
-                    }
-                } else if tag > self.contiguous {
-                    self.ahead.insert(tag);
-                }
+    fn seen(&mut self, tag: u64) {
+        self.unsettled.insert(tag);
+        if tag == self.contiguous + 1 {
+            self.contiguous = tag;
+            while self.ahead.remove(&(self.contiguous + 1)) {
+                self.contiguous += 1;
             }
-            Cmd::Ack(tag) => {
-                // Every acker settles once, and its `Seen` came first; an ack
-                // of anything else would be a second ack of the tag, which
-                // RabbitMQ answers by closing the channel.
-                if self.unsettled.remove(&tag) {
-                    self.pending.push(tag);
-                } else {
-                    tracing::warn!(tag, "ignoring an ack of a delivery that is not outstanding");
-                }
-            }
-            Cmd::Done(tag) => {
-                self.unsettled.remove(&tag);
-            }
-            Cmd::Flush(w) => waiters.push(w),
+        } else if tag > self.contiguous {
+            self.ahead.insert(tag);
+        }
+    }
+
+    /// Queue the ack of `tag`; false if it is not outstanding. Every acker
+    /// settles once and its `seen` came first: an ack of anything else would
+    /// be a second ack of the tag, which RabbitMQ answers by closing the
+    /// channel.
+    fn ack(&mut self, tag: u64) -> bool {
+        if self.unsettled.remove(&tag) {
+            self.pending.push(tag);
+            true
+        } else {
+            tracing::warn!(tag, "ignoring an ack of a delivery that is not outstanding");
+            false
         }
     }
 
@@ -185,37 +218,34 @@ async fn send(channel: &Channel, frames: Vec<AckFrame>) {
     }
 }
 
-async fn run(mut rx: mpsc::UnboundedReceiver<Cmd>, channel: Channel, batch: usize) {
-    let mut ledger = Ledger::default();
-    let mut waiters = Vec::new();
+async fn run(shared: Arc<Shared>, channel: Channel) {
     let mut deadline: Option<Instant> = None;
     loop {
-        let (got, closed) = match deadline {
-            None => match rx.recv().await {
-                Some(c) => (Some(c), false),
-                None => (None, true),
-            },
-            Some(d) => match tokio::time::timeout_at(d, rx.recv()).await {
-                Ok(Some(c)) => (Some(c), false),
-                Ok(None) => (None, true),
-                Err(_) => (None, false),
-            },
-        };
-        let timed_out = got.is_none();
-        if let Some(c) = got {
-            ledger.apply(c, &mut waiters);
-            while let Ok(c) = rx.try_recv() {
-                ledger.apply(c, &mut waiters);
+        match deadline {
+            None => shared.wake.notified().await,
+            Some(d) => {
+                tokio::select! {
+                    _ = shared.wake.notified() => {}
+                    _ = tokio::time::sleep_until(d) => {}
+                }
             }
         }
-        if timed_out || closed || !waiters.is_empty() || ledger.pending.len() >= batch {
-            send(&channel, ledger.take_frames()).await;
-            deadline = None;
-            for w in waiters.drain(..) {
-                let _ = w.send(());
+        let (frames, waiters, closed) = {
+            let mut ledger = shared.ledger();
+            let due = deadline.is_some_and(|d| Instant::now() >= d);
+            if ledger.closed || !ledger.waiters.is_empty() || ledger.pending.len() >= shared.batch || due {
+                (ledger.take_frames(), std::mem::take(&mut ledger.waiters), ledger.closed)
+            } else {
+                if !ledger.pending.is_empty() && deadline.is_none() {
+                    deadline = Some(Instant::now() + ACK_DELAY);
+                }
+                continue;
             }
-        } else if !ledger.pending.is_empty() && deadline.is_none() {
-            deadline = Some(Instant::now() + ACK_DELAY);
+        };
+        deadline = None;
+        send(&channel, frames).await;
+        for w in waiters {
+            let _ = w.send(());
         }
         if closed {
             return;
@@ -227,11 +257,26 @@ async fn run(mut rx: mpsc::UnboundedReceiver<Cmd>, channel: Channel, batch: usiz
 mod tests {
     use super::*;
 
+    enum Cmd {
+        Seen(u64),
+        Ack(u64),
+        Done(u64),
+    }
+
+    fn apply(l: &mut Ledger, c: Cmd) {
+        match c {
+            Cmd::Seen(t) => l.seen(t),
+            Cmd::Ack(t) => assert!(l.ack(t), "ack of {t} refused"),
+            Cmd::Done(t) => {
+                l.unsettled.remove(&t);
+            }
+        }
+    }
+
     fn ledger(cmds: impl IntoIterator<Item = Cmd>) -> Ledger {
         let mut l = Ledger::default();
-        let mut w = Vec::new();
         for c in cmds {
-            l.apply(c, &mut w);
+            apply(&mut l, c);
         }
         l
     }
@@ -246,10 +291,9 @@ mod tests {
         assert_eq!(l.take_frames(), vec![AckFrame { tag: 4, multiple: true }]);
         assert!(l.take_frames().is_empty());
         // 5 and 6 are still out: nothing may cover them.
-        let mut w = Vec::new();
-        l.apply(Cmd::Ack(6), &mut w);
+        apply(&mut l, Cmd::Ack(6));
         assert_eq!(l.take_frames(), vec![single(6)]);
-        l.apply(Cmd::Ack(5), &mut w);
+        apply(&mut l, Cmd::Ack(5));
         assert_eq!(l.take_frames(), vec![single(5)]);
     }
 
@@ -274,11 +318,18 @@ mod tests {
         // to the channel, so a multiple ack of 4 would settle it unseen.
         let mut l = ledger([1, 2, 4].map(Cmd::Seen).into_iter().chain([1, 2, 4].map(Cmd::Ack)));
         assert_eq!(l.take_frames(), vec![AckFrame { tag: 2, multiple: true }, single(4)]);
-        let mut w = Vec::new();
-        l.apply(Cmd::Seen(3), &mut w);
+        apply(&mut l, Cmd::Seen(3));
         assert_eq!(l.contiguous, 4, "seeing 3 closes the gap up to 4");
-        l.apply(Cmd::Ack(3), &mut w);
+        apply(&mut l, Cmd::Ack(3));
         assert_eq!(l.take_frames(), vec![single(3)]);
+    }
+
+    #[test]
+    fn a_second_ack_of_a_tag_is_refused() {
+        let mut l = ledger([Cmd::Seen(1), Cmd::Ack(1)]);
+        assert!(!l.ack(1));
+        assert!(!l.ack(7), "never seen");
+        assert_eq!(l.take_frames(), vec![single(1)]);
     }
 
     #[test]
