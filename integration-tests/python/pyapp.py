@@ -98,5 +98,8 @@ def count_sum(numbers, counter):
     """Chord body: INCR the Redis key `counter` (how many times the body ran), return the sum."""
     import redis
 
-    redis.Redis.from_url(BROKER).incr(counter)
+    # The counter lives in Redis: the broker's, or the backend's when the
+    # broker is RabbitMQ.
+    url = BROKER if BROKER.startswith("redis") else BACKEND
+    redis.Redis.from_url(url).incr(counter)
     return sum(numbers)

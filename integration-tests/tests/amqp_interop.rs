@@ -13,8 +13,8 @@ use std::time::Duration;
 use anyhow::Result;
 use chrono::Utc;
 use integration_tests::{
-    amqp_url, interop_worker_bin, py_producer, redis_url, spawn_interop_worker, spawn_python_worker, unique, PyEnv,
-    WorkerOpts,
+    amqp_url, interop_worker_bin, py_producer, redis_cmd, redis_url, spawn_interop_worker, spawn_python_worker, unique,
+    PyEnv, WorkerOpts,
 };
 use qtask::{
     chain, chord, group, task, App, Config, ContentType, Error, ExceptionInfo, SendOptions, Signature, State,
@@ -462,5 +462,73 @@ async fn amqp_rpc_qtask_caller_gets_qtask_worker_results() -> Result<()> {
     assert_eq!(app.delay(add::s(20, 22)).await?.get(T).await?, 42);
     let (state, exc) = failed(app.delay(fail::s("x".to_string())).await?.get(T).await)?;
     assert_eq!((state.as_str(), exc.exc_type.as_str()), ("FAILURE", "ValueError"));
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Both workers on one RabbitMQ queue
+
+/// A chord whose header runs partly on a Python worker and partly on the
+/// qtask worker (some header tasks pinned to each, the rest on a queue both
+/// consume), results in Redis, completes exactly once — twice over: once
+/// where a Python task finishes the header last (Celery's join dispatches
+/// the body over RabbitMQ) and once where a qtask task does (qredis's join,
+/// qamqp's publish). The body (`tasks.count_sum`, Python) counts its runs in
+/// a Redis key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn amqp_chord_split_between_python_and_qtask_workers_completes_once() -> Result<()> {
+    let shared = unique("amqp_mixed");
+    let (q_py, q_rs) = (format!("{shared}_py"), format!("{shared}_rs"));
+    let redis = redis_url();
+    let env = py_env(&shared);
+    let _py = spawn_python_worker(&env, &[&shared, &q_py], None)?;
+    let opts = WorkerOpts { concurrency: Some(1), prefetch_multiplier: Some(1), ..worker_opts() };
+    let _rs = spawn_interop_worker(interop_worker_bin!(), &amqp_url(), &[&shared, &q_rs], &opts)?;
+    let app = rust_app(&shared, ContentType::Json).await?;
+
+    for python_last in [true, false] {
+        let counter = unique("amqp_chord_body_runs");
+        let slow = |q: &str| Signature::new("tasks.sleep").arg(0.25).queue(q);
+        let quick = |q: &str, i: i64| Signature::from(add::s(i, i)).queue(q);
+        let mut header = Vec::new();
+        let mut expected = 0.0;
+        for i in 0..3 {
+            if python_last {
+                header.push(slow(&q_py));
+                header.push(quick(&q_rs, i));
+            } else {
+                header.push(quick(&q_py, i));
+                header.push(slow(&q_rs));
+            }
+            expected += 0.25 + 2.0 * i as f64;
+        }
+        for i in 0..4 {
+            header.push(quick(&shared, i));
+            expected += 2.0 * i as f64;
+        }
+        let header_ids: Vec<String> = (0..header.len()).map(|_| unique("h")).collect();
+        let header: Vec<Signature> = header.into_iter().zip(&header_ids).map(|(s, id)| s.task_id(id.clone())).collect();
+        let body = Signature::new("tasks.count_sum").kwarg("counter", counter.clone()).queue(&q_py);
+        let r = app.delay(chord(header, body)).await?;
+        let sum = r.get(T).await?.as_f64().unwrap_or(f64::NAN);
+        assert!((sum - expected).abs() < 1e-9, "chord result {sum}, expected {expected}");
+
+        let mut workers = Vec::new();
+        for id in &header_ids {
+            let meta = app.result::<Value>(id.clone()).meta().await?;
+            assert_eq!(meta.status, State::Success, "{id}");
+            workers.push(meta.worker.unwrap_or_default());
+        }
+        anyhow::ensure!(workers.iter().any(|w| w.starts_with("py_")), "no header task ran on Python: {workers:?}");
+        anyhow::ensure!(workers.iter().any(|w| w.starts_with("qtask")), "no header task ran on qtask: {workers:?}");
+
+        // Exactly once: every header result is stored (so a second dispatch
+        // would already be queued ahead), then a marker task on the body's
+        // queue has run (the Python worker is solo and its prefetch is 1).
+        let marker = app.apply_async(add::s(0, 0), SendOptions::new().queue(q_py.clone())).await?;
+        marker.get(T).await?;
+        assert_eq!(redis_cmd(&redis, &["GET", &counter])?.int(), 1, "chord body runs (python_last={python_last})");
+        redis_cmd(&redis, &["DEL", &counter])?;
+    }
     Ok(())
 }
