@@ -383,7 +383,32 @@ impl Worker {
     }
 
     /// Run until [`WorkerHandle::shutdown`] (or cold shutdown) is called.
+    ///
+    /// The loop runs as a task of the current runtime, not inside the
+    /// caller's future: a caller in `block_on` on the main thread (as under
+    /// `#[tokio::main]`) would otherwise send every task the loop spawns
+    /// through the runtime's injection queue, waking a worker thread each
+    /// time. Dropping the returned future still stops the worker at once
+    /// (the task is aborted), as it did when the loop ran in place.
     pub async fn run(self) -> Result<(), Error> {
+        struct AbortOnDrop(tokio::task::JoinHandle<Result<(), Error>>);
+        impl Drop for AbortOnDrop {
+            fn drop(&mut self) {
+                self.0.abort();
+            }
+        }
+        let mut task = AbortOnDrop(tokio::spawn(self.run_loop()));
+        match (&mut task.0).await {
+            Ok(r) => r,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(e) => Err(Error::Broker(qcore::BrokerError::new(
+                qcore::ErrorKind::Closed,
+                format!("the worker loop was cancelled: {e}"),
+            ))),
+        }
+    }
+
+    async fn run_loop(self) -> Result<(), Error> {
         let shared = self.shared.clone();
         let mut phase = shared.phase.subscribe();
         let reserve = Arc::new(Semaphore::new(shared.prefetch));
