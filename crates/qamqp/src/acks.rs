@@ -5,54 +5,43 @@
 //! settles, so a worker that acks every task on its own is bounded by the
 //! broker's single queue process long before its own CPU. Each consumer
 //! channel has one [`AckBatcher`]: ackers hand it their delivery tag and
-//! return at once; it sends the acks in batches, at the latest
-//! [`ACK_DELAY`] after the first of a batch, or as soon as the batch holds
-//! [`batch_size`] tags.
+//! return at once; its task sends what is pending as soon as it is woken,
+//! and the acks that arrive while it is writing form the next batch. Under
+//! load batches grow by themselves; when idle an ack goes out at once. (A
+//! batch held back for a size or a timer was measured no faster, and could
+//! stall a small prefetch window on the timer.)
 //!
 //! `basic.ack(tag, multiple = true)` settles *every* unacknowledged delivery
 //! of the channel up to `tag`, so it is only sent for a tag below the lowest
 //! delivery that is not settled yet. The batcher therefore learns of every
-//! delivery (`Seen`, sent by the consumer before the delivery is handed
-//! over) and of every delivery settled another way (`Done`: a reject, a
+//! delivery (`seen`, called by the consumer before the delivery is handed
+//! over) and of every delivery settled another way (`done`: a reject, a
 //! republish-and-ack). Tags are dense per channel (1, 2, 3, …), so a tag the
 //! consumer has not seen yet (still buffered in another queue's stream) is a
 //! gap, and a gap stops a multiple ack like an unsettled tag does. Acks above
 //! the lowest unsettled tag go out one by one.
 //!
-//! An ack is therefore *sent* up to [`ACK_DELAY`] after `ack()` returns. If
-//! the connection dies in between, RabbitMQ redelivers the message: at least
+//! An ack is therefore *sent* a moment after `ack()` returns. If the
+//! connection dies in between, RabbitMQ redelivers the message: at least
 //! once, as for an ack lost in flight. [`AckBatcher::flush`] sends what is
 //! pending and waits for it (the worker's shutdown calls it through
 //! [`Consumer::close`](qcore::Consumer::close)).
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex as StdMutex, MutexGuard, PoisonError};
-use std::time::Duration;
 
 use lapin::options::BasicAckOptions;
 use lapin::Channel;
 use tokio::sync::{oneshot, Notify};
-use tokio::time::Instant;
 
 use crate::error::{classify, Fault};
-
-/// The longest an acknowledged delivery waits for its batch to be sent.
-pub(crate) const ACK_DELAY: Duration = Duration::from_millis(1);
-
-/// How many acks make a batch worth sending at once, for a channel whose
-/// prefetch (QoS) is `prefetch`: half the window, so that the broker can keep
-/// delivering the other half while a batch fills.
-pub(crate) fn batch_size(prefetch: u16) -> usize {
-    usize::from(prefetch / 2).max(1)
-}
 
 /// What the consumer, the ackers and the batcher task share.
 struct Shared {
     ledger: StdMutex<Ledger>,
-    /// Wakes the task: the first ack of a batch (to arm the timer), a full
-    /// batch, a flush, the last handle gone.
+    /// Wakes the task: the first ack since it last took the pending ones, a
+    /// flush, the last handle gone.
     wake: Notify,
-    batch: usize,
 }
 
 impl Shared {
@@ -79,12 +68,8 @@ pub(crate) struct AckBatcher(Arc<Handle>);
 impl AckBatcher {
     /// Start the batcher of `channel`; it ends when every handle is dropped,
     /// after sending what is pending.
-    pub(crate) fn start(channel: Channel, prefetch: u16) -> Self {
-        let shared = Arc::new(Shared {
-            ledger: StdMutex::new(Ledger::default()),
-            wake: Notify::new(),
-            batch: batch_size(prefetch),
-        });
+    pub(crate) fn start(channel: Channel) -> Self {
+        let shared = Arc::new(Shared { ledger: StdMutex::new(Ledger::default()), wake: Notify::new() });
         tokio::spawn(run(shared.clone(), channel));
         AckBatcher(Arc::new(Handle(shared)))
     }
@@ -98,8 +83,8 @@ impl AckBatcher {
         self.shared().ledger().seen(tag);
     }
 
-    /// Acknowledge `tag` in a batch. Only the first ack of a batch and a
-    /// full batch wake the task, not every ack.
+    /// Acknowledge `tag` in the next batch. Only the first ack of a batch
+    /// wakes the task, not every ack.
     pub(crate) fn ack(&self, tag: u64) {
         let shared = self.shared();
         let pending = {
@@ -109,7 +94,7 @@ impl AckBatcher {
             }
             ledger.pending.len()
         };
-        if pending == 1 || pending >= shared.batch {
+        if pending == 1 {
             shared.wake.notify_one();
         }
     }
@@ -219,30 +204,12 @@ async fn send(channel: &Channel, frames: Vec<AckFrame>) {
 }
 
 async fn run(shared: Arc<Shared>, channel: Channel) {
-    let mut deadline: Option<Instant> = None;
     loop {
-        match deadline {
-            None => shared.wake.notified().await,
-            Some(d) => {
-                tokio::select! {
-                    _ = shared.wake.notified() => {}
-                    _ = tokio::time::sleep_until(d) => {}
-                }
-            }
-        }
+        shared.wake.notified().await;
         let (frames, waiters, closed) = {
             let mut ledger = shared.ledger();
-            let due = deadline.is_some_and(|d| Instant::now() >= d);
-            if ledger.closed || !ledger.waiters.is_empty() || ledger.pending.len() >= shared.batch || due {
-                (ledger.take_frames(), std::mem::take(&mut ledger.waiters), ledger.closed)
-            } else {
-                if !ledger.pending.is_empty() && deadline.is_none() {
-                    deadline = Some(Instant::now() + ACK_DELAY);
-                }
-                continue;
-            }
+            (ledger.take_frames(), std::mem::take(&mut ledger.waiters), ledger.closed)
         };
-        deadline = None;
         send(&channel, frames).await;
         for w in waiters {
             let _ = w.send(());
@@ -330,13 +297,5 @@ mod tests {
         assert!(!l.ack(1));
         assert!(!l.ack(7), "never seen");
         assert_eq!(l.take_frames(), vec![single(1)]);
-    }
-
-    #[test]
-    fn batch_size_is_half_the_window() {
-        assert_eq!(batch_size(0), 1);
-        assert_eq!(batch_size(1), 1);
-        assert_eq!(batch_size(8), 4);
-        assert_eq!(batch_size(64), 32);
     }
 }

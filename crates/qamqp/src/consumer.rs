@@ -86,7 +86,7 @@ impl AmqpConsumer {
             stream.push(Box::pin(consumer.map(move |d| (i, d))) as DeliveryStream);
         }
         tracing::debug!(queues = ?self.queues, prefetch = self.prefetch, "consuming");
-        let acks = AckBatcher::start(ch.clone(), self.prefetch);
+        let acks = AckBatcher::start(ch.clone());
         Ok(Session { channel: ch, stream, acks })
     }
 
@@ -323,8 +323,8 @@ impl AmqpAcker {
 
 #[async_trait]
 impl Acker for AmqpAcker {
-    /// Queues the ack in the channel's batch (see [`AckBatcher`]) and
-    /// returns: the frame follows within [`ACK_DELAY`](crate::acks::ACK_DELAY).
+    /// Queues the ack in the channel's next batch (see [`AckBatcher`]) and
+    /// returns; the frame follows as soon as the batcher's task runs.
     async fn ack(&self) -> Result<(), BrokerError> {
         self.settle_with(|| async {
             if self.alive() {

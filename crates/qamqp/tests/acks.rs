@@ -102,7 +102,8 @@ async fn close_sends_pending_acks() {
     let q = unique("acks.close");
     let b = broker(AmqpOptions::default()).await;
     fill(&b, &[&q], 3).await;
-    // Prefetch 64: a batch is 32 acks, so these 3 wait for the timer or close.
+    // `close` right after the acks: whatever the batcher has not written yet
+    // goes out before the channel closes (otherwise RabbitMQ would requeue).
     let mut c = b.consume(std::slice::from_ref(&q), ConsumeOptions::new(64)).await.expect("consume");
     for _ in 0..3 {
         let d = next(&mut c, Duration::from_secs(10)).await.expect("a delivery");
