@@ -170,6 +170,15 @@ async fn mutual_tls_needs_the_client_certificate() -> Result<()> {
         Err(e) => e,
     };
     eprintln!("without a client certificate: {}", chain(&err));
-    assert_eq!(err.kind(), ErrorKind::Config, "{}", chain(&err));
+    // With TLS 1.3 the server may reset the connection before the client
+    // reads its CertificateRequired alert: then all the client sees is a
+    // reset, which it cannot tell from a network fault.
+    let text = chain(&err);
+    if text.contains("CertificateRequired") {
+        assert_eq!(err.kind(), ErrorKind::Config, "{text}");
+    } else {
+        assert_eq!(err.kind(), ErrorKind::Connection, "{text}");
+        assert!(text.contains("reset") || text.contains("closed") || text.contains("EOF"), "{text}");
+    }
     Ok(())
 }
