@@ -279,8 +279,19 @@ impl ResultBackend for RedisBackend {
 
     async fn get(&self, task_id: &str) -> Result<Option<ResultMeta>, BackendError> {
         let key = self.inner.keys.task_meta(task_id);
-        let raw: Option<Vec<u8>> =
-            with_conn!(self.inner.conn, BackendError, "get result", |c| redis::cmd("GET").arg(&key).query_async(c))?;
+        // A read is idempotent: a pooled connection found broken (the server
+        // restarted while it sat idle) is dropped and the read tried once
+        // more on a fresh one.
+        let mut attempt = 0;
+        let raw: Option<Vec<u8>> = loop {
+            match with_conn!(self.inner.conn, BackendError, "get result", |c| redis::cmd("GET")
+                .arg(&key)
+                .query_async(c))
+            {
+                Err(e) if e.is_retryable() && attempt == 0 => attempt += 1,
+                r => break r?,
+            }
+        };
         raw.map(|r| ResultMeta::from_json(&r).map_err(BackendError::from)).transpose()
     }
 
