@@ -30,11 +30,9 @@
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex as StdMutex, MutexGuard, PoisonError};
 
-use lapin::options::BasicAckOptions;
-use lapin::Channel;
 use tokio::sync::{oneshot, Notify};
 
-use crate::error::{classify, Fault};
+use crate::chan::Chan;
 
 /// What the consumer, the ackers and the batcher task share.
 struct Shared {
@@ -68,7 +66,7 @@ pub(crate) struct AckBatcher(Arc<Handle>);
 impl AckBatcher {
     /// Start the batcher of `channel`; it ends when every handle is dropped,
     /// after sending what is pending.
-    pub(crate) fn start(channel: Channel) -> Self {
+    pub(crate) fn start(channel: Chan) -> Self {
         let shared = Arc::new(Shared { ledger: StdMutex::new(Ledger::default()), wake: Notify::new() });
         tokio::spawn(run(shared.clone(), channel));
         AckBatcher(Arc::new(Handle(shared)))
@@ -183,27 +181,21 @@ impl Ledger {
     }
 }
 
-async fn send(channel: &Channel, frames: Vec<AckFrame>) {
-    for f in frames {
-        if !channel.status().connected() {
-            tracing::debug!("acks of a closed channel dropped: RabbitMQ redelivers those messages");
-            return;
-        }
-        match channel.basic_ack(f.tag, BasicAckOptions { multiple: f.multiple }).await {
-            Ok(()) => {}
-            Err(e) if matches!(classify(&e), Fault::Channel | Fault::Connection) => {
-                tracing::debug!(error = %e, "ack on a lost channel ignored; RabbitMQ redelivers the messages");
-                return;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, tag = f.tag, multiple = f.multiple, "basic.ack failed");
-                return;
-            }
-        }
+async fn send(channel: &Chan, frames: Vec<AckFrame>) {
+    if frames.is_empty() {
+        return;
+    }
+    if !channel.connected() {
+        tracing::debug!("acks of a closed channel dropped: RabbitMQ redelivers those messages");
+        return;
+    }
+    let frames: Vec<(u64, bool)> = frames.into_iter().map(|f| (f.tag, f.multiple)).collect();
+    if let Err(e) = channel.acks(&frames).await {
+        tracing::warn!(error = %e, "basic.ack failed");
     }
 }
 
-async fn run(shared: Arc<Shared>, channel: Channel) {
+async fn run(shared: Arc<Shared>, channel: Chan) {
     loop {
         shared.wake.notified().await;
         let (frames, waiters, closed) = {

@@ -1,21 +1,24 @@
 //! Task consumers and their ackers.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use futures_util::stream::{SelectAll, StreamExt};
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions};
-use lapin::types::FieldTable;
-use lapin::{BasicProperties, Channel};
+use lapin::options::{BasicConsumeOptions, BasicQosOptions};
+use lapin::types::{FieldTable, ShortString};
+use lapin::BasicProperties;
 use qcore::{Acker, BrokerError, Consumer, Delivery};
 use serde_json::Value;
 use tokio::sync::Mutex;
 
 use crate::acks::AckBatcher;
+use crate::chan::Chan;
 use crate::core::Core;
 use crate::delay::{due_ms, is_early, now_ms};
-use crate::error::{broker_err, classify, Fault};
+use crate::direct::{DirectConn, Incoming};
+use crate::error::broker_err;
 use crate::fields::short;
 use crate::options::{backoff, QueueType};
 use crate::props::{self, republish, H_DEAD_REASON, H_DELIVERIES};
@@ -29,10 +32,28 @@ type DeliveryStream = std::pin::Pin<
     Box<dyn futures_util::Stream<Item = (usize, Result<lapin::message::Delivery, lapin::Error>)> + Send + Sync>,
 >;
 
+/// Where deliveries come from.
+enum Source {
+    /// lapin's consumers (`amqps://`).
+    Lapin(SelectAll<DeliveryStream>),
+    /// The consumer's own connection (`amqp://`), with the queue of each
+    /// consumer tag.
+    Direct(Box<DirectConn>, HashMap<ShortString, usize>),
+}
+
 struct Session {
-    channel: Channel,
-    stream: SelectAll<DeliveryStream>,
+    channel: Chan,
+    source: Source,
     acks: AckBatcher,
+}
+
+/// A delivery from either source.
+struct Raw {
+    queue: usize,
+    tag: u64,
+    redelivered: bool,
+    properties: BasicProperties,
+    data: Vec<u8>,
 }
 
 /// A consumer of task queues that survives connection loss: `recv` reopens
@@ -52,18 +73,64 @@ impl AmqpConsumer {
         AmqpConsumer { core, queues, prefetch, tag, session: None, failures: 0 }
     }
 
+    /// The `basic.qos` scope: per channel (`global`) only where it has to
+    /// be, for several classic queues on one channel. With one queue a
+    /// per-consumer limit is the same bound, and RabbitMQ enforces it in
+    /// the queue process instead of asking the channel's limiter process
+    /// for every delivery (about a quarter of its CPU per task here).
+    /// Quorum queues take no global QoS: the limit is then per queue.
+    fn global_qos(&self) -> bool {
+        self.core.opts.queue_type == QueueType::Classic && self.queues.len() > 1
+    }
+
+    fn consumer_tag(&self, i: usize) -> String {
+        if self.tag.is_empty() {
+            String::new()
+        } else {
+            format!("{}.{i}", self.tag)
+        }
+    }
+
     /// Open the channel: QoS, declarations (idempotent, Celery's), and one
-    /// `basic.consume` per queue.
+    /// `basic.consume` per queue. Plain `amqp://` consumes on a connection
+    /// of its own ([`crate::direct`]); `amqps://` on lapin's.
     async fn open(&self) -> Result<Session, BrokerError> {
+        if self.core.url.tls {
+            self.open_lapin().await
+        } else {
+            self.open_direct().await
+        }
+    }
+
+    async fn open_direct(&self) -> Result<Session, BrokerError> {
+        for q in &self.queues {
+            let name = short(q, "queue name")?;
+            let what = format!("declaring queue {q:?}");
+            self.core
+                .admin(&what, |ch| {
+                    let name = name.clone();
+                    async move { self.core.declare_task_queue(&ch, &name).await }
+                })
+                .await?;
+        }
+        let name = format!("{}/consume", self.core.opts.connection_name);
+        let mut conn = DirectConn::open(&self.core.url, &name).await?;
+        conn.qos(self.prefetch, self.global_qos()).await?;
+        let mut tags = HashMap::new();
+        for (i, q) in self.queues.iter().enumerate() {
+            let (queue, tag) = (short(q, "queue name")?, short(&self.consumer_tag(i), "consumer tag")?);
+            let tag = conn.consume(queue.as_str(), tag.as_str()).await?;
+            tags.insert(tag, i);
+        }
+        tracing::debug!(queues = ?self.queues, prefetch = self.prefetch, "consuming");
+        let channel = Chan::Direct(conn.out().clone());
+        let acks = AckBatcher::start(channel.clone());
+        Ok(Session { channel, source: Source::Direct(Box::new(conn), tags), acks })
+    }
+
+    async fn open_lapin(&self) -> Result<Session, BrokerError> {
         let ch = self.core.consume_link.channel().await?;
-        // The limit is per channel (`global`) only where it has to be: for
-        // several classic queues on one channel. With one queue a
-        // per-consumer limit is the same bound, and RabbitMQ enforces it in
-        // the queue process instead of asking the channel's limiter process
-        // for every delivery (about a quarter of its CPU per task here).
-        // Quorum queues take no global QoS: the limit is then per queue.
-        let global = self.core.opts.queue_type == QueueType::Classic && self.queues.len() > 1;
-        ch.basic_qos(self.prefetch, BasicQosOptions { global })
+        ch.basic_qos(self.prefetch, BasicQosOptions { global: self.global_qos() })
             .await
             .map_err(|e| broker_err("setting the prefetch (basic.qos)", e))?;
         let mut stream = SelectAll::new();
@@ -73,11 +140,10 @@ impl AmqpConsumer {
                 .declare_task_queue(&ch, &name)
                 .await
                 .map_err(|e| broker_err(&format!("declaring queue {q:?}"), e))?;
-            let tag = if self.tag.is_empty() { String::new() } else { format!("{}.{i}", self.tag) };
             let consumer = ch
                 .basic_consume(
                     name,
-                    short(&tag, "consumer tag")?,
+                    short(&self.consumer_tag(i), "consumer tag")?,
                     BasicConsumeOptions::default(),
                     FieldTable::default(),
                 )
@@ -86,8 +152,9 @@ impl AmqpConsumer {
             stream.push(Box::pin(consumer.map(move |d| (i, d))) as DeliveryStream);
         }
         tracing::debug!(queues = ?self.queues, prefetch = self.prefetch, "consuming");
-        let acks = AckBatcher::start(ch.clone());
-        Ok(Session { channel: ch, stream, acks })
+        let channel = Chan::Lapin(ch);
+        let acks = AckBatcher::start(channel.clone());
+        Ok(Session { channel, source: Source::Lapin(stream), acks })
     }
 
     /// Subscribe now, so that a refused declaration reaches `consume`'s caller.
@@ -103,15 +170,9 @@ impl AmqpConsumer {
     /// Turn a lapin delivery into one for the worker, or handle it here
     /// (poison message, early deferred message, uncounted redelivery) and
     /// return `None`.
-    async fn prepare(
-        &self,
-        channel: &Channel,
-        acks: &AckBatcher,
-        qi: usize,
-        d: lapin::message::Delivery,
-    ) -> Option<Delivery> {
+    async fn prepare(&self, channel: &Chan, acks: &AckBatcher, d: Raw) -> Option<Delivery> {
+        let Raw { queue: qi, tag: delivery_tag, redelivered, properties, data } = d;
         let queue = self.queues.get(qi).cloned().unwrap_or_default();
-        let lapin::message::Delivery { delivery_tag, redelivered, properties, data, .. } = d;
         acks.seen(delivery_tag);
         let body = data.clone();
         let (message, internal) = props::decode(&properties, data);
@@ -180,22 +241,52 @@ impl Consumer for AmqpConsumer {
                 }
             }
             let Some(session) = self.session.as_mut() else { continue };
-            match session.stream.next().await {
-                Some((qi, Ok(d))) => {
+            let next = match &mut session.source {
+                Source::Lapin(stream) => match stream.next().await {
+                    Some((queue, Ok(d))) => Ok(Raw {
+                        queue,
+                        tag: d.delivery_tag,
+                        redelivered: d.redelivered,
+                        properties: d.properties,
+                        data: d.data,
+                    }),
+                    Some((_, Err(e))) => Err(format!("consumer lost its channel ({e}); resubscribing")),
+                    None => Err("consumer cancelled by the broker; resubscribing".to_string()),
+                },
+                Source::Direct(conn, tags) => match conn.next().await {
+                    Ok(Incoming::Delivery(d)) => match tags.get(&d.consumer_tag) {
+                        Some(&queue) => Ok(Raw {
+                            queue,
+                            tag: d.delivery_tag,
+                            redelivered: d.redelivered,
+                            properties: d.properties,
+                            data: d.data,
+                        }),
+                        None => {
+                            Err(format!("delivery for an unknown consumer tag {:?}; resubscribing", d.consumer_tag))
+                        }
+                    },
+                    Ok(Incoming::Cancelled(tag)) => {
+                        Err(format!("consumer {tag:?} cancelled by the broker (queue deleted?); resubscribing"))
+                    }
+                    Err(e) => Err(format!("consumer lost its connection ({e}); resubscribing")),
+                },
+            };
+            match next {
+                Ok(raw) => {
                     self.failures = 0;
                     let (channel, acks) = (session.channel.clone(), session.acks.clone());
-                    if let Some(delivery) = self.prepare(&channel, &acks, qi, d).await {
+                    if let Some(delivery) = self.prepare(&channel, &acks, raw).await {
                         return Ok(Some(delivery));
                     }
                 }
-                Some((_, Err(e))) => {
-                    tracing::warn!(error = %e, queues = ?self.queues, "consumer lost its channel; resubscribing");
-                    self.session = None;
-                    self.failures = self.failures.saturating_add(1);
-                }
-                None => {
-                    tracing::warn!(queues = ?self.queues, "consumer cancelled by the broker; resubscribing");
-                    self.session = None;
+                Err(why) => {
+                    tracing::warn!(queues = ?self.queues, "{why}");
+                    if let Some(session) = self.session.take() {
+                        // Deliveries not settled yet go back to their queues
+                        // when the channel closes (their acks are dropped).
+                        session.channel.close().await;
+                    }
                     self.failures = self.failures.saturating_add(1);
                 }
             }
@@ -207,11 +298,7 @@ impl Consumer for AmqpConsumer {
     async fn close(&mut self) -> Result<(), BrokerError> {
         if let Some(session) = self.session.take() {
             session.acks.flush().await;
-            if session.channel.status().connected() {
-                if let Err(e) = session.channel.close(200, "OK".into()).await {
-                    tracing::debug!(error = %e, "closing the consumer channel");
-                }
-            }
+            session.channel.close().await;
         }
         Ok(())
     }
@@ -220,7 +307,7 @@ impl Consumer for AmqpConsumer {
 /// Settles one delivery on the channel it came from.
 pub(crate) struct AmqpAcker {
     core: Arc<Core>,
-    channel: Channel,
+    channel: Chan,
     acks: AckBatcher,
     tag: u64,
     queue: String,
@@ -233,7 +320,7 @@ pub(crate) struct AmqpAcker {
 
 impl AmqpAcker {
     fn alive(&self) -> bool {
-        let up = self.channel.status().connected();
+        let up = self.channel.connected();
         if !up {
             tracing::debug!(queue = %self.queue, "delivery of a closed channel: RabbitMQ redelivers it; nothing to settle");
         }
@@ -252,13 +339,7 @@ impl AmqpAcker {
         if !self.alive() {
             return Ok(());
         }
-        let r = match self.channel.basic_ack(self.tag, BasicAckOptions::default()).await {
-            Err(e) if matches!(classify(&e), Fault::Channel | Fault::Connection) => {
-                tracing::debug!(error = %e, "ack on a lost channel ignored; RabbitMQ redelivers the message");
-                Ok(())
-            }
-            r => r.map_err(|e| broker_err("ack", e)),
-        };
+        let r = self.channel.acks(&[(self.tag, false)]).await;
         self.acks.done(self.tag);
         r
     }
@@ -267,10 +348,7 @@ impl AmqpAcker {
         if !self.alive() {
             return Ok(());
         }
-        let r = match self.channel.basic_reject(self.tag, BasicRejectOptions { requeue }).await {
-            Err(e) if matches!(classify(&e), Fault::Channel | Fault::Connection) => Ok(()),
-            r => r.map_err(|e| broker_err("reject", e)),
-        };
+        let r = self.channel.reject(self.tag, requeue).await;
         self.acks.done(self.tag);
         r
     }

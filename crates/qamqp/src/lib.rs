@@ -20,9 +20,11 @@
 
 mod acks;
 mod broker;
+mod chan;
 mod consumer;
 mod core;
 mod delay;
+mod direct;
 mod error;
 mod fields;
 mod options;

@@ -104,10 +104,11 @@ async fn consumer_resumes_after_its_connection_is_force_closed_under_load() {
         publisher.queue_len(&q).await.unwrap() == 0 && unacked(&q) == 0
     })
     .await;
+    // The consumer owns its connection: check it is back before dropping it.
+    assert!(connection_open(&format!("{name}/consume")), "the consumer reconnected under the same name");
     worker.abort();
     let s = seen.lock().unwrap();
     assert!(s.after_close > 0, "nothing was delivered after the connection was closed");
-    assert!(connection_open(&format!("{name}/consume")), "the consumer reconnected under the same name");
     let dups: Vec<(&String, &Vec<bool>)> = s.deliveries.iter().filter(|(_, v)| v.len() > 1).collect();
     // Only what was in flight when the connection died comes again: at most
     // the prefetch window plus the acks sent but not yet processed.
