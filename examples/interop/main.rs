@@ -3,10 +3,13 @@
 //!
 //! ```text
 //! interop-worker --broker URL [--backend URL] [--queues a,b] [--concurrency N]
-//!                [--prefetch-multiplier N] [--acks-late]
+//!                [--prefetch-multiplier N] [--acks-late] [--threads N]
 //! ```
 //!
 //! Without `--backend` results are not stored; the default queue is `celery`.
+//! `--threads` sets the tokio runtime's worker threads: 1 runs the worker on
+//! a current-thread runtime (no wake-ups across threads; the benchmarks use
+//! it), the default is a multi-thread runtime with one thread per core.
 //! SIGTERM or SIGINT gives a warm shutdown (a second one, a cold shutdown).
 
 use std::process::ExitCode;
@@ -74,9 +77,10 @@ struct Args {
     concurrency: Option<usize>,
     prefetch_multiplier: Option<usize>,
     acks_late: bool,
+    threads: Option<usize>,
 }
 
-const USAGE: &str = "usage: interop-worker --broker URL [--backend URL] [--queues a,b] [--concurrency N] [--prefetch-multiplier N] [--acks-late]";
+const USAGE: &str = "usage: interop-worker --broker URL [--backend URL] [--queues a,b] [--concurrency N] [--prefetch-multiplier N] [--acks-late] [--threads N]";
 
 fn parse(argv: Vec<String>) -> anyhow::Result<Args> {
     let mut a = Args::default();
@@ -105,6 +109,13 @@ fn parse(argv: Vec<String>) -> anyhow::Result<Args> {
             }
             "--prefetch-multiplier" => a.prefetch_multiplier = Some(number(value()?, "--prefetch-multiplier")?),
             "--acks-late" => a.acks_late = true,
+            "--threads" => {
+                let n = number(value()?, "--threads")?;
+                if n == 0 {
+                    bail!("--threads must be at least 1");
+                }
+                a.threads = Some(n);
+            }
             "-h" | "--help" => bail!("{USAGE}"),
             other => bail!("unknown argument {other:?}\n{USAGE}"),
         }
@@ -159,7 +170,12 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let rt = match tokio::runtime::Runtime::new() {
+    let rt = match args.threads {
+        Some(1) => tokio::runtime::Builder::new_current_thread().enable_all().build(),
+        Some(n) => tokio::runtime::Builder::new_multi_thread().worker_threads(n).enable_all().build(),
+        None => tokio::runtime::Runtime::new(),
+    };
+    let rt = match rt {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("cannot start the runtime: {e}");
@@ -172,5 +188,25 @@ fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::from(1)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(a: &[&str]) -> anyhow::Result<Args> {
+        parse(a.iter().map(|s| s.to_string()).collect())
+    }
+
+    #[test]
+    fn threads_pick_the_runtime_and_zero_is_refused() {
+        assert_eq!(args(&["--broker", "amqp://h", "--threads", "1"]).unwrap().threads, Some(1));
+        assert_eq!(args(&["--threads=4"]).unwrap().threads, Some(4));
+        assert_eq!(args(&["--broker", "amqp://h"]).unwrap().threads, None);
+        let e = args(&["--threads", "0"]).unwrap_err().to_string();
+        assert!(e.contains("--threads must be at least 1"), "{e}");
+        let e = args(&["--threads", "two"]).unwrap_err().to_string();
+        assert!(e.contains("--threads must be a whole number"), "{e}");
     }
 }

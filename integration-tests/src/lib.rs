@@ -208,6 +208,8 @@ pub struct WorkerOpts {
     pub prefetch_multiplier: Option<usize>,
     /// `--acks-late`.
     pub acks_late: bool,
+    /// `--threads` (1: a current-thread runtime; None: one thread per core).
+    pub threads: Option<usize>,
     /// Extra environment (`QTASK_*` settings).
     pub env: Vec<(String, String)>,
 }
@@ -229,6 +231,9 @@ pub fn spawn_interop_worker(bin: &Path, broker: &str, queues: &[&str], opts: &Wo
     }
     if opts.acks_late {
         cmd.arg("--acks-late");
+    }
+    if let Some(t) = opts.threads {
+        cmd.arg("--threads").arg(t.to_string());
     }
     cmd.env("QTASK_LOG", std::env::var("QTASK_TEST_WORKER_LOG").unwrap_or_else(|_| "info".into()));
     if let Some(q) = queues.first() {

@@ -64,6 +64,7 @@ async fn amqp_killed_acks_late_worker_tasks_complete_exactly_once() -> Result<()
         concurrency: Some(4),
         prefetch_multiplier: Some(1),
         acks_late: true,
+        threads: None,
         env: vec![("QTASK_TASK_TRACK_STARTED".to_string(), "true".to_string())],
     };
     let mut first = spawn_interop_worker(interop_worker_bin!(), &amqp_url(), &[&queue], &opts)?;

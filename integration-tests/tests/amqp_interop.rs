@@ -87,8 +87,10 @@ fn py_env(queue: &str) -> PyEnv {
     PyEnv::with_backend(&amqp_url(), &redis_url(), queue)
 }
 
+/// The worker on a current-thread runtime, as `cargo xtask bench amqp` runs
+/// it (the fault tests use the default multi-thread runtime).
 fn worker_opts() -> WorkerOpts {
-    WorkerOpts { backend: Some(redis_url()), ..Default::default() }
+    WorkerOpts { backend: Some(redis_url()), threads: Some(1), ..Default::default() }
 }
 
 fn serializer_name(ct: ContentType) -> &'static str {

@@ -66,6 +66,7 @@ async fn killed_acks_late_worker_tasks_complete_exactly_once() -> Result<()> {
         concurrency: Some(4),
         prefetch_multiplier: Some(1),
         acks_late: true,
+        threads: None,
         env: env.clone(),
     };
     let mut first = spawn_interop_worker(interop_worker_bin!(), &url, &["celery"], &opts)?;
@@ -114,6 +115,7 @@ async fn worker_resumes_after_redis_restart_under_load() -> Result<()> {
         backend: Some(url.clone()),
         concurrency: Some(4),
         acks_late: true,
+        threads: None,
         env: vec![("QTASK_VISIBILITY_TIMEOUT".to_string(), "2".to_string())],
         ..Default::default()
     };

@@ -19,6 +19,7 @@ fn worker_opts(url: &str, hostname: &str) -> WorkerOpts {
         backend: Some(url.to_string()),
         concurrency: Some(1),
         acks_late: true,
+        threads: None,
         env: vec![
             ("QTASK_VISIBILITY_TIMEOUT".into(), "2".into()),
             ("QTASK_TASK_TRACK_STARTED".into(), "true".into()),
