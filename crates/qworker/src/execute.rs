@@ -1,7 +1,9 @@
 //! Handling of one delivery, from decoding to the final ack.
 
+use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use chrono::Utc;
@@ -103,26 +105,23 @@ pub(crate) async fn handle(shared: Arc<Shared>, delivery: Delivery, permit: Owne
             let reason = format!("malformed message: {e}");
             tracing::error!(task_id = %id, queue = %queue, %reason, "parking message in the dead-letter place");
             dead_letter(&acker, &id, &reason).await;
-            shared.emit(Some(&id), EventKind::TaskRejected { reason });
+            shared.emit(Some(&id), || EventKind::TaskRejected { reason });
             return;
         }
     };
     let id = msg.id.clone();
     let mut req = trace::request_info(&msg, &shared.hostname, &queue, redelivered);
     req.reply_to = message.properties.reply_to.clone();
-    shared.emit(
-        Some(&id),
-        EventKind::TaskReceived {
-            name: msg.display_name().to_string(),
-            args: msg.args.clone(),
-            kwargs: msg.kwargs.clone(),
-            retries: msg.retries,
-            eta: msg.eta,
-            expires: msg.expires,
-            root_id: msg.root_id.clone(),
-            parent_id: msg.parent_id.clone(),
-        },
-    );
+    shared.emit(Some(&id), || EventKind::TaskReceived {
+        name: msg.display_name().to_string(),
+        args: msg.args.clone(),
+        kwargs: msg.kwargs.clone(),
+        retries: msg.retries,
+        eta: msg.eta,
+        expires: msg.expires,
+        root_id: msg.root_id.clone(),
+        parent_id: msg.parent_id.clone(),
+    });
     let app = shared.app.clone();
     let mut phase = shared.phase.subscribe();
 
@@ -186,7 +185,7 @@ pub(crate) async fn handle(shared: Arc<Shared>, delivery: Delivery, permit: Owne
         }
         let reason = format!("NotRegistered: no task named {:?} on {}", msg.task, shared.hostname);
         dead_letter(&acker, &id, &reason).await;
-        shared.emit(Some(&id), EventKind::TaskRejected { reason });
+        shared.emit(Some(&id), || EventKind::TaskRejected { reason });
         return;
     };
     let opts = task.options();
@@ -219,14 +218,22 @@ pub(crate) async fn handle(shared: Arc<Shared>, delivery: Delivery, permit: Owne
     // Early ack: the task need not wait for the broker's reply (it is awaited
     // once the run ends, so the delivery is settled before this returns). If
     // the ack is lost the message comes back and runs again (at least once).
-    let early_ack = (!acks_late).then(|| {
+    // It is polled once here first: an ack that needs no I/O (AMQP queues it
+    // for the channel's next batch) is then done without a task of its own.
+    let early_ack = if acks_late {
+        None
+    } else {
         let (acker, id) = (acker.clone(), id.clone());
-        tokio::spawn(async move { ack(&acker, &id).await })
-    });
+        let mut fut = Box::pin(async move { ack(&acker, &id).await });
+        match std::future::poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await {
+            Poll::Ready(()) => None,
+            Poll::Pending => Some(tokio::spawn(fut)),
+        }
+    };
     let (term_tx, term_rx) = oneshot::channel();
     shared.running.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone(), term_tx);
     shared.active.fetch_add(1, Ordering::Relaxed);
-    shared.emit(Some(&id), EventKind::TaskStarted);
+    shared.emit(Some(&id), || EventKind::TaskStarted);
     if let Err(e) = trace::mark_started(&app, &opts, &req).await {
         tracing::warn!(task_id = %id, error = %e, "could not store STARTED");
     }
@@ -257,7 +264,7 @@ pub(crate) async fn handle(shared: Arc<Shared>, delivery: Delivery, permit: Owne
                 tracing::error!(task_id = %id, error = %e, "could not store REVOKED");
             }
             shared.processed.fetch_add(1, Ordering::Relaxed);
-            shared.emit(Some(&id), EventKind::TaskRevoked { terminated: true, expired: false });
+            shared.emit(Some(&id), || EventKind::TaskRevoked { terminated: true, expired: false });
             if acks_late {
                 ack(&acker, &id).await;
             }
@@ -282,7 +289,7 @@ pub(crate) async fn handle(shared: Arc<Shared>, delivery: Delivery, permit: Owne
             if acks_late {
                 ack(&acker, &id).await;
             }
-            shared.emit(Some(&id), EventKind::TaskSucceeded { result: value, runtime });
+            shared.emit(Some(&id), || EventKind::TaskSucceeded { result: value, runtime });
         }
         Ok(Finished::Failed { exc, traceback }) => {
             shared.failed.fetch_add(1, Ordering::Relaxed);
@@ -294,14 +301,14 @@ pub(crate) async fn handle(shared: Arc<Shared>, delivery: Delivery, permit: Owne
                 }
             }
             tracing::warn!(task_id = %id, task = %msg.task, error = %exc, "task failed");
-            shared.emit(Some(&id), EventKind::TaskFailed { exception: exc, traceback });
+            shared.emit(Some(&id), || EventKind::TaskFailed { exception: exc, traceback });
         }
         Ok(Finished::Retried { exc, eta }) => {
             if acks_late {
                 ack(&acker, &id).await;
             }
             tracing::info!(task_id = %id, task = %msg.task, %eta, error = %exc, "task will be retried");
-            shared.emit(Some(&id), EventKind::TaskRetried { exception: exc });
+            shared.emit(Some(&id), || EventKind::TaskRetried { exception: exc });
         }
         Ok(Finished::Rejected { requeue: again, reason }) => {
             if acks_late {
@@ -313,7 +320,7 @@ pub(crate) async fn handle(shared: Arc<Shared>, delivery: Delivery, permit: Owne
             } else {
                 tracing::warn!(task_id = %id, %reason, "task rejected its message after it was acked (use acks_late)");
             }
-            shared.emit(Some(&id), EventKind::TaskRejected { reason });
+            shared.emit(Some(&id), || EventKind::TaskRejected { reason });
         }
         Ok(Finished::Ignored) => {
             if acks_late {
@@ -363,11 +370,11 @@ async fn run(
         }
     };
     tokio::pin!(hard_sleep);
+    // Late acks keep the delivery's lease alive while the task runs.
     let touch_every = shared.app.config().visibility_timeout.map(|v| v / 3).unwrap_or(Duration::from_secs(60));
-    let mut touch = tokio::time::interval_at(
-        tokio::time::Instant::now() + touch_every,
-        touch_every.max(Duration::from_millis(100)),
-    );
+    let mut touch = acks_late.then(|| {
+        tokio::time::interval_at(tokio::time::Instant::now() + touch_every, touch_every.max(Duration::from_millis(100)))
+    });
     let end = loop {
         tokio::select! {
             r = &mut join => {
@@ -385,7 +392,7 @@ async fn run(
                 abort.abort();
                 break RunEnd::Cold;
             }
-            _ = touch.tick(), if acks_late => {
+            _ = async { touch.as_mut()?.tick().await; Some(()) }, if touch.is_some() => {
                 if let Err(e) = acker.touch().await {
                     tracing::debug!(task_id = %msg.id, error = %e, "refreshing the delivery lease failed");
                 }
@@ -412,5 +419,5 @@ async fn revoke_unstarted(
     }
     ack(acker, &msg.id).await;
     shared.processed.fetch_add(1, Ordering::Relaxed);
-    shared.emit(Some(&msg.id), EventKind::TaskRevoked { terminated: false, expired: reason == "expired" });
+    shared.emit(Some(&msg.id), || EventKind::TaskRevoked { terminated: false, expired: reason == "expired" });
 }

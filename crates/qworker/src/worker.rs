@@ -68,9 +68,14 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    pub(crate) fn emit(&self, task_id: Option<&str>, kind: EventKind) {
+    /// Publish an event to the handle's subscribers; with none (the usual
+    /// case in production) the event is not even built.
+    pub(crate) fn emit(&self, task_id: Option<&str>, kind: impl FnOnce() -> EventKind) {
+        if self.events.receiver_count() == 0 {
+            return;
+        }
         let _ = self.events.send(WorkerEvent {
-            kind,
+            kind: kind(),
             task_id: task_id.map(str::to_owned),
             hostname: self.hostname.clone(),
             timestamp: chrono::Utc::now(),
@@ -423,7 +428,7 @@ impl Worker {
             heartbeat.abort();
             return Ok(());
         };
-        shared.emit(None, EventKind::WorkerOnline);
+        shared.emit(None, || EventKind::WorkerOnline);
         let mut inflight = JoinSet::new();
         let mut attempt = 0u32;
         loop {
@@ -483,7 +488,7 @@ impl Worker {
             shared.phase.send_replace(Phase::Cold);
             while inflight.join_next().await.is_some() {}
         }
-        shared.emit(None, EventKind::WorkerOffline);
+        shared.emit(None, || EventKind::WorkerOffline);
         control.abort();
         heartbeat.abort();
         if let Err(e) = consumer.close().await {
@@ -498,13 +503,10 @@ async fn heartbeat_loop(shared: Arc<Shared>) {
     let mut tick = tokio::time::interval(Duration::from_secs(2));
     loop {
         tick.tick().await;
-        shared.emit(
-            None,
-            EventKind::WorkerHeartbeat {
-                active: shared.active.load(Ordering::Relaxed),
-                processed: shared.processed.load(Ordering::Relaxed),
-            },
-        );
+        shared.emit(None, || EventKind::WorkerHeartbeat {
+            active: shared.active.load(Ordering::Relaxed),
+            processed: shared.processed.load(Ordering::Relaxed),
+        });
     }
 }
 
