@@ -460,6 +460,14 @@ impl AmqpBench<'_> {
         get(&out, "rate")
     }
 
+    /// The broker's ceiling at a prefetch window: a consumer that only acks.
+    fn ack_only(&self, prefetch: usize) -> Result<f64> {
+        let (n, p) = (self.n.to_string(), prefetch.to_string());
+        let queue = self.queue("ackonly");
+        self.qtask_bench(&["prefill", "--queue", &queue, "--n", &n])?;
+        get(&self.qtask_bench(&["ack-only", "--queue", &queue, "--n", &n, "--prefetch", &p])?, "rate")
+    }
+
     fn roundtrip(&self, celery: bool) -> Result<(f64, f64)> {
         let calls = self.calls.to_string();
         let queue = self.queue("rt");
@@ -540,6 +548,8 @@ pub(crate) fn amqp(root: &Path, python: &Path, args: &[String]) -> Result<()> {
         let (dr_q, dr_q16, dr_c) = (b.drain(true, Some(2))?, b.drain(true, Some(16))?, b.drain(true, None)?);
         eprintln!("xtask: bench amqp: run {k} of {runs}: drain without results ({n} tasks)");
         let (dn_q, dn_q16, dn_c) = (b.drain(false, Some(2))?, b.drain(false, Some(16))?, b.drain(false, None)?);
+        eprintln!("xtask: bench amqp: run {k} of {runs}: consume and ack only ({n} messages)");
+        let (ack8, ack64) = (b.ack_only(8)?, b.ack_only(64)?);
         eprintln!("xtask: bench amqp: run {k} of {runs}: round trips ({calls} calls)");
         let ((p50_q, p99_q), (p50_c, p99_c)) = (b.roundtrip(false)?, b.roundtrip(true)?);
         Ok(vec![
@@ -548,6 +558,8 @@ pub(crate) fn amqp(root: &Path, python: &Path, args: &[String]) -> Result<()> {
             (dr_q16, dr_c),
             (dn_q, dn_c),
             (dn_q16, dn_c),
+            (ack8, dn_c),
+            (ack64, dn_c),
             (p50_q, p50_c),
             (p99_q, p99_c),
         ])
@@ -581,6 +593,8 @@ pub(crate) fn amqp(root: &Path, python: &Path, args: &[String]) -> Result<()> {
         ("end to end, results stored, qtask -c 16", "tasks/s"),
         ("end to end, no results", "tasks/s"),
         ("end to end, no results, qtask -c 16", "tasks/s"),
+        ("broker ceiling: consume and ack only, prefetch 8 (vs Celery without results)", "msgs/s"),
+        ("broker ceiling: consume and ack only, prefetch 64 (vs Celery without results)", "msgs/s"),
         ("round trip `delay().get()` p50", "ms"),
         ("round trip `delay().get()` p99", "ms"),
     ];

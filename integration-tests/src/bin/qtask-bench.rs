@@ -8,6 +8,9 @@
 //!                        RENAME S → Q (the worker already waits on Q), then time until Q
 //!                        and `unacked` are empty (and N results are stored with --results)
 //! qtask-bench roundtrip  --broker URL --queue Q --calls M     sequential delay().get() latencies
+//! qtask-bench ack-only   --broker URL --queue Q --n N --prefetch P
+//!                        the broker's ceiling: consume N messages and ack each at once, no
+//!                        worker and no task (timed from the first delivery)
 //! ```
 //!
 //! Each prints one JSON object on stdout. `--backend URL` stores results
@@ -42,12 +45,13 @@ struct Args {
     n: usize,
     calls: usize,
     results: bool,
+    prefetch: usize,
 }
 
 fn parse() -> Result<Args> {
-    let mut a = Args { n: 5000, calls: 500, ..Default::default() };
+    let mut a = Args { n: 5000, calls: 500, prefetch: 8, ..Default::default() };
     let mut it = std::env::args().skip(1);
-    a.command = it.next().ok_or_else(|| anyhow!("usage: qtask-bench enqueue|prefill|drain-wait|roundtrip ..."))?;
+    a.command = it.next().ok_or_else(|| anyhow!("usage: qtask-bench enqueue|prefill|drain-wait|roundtrip|ack-only ..."))?;
     while let Some(flag) = it.next() {
         let mut value = || it.next().ok_or_else(|| anyhow!("{flag} needs a value"));
         match flag.as_str() {
@@ -58,6 +62,7 @@ fn parse() -> Result<Args> {
             "--n" => a.n = value()?.parse().context("--n")?,
             "--calls" => a.calls = value()?.parse().context("--calls")?,
             "--results" => a.results = true,
+            "--prefetch" => a.prefetch = value()?.parse().context("--prefetch")?,
             other => bail!("unknown argument {other}"),
         }
     }
@@ -186,6 +191,26 @@ fn percentiles(mut lat: Vec<f64>) -> Value {
     json!({"calls": lat.len(), "p50_ms": at(0.5), "p99_ms": at(0.99), "mean_ms": mean})
 }
 
+/// The broker's own ceiling for a prefetch window: what a consumer that
+/// does nothing but ack reaches (the worker's drain rate is measured
+/// against it).
+async fn ack_only(a: &Args) -> Result<Value> {
+    let broker = qtask::connect(&a.broker).await?;
+    let mut consumer = broker.consume(std::slice::from_ref(&a.queue), qtask::ConsumeOptions::new(a.prefetch)).await?;
+    let mut start = None;
+    for i in 0..a.n {
+        let d = tokio::time::timeout(Duration::from_secs(60), consumer.recv())
+            .await
+            .map_err(|_| anyhow!("no message within 60 s after {i} of {}", a.n))??
+            .ok_or_else(|| anyhow!("the consumer closed after {i} messages"))?;
+        start.get_or_insert_with(Instant::now);
+        d.acker.ack().await?;
+    }
+    let s = start.map(|t| t.elapsed().as_secs_f64()).unwrap_or_default();
+    consumer.close().await?;
+    Ok(json!({"n": a.n, "seconds": s, "rate": a.n as f64 / s}))
+}
+
 fn main() -> ExitCode {
     let a = match parse() {
         Ok(a) => a,
@@ -194,7 +219,13 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    // ack-only runs as the benchmarked worker does (interop-worker --threads 1).
+    let rt = if a.command == "ack-only" {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()
+    };
+    let rt = match rt {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("{e}");
@@ -208,6 +239,7 @@ fn main() -> ExitCode {
             "drain-wait" if a.broker.starts_with("amqp") => drain_wait_amqp(&a).await,
             "drain-wait" => drain_wait(&a),
             "roundtrip" => roundtrip(&a).await,
+            "ack-only" => ack_only(&a).await,
             other => Err(anyhow!("unknown command {other}")),
         }
     });
