@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use lapin::protocol::{self, basic, channel, connection, AMQPClass, AMQPError, AMQPErrorKind, AMQPHardError};
+use lapin::protocol::{self, basic, channel, connection, AMQPClass};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::BasicProperties;
 use qcore::{BrokerError, ErrorKind};
@@ -34,7 +34,6 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Mutex};
 
-use crate::error::broker_err;
 use crate::url::AmqpUrl;
 
 const FRAME_METHOD: u8 = 1;
@@ -63,16 +62,19 @@ fn protocol_err(what: impl std::fmt::Display) -> BrokerError {
     BrokerError::new(ErrorKind::Protocol, format!("AMQP framing: {what}"))
 }
 
-/// A close sent by the broker, as the error lapin would have given.
+/// A close sent by the broker: its reply code picks the kind, its text
+/// (which says what was wrong) is kept.
 fn closed_by_broker(what: &str, code: u16, text: &ShortString) -> BrokerError {
-    let amqp = AMQPError::from_id(code, text.clone())
-        .unwrap_or_else(|| AMQPError::new(AMQPErrorKind::Hard(AMQPHardError::INTERNALERROR), text.clone()));
-    let mut e = broker_err(what, lapin::ErrorKind::ProtocolError(amqp).into());
-    if e.kind() == ErrorKind::Protocol {
-        // An unknown code: say which.
-        e = BrokerError::new(ErrorKind::Protocol, format!("{what}: {code} {}", text.as_str()));
-    }
-    e
+    let kind = match code {
+        // CONNECTION_FORCED (an operator, a node shutting down), RESOURCE_ERROR,
+        // INTERNAL_ERROR: try again later.
+        320 | 506 | 541 => ErrorKind::Connection,
+        // ACCESS_REFUSED, INVALID_PATH (vhost), NOT_ALLOWED: settings.
+        403 | 402 | 530 => ErrorKind::Config,
+        404 => ErrorKind::NotFound,
+        _ => ErrorKind::Protocol,
+    };
+    BrokerError::new(kind, format!("{what}: {code} {}", text.as_str()))
 }
 
 /// Append one method frame.
@@ -619,11 +621,48 @@ mod tests {
         assert_eq!(parse_method(&buf[FRAME_HEAD..buf.len() - 1]).expect("decode"), ack);
     }
 
+    fn url(s: &str) -> AmqpUrl {
+        AmqpUrl::parse(s).expect("url")
+    }
+
+    const LOCAL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+    #[tokio::test]
+    async fn handshake_refusals_are_config_errors() {
+        let e =
+            DirectConn::open(&url("amqp://guest:wrong@127.0.0.1:5672/%2f"), "qamqp-unit").await.err().expect("refused");
+        assert_eq!(e.kind(), ErrorKind::Config, "{e}");
+        assert!(e.to_string().contains("ACCESS_REFUSED"), "{e}");
+        let vhost = format!("amqp://guest:guest@127.0.0.1:5672/no-such-vhost-{}", uuid::Uuid::new_v4().simple());
+        let e = DirectConn::open(&url(&vhost), "qamqp-unit").await.err().expect("refused");
+        assert_eq!(e.kind(), ErrorKind::Config, "{e}");
+        let e =
+            DirectConn::open(&url("amqp://guest:guest@127.0.0.1:1/%2f"), "qamqp-unit").await.err().expect("refused");
+        assert_eq!(e.kind(), ErrorKind::Connection, "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_channel_error_from_the_broker_ends_the_session_with_its_reason() {
+        let mut conn = DirectConn::open(&url(LOCAL), "qamqp-unit").await.expect("open");
+        conn.qos(4, false).await.expect("qos");
+        // An ack of a tag never delivered: RabbitMQ closes the channel.
+        conn.out().acks([(999, false)].into_iter()).await.expect("written");
+        let e = conn.next().await.err().expect("the channel is closed");
+        assert!(e.to_string().contains("unknown delivery tag 999"), "{e}");
+        assert_eq!(e.kind(), ErrorKind::Protocol, "{e}");
+        assert!(!conn.out().connected(), "the session is over");
+        let e = conn.out().reject(1, true).await.expect_err("nothing is written any more");
+        assert_eq!(e.kind(), ErrorKind::Connection, "{e}");
+    }
+
     #[test]
     fn broker_closes_map_to_kinds() {
         assert_eq!(closed_by_broker("consuming", 404, &"NOT_FOUND - no queue 'x'".into()).kind(), ErrorKind::NotFound);
         assert_eq!(closed_by_broker("consuming", 320, &"CONNECTION_FORCED".into()).kind(), ErrorKind::Connection);
         assert_eq!(closed_by_broker("opening vhost", 530, &"NOT_ALLOWED".into()).kind(), ErrorKind::Config);
         assert_eq!(closed_by_broker("auth", 403, &"ACCESS_REFUSED".into()).kind(), ErrorKind::Config);
+        let e = closed_by_broker("consuming", 406, &"PRECONDITION_FAILED - unknown delivery tag 9".into());
+        assert_eq!(e.kind(), ErrorKind::Protocol);
+        assert!(e.to_string().ends_with("consuming: 406 PRECONDITION_FAILED - unknown delivery tag 9"), "{e}");
     }
 }
