@@ -51,7 +51,8 @@ struct Args {
 fn parse() -> Result<Args> {
     let mut a = Args { n: 5000, calls: 500, prefetch: 8, ..Default::default() };
     let mut it = std::env::args().skip(1);
-    a.command = it.next().ok_or_else(|| anyhow!("usage: qtask-bench enqueue|prefill|drain-wait|roundtrip|ack-only ..."))?;
+    a.command =
+        it.next().ok_or_else(|| anyhow!("usage: qtask-bench enqueue|prefill|drain-wait|roundtrip|ack-only ..."))?;
     while let Some(flag) = it.next() {
         let mut value = || it.next().ok_or_else(|| anyhow!("{flag} needs a value"));
         match flag.as_str() {
