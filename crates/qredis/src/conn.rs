@@ -179,6 +179,23 @@ macro_rules! with_conn {
 }
 pub(crate) use with_conn;
 
+/// [`with_conn!`] for a command that may run twice (a read, a `PING`): a
+/// shared connection found broken (the server restarted while it sat idle)
+/// is dropped by the first attempt, and the command is tried once more on a
+/// fresh one, so a restart the caller never saw does not fail its read.
+macro_rules! with_conn_read {
+    ($conn:expr, $err:ty, $what:expr, |$c:ident| $body:expr) => {{
+        let mut attempt = 0u32;
+        loop {
+            match $crate::conn::with_conn!($conn, $err, $what, |$c| $body) {
+                Err(e) if e.is_retryable() && attempt == 0 => attempt += 1,
+                r => break r,
+            }
+        }
+    }};
+}
+pub(crate) use with_conn_read;
+
 /// Exponential backoff with jitter (between half and all of the step): 100 ms × 2^attempt, capped at 10 s.
 pub(crate) fn backoff(attempt: u32) -> Duration {
     let cap = Duration::from_secs(10);

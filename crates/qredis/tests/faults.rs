@@ -330,3 +330,39 @@ async fn outage_is_reported_and_result_waiters_resume() {
     assert_eq!(got.status, State::Success);
     assert_eq!(got.result, serde_json::json!(42));
 }
+
+/// (6) A read on a shared connection that broke while it sat idle (the
+/// server restarted and the client had not noticed) is tried once more on
+/// a fresh connection: every read succeeds right after each restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_right_after_an_unseen_restart_succeed() {
+    let mut server = RedisServer::start(true);
+    let broker = RedisBroker::connect(&server.url(), opts(1000)).await.unwrap();
+    let backend = RedisBackend::connect(&server.url(), RedisBackendOptions::default()).await.unwrap();
+    broker.declare_queue("reads").await.unwrap();
+    broker.publish("reads", &task("r1")).await.unwrap();
+    backend.store(&ResultMeta::new("read-1", State::Success, serde_json::json!(7)), None).await.unwrap();
+    backend.save_group("group-1", &["read-1".to_string()], None).await.unwrap();
+    let ids = ["read-1".to_string(), "none".to_string()];
+
+    // Each read runs first after a restart, on the connection the last read
+    // left in the pool.
+    server.restart();
+    let got = backend.get("read-1").await.expect("get after a restart");
+    assert_eq!(got.map(|m| m.result), Some(serde_json::json!(7)));
+    server.restart();
+    let many = backend.get_many(&ids).await.expect("get_many after a restart");
+    assert_eq!(many.iter().map(Option::is_some).collect::<Vec<_>>(), [true, false]);
+    server.restart();
+    assert_eq!(backend.get_group("group-1").await.expect("get_group after a restart"), Some(vec!["read-1".into()]));
+    server.restart();
+    backend.ping().await.expect("ping after a restart");
+    server.restart();
+    assert_eq!(broker.queue_len("reads").await.expect("queue_len after a restart"), 1);
+    server.restart();
+    assert!(broker.dead_letters("reads", 10).await.expect("dead_letters after a restart").is_empty());
+    server.restart();
+    assert_eq!(broker.unacked_len().await.expect("unacked_len after a restart"), 0);
+    server.restart();
+    assert_eq!(broker.delayed_len().await.expect("delayed_len after a restart"), 0);
+}

@@ -12,7 +12,7 @@ use qcore::{BackendError, ChordJoin, ChordPart, ErrorKind, ResultBackend, Result
 use serde_json::{json, Value as Json};
 use tokio::sync::{mpsc, oneshot, OnceCell};
 
-use crate::conn::{map_err, with_conn, Conn};
+use crate::conn::{map_err, with_conn, with_conn_read, Conn};
 use crate::keys::Keys;
 use crate::scripts;
 use crate::url;
@@ -229,7 +229,7 @@ impl RedisBackend {
 
     /// Whether the server is reachable now (readiness).
     pub async fn ping(&self) -> Result<(), BackendError> {
-        with_conn!(self.inner.conn, BackendError, "ping", |c| redis::cmd("PING").query_async::<Value>(c))?;
+        with_conn_read!(self.inner.conn, BackendError, "ping", |c| redis::cmd("PING").query_async::<Value>(c))?;
         Ok(())
     }
 
@@ -279,19 +279,9 @@ impl ResultBackend for RedisBackend {
 
     async fn get(&self, task_id: &str) -> Result<Option<ResultMeta>, BackendError> {
         let key = self.inner.keys.task_meta(task_id);
-        // A read is idempotent: a pooled connection found broken (the server
-        // restarted while it sat idle) is dropped and the read tried once
-        // more on a fresh one.
-        let mut attempt = 0;
-        let raw: Option<Vec<u8>> = loop {
-            match with_conn!(self.inner.conn, BackendError, "get result", |c| redis::cmd("GET")
-                .arg(&key)
-                .query_async(c))
-            {
-                Err(e) if e.is_retryable() && attempt == 0 => attempt += 1,
-                r => break r?,
-            }
-        };
+        let raw: Option<Vec<u8>> = with_conn_read!(self.inner.conn, BackendError, "get result", |c| redis::cmd("GET")
+            .arg(&key)
+            .query_async(c))?;
         raw.map(|r| ResultMeta::from_json(&r).map_err(BackendError::from)).transpose()
     }
 
@@ -304,7 +294,7 @@ impl ResultBackend for RedisBackend {
             cmd.arg(self.inner.keys.task_meta(id));
         }
         let raws: Vec<Option<Vec<u8>>> =
-            with_conn!(self.inner.conn, BackendError, "get results", |c| cmd.query_async(c))?;
+            with_conn_read!(self.inner.conn, BackendError, "get results", |c| cmd.query_async(c))?;
         raws.into_iter().map(|r| r.map(|r| ResultMeta::from_json(&r).map_err(BackendError::from)).transpose()).collect()
     }
 
@@ -375,8 +365,9 @@ impl ResultBackend for RedisBackend {
 
     async fn get_group(&self, group_id: &str) -> Result<Option<Vec<String>>, BackendError> {
         let key = self.inner.keys.taskset_meta(group_id);
-        let raw: Option<Vec<u8>> =
-            with_conn!(self.inner.conn, BackendError, "get group", |c| redis::cmd("GET").arg(&key).query_async(c))?;
+        let raw: Option<Vec<u8>> = with_conn_read!(self.inner.conn, BackendError, "get group", |c| redis::cmd("GET")
+            .arg(&key)
+            .query_async(c))?;
         let Some(raw) = raw else { return Ok(None) };
         let bad = || BackendError::new(ErrorKind::Serialization, format!("unreadable group document for {group_id}"));
         let doc: Json = serde_json::from_slice(&raw).map_err(|_| bad())?;

@@ -14,7 +14,7 @@ use tokio::time::Instant;
 
 use super::consumer::ConsumerState;
 use super::{now_secs, Inner};
-use crate::conn::with_conn;
+use crate::conn::{with_conn, with_conn_read};
 use crate::envelope;
 use crate::keys::{DELIVERIES_HEADER, SEP};
 use crate::scripts;
@@ -121,7 +121,7 @@ async fn resolve_queues(inner: &Inner, exchange: &str, routing_key: &str) -> Res
     }
     let key = inner.keys.binding(exchange);
     let members: Vec<String> =
-        with_conn!(inner.conn, BrokerError, "read bindings", |c| redis::cmd("SMEMBERS").arg(&key).query_async(c))?;
+        with_conn_read!(inner.conn, BrokerError, "read bindings", |c| redis::cmd("SMEMBERS").arg(&key).query_async(c))?;
     let mut queues: Vec<String> = members
         .iter()
         .filter_map(|m| {

@@ -15,7 +15,7 @@ use deadpool_redis::redis::{self, Value};
 use qcore::{Broker, BrokerError, ConsumeOptions, Consumer, DeadLetter, ErrorKind, Message, Properties, Subscription};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::conn::{map_err, with_conn, Conn};
+use crate::conn::{map_err, with_conn, with_conn_read, Conn};
 use crate::envelope;
 use crate::keys::{binding_member, Keys};
 use crate::url;
@@ -264,7 +264,7 @@ impl RedisBroker {
     /// Number of deferred messages waiting for their due time (all queues).
     pub async fn delayed_len(&self) -> Result<u64, BrokerError> {
         let key = self.inner.keys.delayed();
-        with_conn!(self.inner.conn, BrokerError, "ZCARD delayed", |c| redis::cmd("ZCARD")
+        with_conn_read!(self.inner.conn, BrokerError, "ZCARD delayed", |c| redis::cmd("ZCARD")
             .arg(&key)
             .query_async::<u64>(c))
     }
@@ -272,7 +272,9 @@ impl RedisBroker {
     /// Number of unacked deliveries (all queues, all consumers, kombu's too).
     pub async fn unacked_len(&self) -> Result<u64, BrokerError> {
         let key = self.inner.keys.unacked();
-        with_conn!(self.inner.conn, BrokerError, "HLEN unacked", |c| redis::cmd("HLEN").arg(&key).query_async::<u64>(c))
+        with_conn_read!(self.inner.conn, BrokerError, "HLEN unacked", |c| redis::cmd("HLEN")
+            .arg(&key)
+            .query_async::<u64>(c))
     }
 
     /// Run one restore scan now (normally every consumer does it
@@ -439,7 +441,7 @@ impl Broker for RedisBroker {
         for k in self.inner.keys.queue_keys(queue) {
             pipe.cmd("LLEN").arg(k);
         }
-        let lens: Vec<u64> = with_conn!(self.inner.conn, BrokerError, "queue length", |c| pipe.query_async(c))?;
+        let lens: Vec<u64> = with_conn_read!(self.inner.conn, BrokerError, "queue length", |c| pipe.query_async(c))?;
         Ok(lens.iter().sum())
     }
 
@@ -463,11 +465,12 @@ impl Broker for RedisBroker {
         }
         let key = self.inner.keys.dead(queue);
         let stop = i64::try_from(limit).unwrap_or(i64::MAX).saturating_sub(1);
-        let raws: Vec<Vec<u8>> = with_conn!(self.inner.conn, BrokerError, "dead letters", |c| redis::cmd("LRANGE")
-            .arg(&key)
-            .arg(0)
-            .arg(stop)
-            .query_async(c))?;
+        let raws: Vec<Vec<u8>> =
+            with_conn_read!(self.inner.conn, BrokerError, "dead letters", |c| redis::cmd("LRANGE")
+                .arg(&key)
+                .arg(0)
+                .arg(stop)
+                .query_async(c))?;
         Ok(raws.iter().map(|r| decode_dead_letter(queue, r)).collect())
     }
 
