@@ -5,9 +5,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use futures_util::stream::{SelectAll, StreamExt};
-use lapin::options::{BasicConsumeOptions, BasicQosOptions};
-use lapin::types::{FieldTable, ShortString};
+use lapin::types::ShortString;
 use lapin::BasicProperties;
 use qcore::{Acker, BrokerError, Consumer, Delivery};
 use serde_json::Value;
@@ -18,7 +16,6 @@ use crate::chan::Chan;
 use crate::core::Core;
 use crate::delay::{due_ms, is_early, now_ms};
 use crate::direct::{DirectConn, Incoming};
-use crate::error::broker_err;
 use crate::fields::short;
 use crate::options::{backoff, QueueType};
 use crate::props::{self, republish, H_DEAD_REASON, H_DELIVERIES};
@@ -28,26 +25,16 @@ pub(crate) fn dead_queue(queue: &str) -> String {
     format!("{queue}.dead")
 }
 
-type DeliveryStream = std::pin::Pin<
-    Box<dyn futures_util::Stream<Item = (usize, Result<lapin::message::Delivery, lapin::Error>)> + Send + Sync>,
->;
-
-/// Where deliveries come from.
-enum Source {
-    /// lapin's consumers (`amqps://`).
-    Lapin(SelectAll<DeliveryStream>),
-    /// The consumer's own connection (`amqp://`), with the queue of each
-    /// consumer tag.
-    Direct(Box<DirectConn>, HashMap<ShortString, usize>),
-}
-
+/// A subscription: the consumer's own connection, the queue of each
+/// consumer tag, and the connection's ack batcher.
 struct Session {
     channel: Chan,
-    source: Source,
+    conn: Box<DirectConn>,
+    tags: HashMap<ShortString, usize>,
     acks: AckBatcher,
 }
 
-/// A delivery from either source.
+/// A delivery, with the index of its queue.
 struct Raw {
     queue: usize,
     tag: u64,
@@ -91,18 +78,10 @@ impl AmqpConsumer {
         }
     }
 
-    /// Open the channel: QoS, declarations (idempotent, Celery's), and one
-    /// `basic.consume` per queue. Plain `amqp://` consumes on a connection
-    /// of its own ([`crate::direct`]); `amqps://` on lapin's.
+    /// Open the consumer's own connection ([`crate::direct`]; TLS on
+    /// `amqps://`): declarations (idempotent, Celery's, made on the
+    /// publishing connection), QoS, and one `basic.consume` per queue.
     async fn open(&self) -> Result<Session, BrokerError> {
-        if self.core.url.tls {
-            self.open_lapin().await
-        } else {
-            self.open_direct().await
-        }
-    }
-
-    async fn open_direct(&self) -> Result<Session, BrokerError> {
         for q in &self.queues {
             let name = short(q, "queue name")?;
             let what = format!("declaring queue {q:?}");
@@ -114,7 +93,7 @@ impl AmqpConsumer {
                 .await?;
         }
         let name = format!("{}/consume", self.core.opts.connection_name);
-        let mut conn = DirectConn::open(&self.core.url, &name).await?;
+        let mut conn = DirectConn::open(&self.core.url, &self.core.opts.tls, &name).await?;
         conn.qos(self.prefetch, self.global_qos()).await?;
         let mut tags = HashMap::new();
         for (i, q) in self.queues.iter().enumerate() {
@@ -123,38 +102,9 @@ impl AmqpConsumer {
             tags.insert(tag, i);
         }
         tracing::debug!(queues = ?self.queues, prefetch = self.prefetch, "consuming");
-        let channel = Chan::Direct(conn.out().clone());
+        let channel = Chan::new(conn.out().clone());
         let acks = AckBatcher::start(channel.clone());
-        Ok(Session { channel, source: Source::Direct(Box::new(conn), tags), acks })
-    }
-
-    async fn open_lapin(&self) -> Result<Session, BrokerError> {
-        let ch = self.core.consume_link.channel().await?;
-        ch.basic_qos(self.prefetch, BasicQosOptions { global: self.global_qos() })
-            .await
-            .map_err(|e| broker_err("setting the prefetch (basic.qos)", e))?;
-        let mut stream = SelectAll::new();
-        for (i, q) in self.queues.iter().enumerate() {
-            let name = short(q, "queue name")?;
-            self.core
-                .declare_task_queue(&ch, &name)
-                .await
-                .map_err(|e| broker_err(&format!("declaring queue {q:?}"), e))?;
-            let consumer = ch
-                .basic_consume(
-                    name,
-                    short(&self.consumer_tag(i), "consumer tag")?,
-                    BasicConsumeOptions::default(),
-                    FieldTable::default(),
-                )
-                .await
-                .map_err(|e| broker_err(&format!("consuming from {q:?}"), e))?;
-            stream.push(Box::pin(consumer.map(move |d| (i, d))) as DeliveryStream);
-        }
-        tracing::debug!(queues = ?self.queues, prefetch = self.prefetch, "consuming");
-        let channel = Chan::Lapin(ch);
-        let acks = AckBatcher::start(channel.clone());
-        Ok(Session { channel, source: Source::Lapin(stream), acks })
+        Ok(Session { channel, conn: Box::new(conn), tags, acks })
     }
 
     /// Subscribe now, so that a refused declaration reaches `consume`'s caller.
@@ -241,36 +191,21 @@ impl Consumer for AmqpConsumer {
                 }
             }
             let Some(session) = self.session.as_mut() else { continue };
-            let next = match &mut session.source {
-                Source::Lapin(stream) => match stream.next().await {
-                    Some((queue, Ok(d))) => Ok(Raw {
+            let next = match session.conn.next().await {
+                Ok(Incoming::Delivery(d)) => match session.tags.get(&d.consumer_tag) {
+                    Some(&queue) => Ok(Raw {
                         queue,
                         tag: d.delivery_tag,
                         redelivered: d.redelivered,
                         properties: d.properties,
                         data: d.data,
                     }),
-                    Some((_, Err(e))) => Err(format!("consumer lost its channel ({e}); resubscribing")),
-                    None => Err("consumer cancelled by the broker; resubscribing".to_string()),
+                    None => Err(format!("delivery for an unknown consumer tag {:?}; resubscribing", d.consumer_tag)),
                 },
-                Source::Direct(conn, tags) => match conn.next().await {
-                    Ok(Incoming::Delivery(d)) => match tags.get(&d.consumer_tag) {
-                        Some(&queue) => Ok(Raw {
-                            queue,
-                            tag: d.delivery_tag,
-                            redelivered: d.redelivered,
-                            properties: d.properties,
-                            data: d.data,
-                        }),
-                        None => {
-                            Err(format!("delivery for an unknown consumer tag {:?}; resubscribing", d.consumer_tag))
-                        }
-                    },
-                    Ok(Incoming::Cancelled(tag)) => {
-                        Err(format!("consumer {tag:?} cancelled by the broker (queue deleted?); resubscribing"))
-                    }
-                    Err(e) => Err(format!("consumer lost its connection ({e}); resubscribing")),
-                },
+                Ok(Incoming::Cancelled(tag)) => {
+                    Err(format!("consumer {tag:?} cancelled by the broker (queue deleted?); resubscribing"))
+                }
+                Err(e) => Err(format!("consumer lost its connection ({e}); resubscribing")),
             };
             match next {
                 Ok(raw) => {

@@ -29,10 +29,11 @@ use lapin::protocol::{self, basic, channel, connection, AMQPClass};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::BasicProperties;
 use qcore::{BrokerError, ErrorKind};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Mutex};
+
+use crate::tls::TlsOptions;
 
 use crate::url::AmqpUrl;
 
@@ -95,10 +96,35 @@ fn put_method(buf: &mut Vec<u8>, channel: u16, class: &AMQPClass) -> Result<(), 
 
 const HEARTBEAT: [u8; 8] = [FRAME_HEARTBEAT, 0, 0, 0, 0, 0, 0, FRAME_END];
 
+/// The two halves of the connection's byte stream (TCP, or TLS over it).
+type ReadSide = Box<dyn AsyncRead + Send + Unpin>;
+type WriteSide = Box<dyn AsyncWrite + Send + Unpin>;
+
+/// `amqps://`: the TLS handshake over `sock`, with the broker's TLS options.
+#[cfg(feature = "tls")]
+async fn tls_stream(url: &AmqpUrl, tls: &TlsOptions, sock: TcpStream) -> Result<(ReadSide, WriteSide), BrokerError> {
+    let config = tls.rustls_config()?;
+    let name = rustls::pki_types::ServerName::try_from(url.host.clone()).map_err(|e| {
+        BrokerError::new(ErrorKind::Config, format!("{:?} is not a valid TLS server name: {e}", url.host))
+    })?;
+    let stream = tokio_rustls::TlsConnector::from(config).connect(name, sock).await.map_err(|e| {
+        // A refused certificate is settings, not a passing outage.
+        let kind = if crate::tls::is_certificate_error(&e) { ErrorKind::Config } else { ErrorKind::Connection };
+        BrokerError::with_source(kind, format!("TLS handshake with {}:{}", url.host, url.port), e)
+    })?;
+    let (r, w) = tokio::io::split(stream);
+    Ok((Box::new(r), Box::new(w)))
+}
+
+#[cfg(not(feature = "tls"))]
+async fn tls_stream(_: &AmqpUrl, _: &TlsOptions, _: TcpStream) -> Result<(ReadSide, WriteSide), BrokerError> {
+    Err(BrokerError::new(ErrorKind::Config, "amqps:// needs qamqp's cargo feature `tls`"))
+}
+
 /// The write side of the connection, shared by the consumer, the ack
 /// batcher, the ackers and the heartbeat task.
 pub(crate) struct Out {
-    w: Mutex<OwnedWriteHalf>,
+    w: Mutex<WriteSide>,
     open: AtomicBool,
 }
 
@@ -117,7 +143,13 @@ impl Out {
             return Err(lost("the consumer connection is closed"));
         }
         let mut w = self.w.lock().await;
-        if let Err(e) = w.write_all(bytes).await {
+        // (TLS buffers what it is given: the flush sends it.)
+        if let Err(e) = async {
+            w.write_all(bytes).await?;
+            w.flush().await
+        }
+        .await
+        {
             self.broken();
             return Err(BrokerError::with_source(ErrorKind::Connection, "writing to the consumer connection", e));
         }
@@ -219,10 +251,10 @@ pub(crate) struct DirectConn {
 
 impl DirectConn {
     /// Connect, authenticate, open the vhost and channel 1.
-    pub(crate) async fn open(url: &AmqpUrl, name: &str) -> Result<Self, BrokerError> {
+    pub(crate) async fn open(url: &AmqpUrl, tls: &TlsOptions, name: &str) -> Result<Self, BrokerError> {
         let timeout = url.connection_timeout.unwrap_or(Duration::from_secs(10));
         let where_ = format!("{}:{}", url.host, url.port);
-        let mut conn = match tokio::time::timeout(timeout, Self::handshake(url, name)).await {
+        let mut conn = match tokio::time::timeout(timeout, Self::handshake(url, tls, name)).await {
             Ok(r) => r?,
             Err(_) => {
                 return Err(BrokerError::new(
@@ -238,16 +270,24 @@ impl DirectConn {
         }
     }
 
-    async fn handshake(url: &AmqpUrl, name: &str) -> Result<Self, BrokerError> {
+    async fn handshake(url: &AmqpUrl, tls: &TlsOptions, name: &str) -> Result<Self, BrokerError> {
         let where_ = format!("{}:{}", url.host, url.port);
         let sock = TcpStream::connect((url.host.as_str(), url.port))
             .await
             .map_err(|e| BrokerError::with_source(ErrorKind::Connection, format!("connecting to {where_}"), e))?;
         let _ = sock.set_nodelay(true);
-        let (rd, mut wr) = sock.into_split();
-        wr.write_all(b"AMQP\x00\x00\x09\x01")
-            .await
-            .map_err(|e| BrokerError::with_source(ErrorKind::Connection, format!("connecting to {where_}"), e))?;
+        let (rd, mut wr): (ReadSide, WriteSide) = if url.tls {
+            tls_stream(url, tls, sock).await?
+        } else {
+            let (r, w) = sock.into_split();
+            (Box::new(r), Box::new(w))
+        };
+        async {
+            wr.write_all(b"AMQP\x00\x00\x09\x01").await?;
+            wr.flush().await
+        }
+        .await
+        .map_err(|e| BrokerError::with_source(ErrorKind::Connection, format!("connecting to {where_}"), e))?;
         let out = Arc::new(Out { w: Mutex::new(wr), open: AtomicBool::new(true) });
         let mut reader = Reader {
             rd,
@@ -417,7 +457,7 @@ impl DirectConn {
 
 /// The read side: frames from the socket, parsed.
 struct Reader {
-    rd: OwnedReadHalf,
+    rd: ReadSide,
     buf: Vec<u8>,
     pos: usize,
     out: Arc<Out>,
@@ -591,7 +631,12 @@ impl Reader {
         match n {
             Ok(0) => Err(lost("the broker closed the consumer connection")),
             Ok(_) => Ok(()),
-            Err(e) => Err(BrokerError::with_source(ErrorKind::Connection, "reading from the consumer connection", e)),
+            Err(e) => {
+                // TLS 1.3: a server refusing our certificate says so after the
+                // handshake, on the first read.
+                let kind = if crate::tls::is_certificate_error(&e) { ErrorKind::Config } else { ErrorKind::Connection };
+                Err(BrokerError::with_source(kind, "reading from the consumer connection", e))
+            }
         }
     }
 }
@@ -629,21 +674,25 @@ mod tests {
 
     #[tokio::test]
     async fn handshake_refusals_are_config_errors() {
-        let e =
-            DirectConn::open(&url("amqp://guest:wrong@127.0.0.1:5672/%2f"), "qamqp-unit").await.err().expect("refused");
+        let e = DirectConn::open(&url("amqp://guest:wrong@127.0.0.1:5672/%2f"), &TlsOptions::default(), "qamqp-unit")
+            .await
+            .err()
+            .expect("refused");
         assert_eq!(e.kind(), ErrorKind::Config, "{e}");
         assert!(e.to_string().contains("ACCESS_REFUSED"), "{e}");
         let vhost = format!("amqp://guest:guest@127.0.0.1:5672/no-such-vhost-{}", uuid::Uuid::new_v4().simple());
-        let e = DirectConn::open(&url(&vhost), "qamqp-unit").await.err().expect("refused");
+        let e = DirectConn::open(&url(&vhost), &TlsOptions::default(), "qamqp-unit").await.err().expect("refused");
         assert_eq!(e.kind(), ErrorKind::Config, "{e}");
-        let e =
-            DirectConn::open(&url("amqp://guest:guest@127.0.0.1:1/%2f"), "qamqp-unit").await.err().expect("refused");
+        let e = DirectConn::open(&url("amqp://guest:guest@127.0.0.1:1/%2f"), &TlsOptions::default(), "qamqp-unit")
+            .await
+            .err()
+            .expect("refused");
         assert_eq!(e.kind(), ErrorKind::Connection, "{e}");
     }
 
     #[tokio::test]
     async fn a_channel_error_from_the_broker_ends_the_session_with_its_reason() {
-        let mut conn = DirectConn::open(&url(LOCAL), "qamqp-unit").await.expect("open");
+        let mut conn = DirectConn::open(&url(LOCAL), &TlsOptions::default(), "qamqp-unit").await.expect("open");
         conn.qos(4, false).await.expect("qos");
         // An ack of a tag never delivered: RabbitMQ closes the channel.
         conn.out().acks([(999, false)].into_iter()).await.expect("written");

@@ -203,6 +203,64 @@ impl TlsOptions {
         self.client.as_ref().map(|c| (c.cert_file.as_path(), c.key_file.as_path()))
     }
 
+    /// The rustls configuration of the task consumers' own connections
+    /// ([`crate::direct`]): the system's roots and the CA file, and the
+    /// client certificate, as lapin is given them.
+    #[cfg(feature = "tls")]
+    pub(crate) fn rustls_config(&self) -> Result<std::sync::Arc<rustls::ClientConfig>, BrokerError> {
+        use rustls::pki_types::{
+            CertificateDer, PrivateKeyDer, PrivatePkcs1KeyDer, PrivatePkcs8KeyDer, PrivateSec1KeyDer,
+        };
+        let mut roots = rustls::RootCertStore::empty();
+        // Unreadable system certificates are skipped, as lapin skips them.
+        let (_added, _skipped) = roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+        if let Some((path, pem)) = &self.ca {
+            let blocks =
+                pem_blocks(pem.as_bytes()).map_err(|e| config_err(format!("the CA file {}: {e}", path.display())))?;
+            for (_, der) in blocks.into_iter().filter(|(label, _)| label == "CERTIFICATE") {
+                roots.add(CertificateDer::from(der)).map_err(|e| {
+                    config_err(format!("a certificate of the CA file {} is not usable: {e}", path.display()))
+                })?;
+            }
+        }
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| config_err(format!("TLS settings: {e}")))?
+            .with_root_certificates(roots);
+        let config = match &self.client {
+            None => builder.with_no_client_auth(),
+            Some(id) => {
+                let what = |e: String| config_err(format!("the client certificate {}: {e}", id.cert_file.display()));
+                let chain: Vec<CertificateDer<'static>> = pem_blocks(&id.cert_pem)
+                    .map_err(what)?
+                    .into_iter()
+                    .filter(|(label, _)| label == "CERTIFICATE")
+                    .map(|(_, der)| CertificateDer::from(der))
+                    .collect();
+                let blocks = pem_blocks(&id.key_pem)
+                    .map_err(|e| config_err(format!("the client key {}: {e}", id.key_file.display())))?;
+                let key = blocks
+                    .into_iter()
+                    .find_map(|(label, der)| match label.as_str() {
+                        "PRIVATE KEY" => Some(PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(der))),
+                        "RSA PRIVATE KEY" => Some(PrivateKeyDer::Pkcs1(PrivatePkcs1KeyDer::from(der))),
+                        "EC PRIVATE KEY" => Some(PrivateKeyDer::Sec1(PrivateSec1KeyDer::from(der))),
+                        _ => None,
+                    })
+                    .ok_or_else(|| config_err(format!("no private key in {}", id.key_file.display())))?;
+                builder.with_client_auth_cert(chain, key).map_err(|e| {
+                    config_err(format!(
+                        "the client certificate {} and key {} are not usable: {e}",
+                        id.cert_file.display(),
+                        id.key_file.display()
+                    ))
+                })?
+            }
+        };
+        Ok(std::sync::Arc::new(config))
+    }
+
     /// lapin's TLS configuration.
     pub(crate) fn lapin_config(&self) -> lapin::tcp::OwnedTLSConfig {
         lapin::tcp::OwnedTLSConfig {
@@ -227,13 +285,19 @@ fn armour(label: &str, der: &[u8]) -> Vec<u8> {
 }
 
 /// Whether a connection error is TLS refusing a certificate (the server's:
-/// unknown issuer, wrong host name, expired; or ours: missing, unknown),
-/// as rustls words it.
+/// unknown issuer, wrong host name, expired; or ours: missing, unknown).
+/// rustls' own error is looked for in the chain (also inside an
+/// `io::Error`); lapin's errors, which carry it only as text, are matched by
+/// rustls' wording.
 pub(crate) fn is_certificate_error(e: &(dyn std::error::Error + 'static)) -> bool {
     const NEEDLES: [&str; 4] =
         ["invalid peer certificate", "certificate not valid for name", "CertificateRequired", "BadCertificate"];
     let mut cur = Some(e);
     while let Some(err) = cur {
+        #[cfg(feature = "tls")]
+        if rustls_error(err).is_some_and(refuses_a_certificate) {
+            return true;
+        }
         let message = err.to_string();
         if NEEDLES.iter().any(|needle| message.contains(needle)) {
             return true;
@@ -241,6 +305,33 @@ pub(crate) fn is_certificate_error(e: &(dyn std::error::Error + 'static)) -> boo
         cur = err.source();
     }
     false
+}
+
+#[cfg(feature = "tls")]
+fn rustls_error<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    if let Some(e) = err.downcast_ref::<rustls::Error>() {
+        return Some(e);
+    }
+    err.downcast_ref::<std::io::Error>()?.get_ref()?.downcast_ref::<rustls::Error>()
+}
+
+#[cfg(feature = "tls")]
+fn refuses_a_certificate(e: &rustls::Error) -> bool {
+    use rustls::{AlertDescription as A, Error as E};
+    matches!(
+        e,
+        E::InvalidCertificate(_)
+            | E::NoCertificatesPresented
+            | E::AlertReceived(
+                A::CertificateRequired
+                    | A::BadCertificate
+                    | A::UnknownCA
+                    | A::CertificateExpired
+                    | A::CertificateRevoked
+                    | A::CertificateUnknown
+                    | A::UnsupportedCertificate
+            )
+    )
 }
 
 /// Open a connection to `uri` with `tls` (used on `amqps://` URIs; lapin
