@@ -1,7 +1,8 @@
 //! Support for the cross-crate tests: paths to the workspace, the Python
 //! venv with real Celery, worker processes (qtask's `interop-worker`, Python
 //! Celery workers), private Redis servers for fault tests, and the `qtask`
-//! CLI binary.
+//! CLI binary; the producer-side task declarations ([`tasks`]) and the
+//! Python interop checks both brokers share ([`interop`]).
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::TcpListener;
@@ -12,6 +13,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::Value;
+
+pub mod interop;
+pub mod tasks;
+
+pub use interop::Interop;
 
 /// The workspace root.
 pub fn workspace_root() -> PathBuf {
