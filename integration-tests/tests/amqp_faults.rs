@@ -7,21 +7,13 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use anyhow::Result;
+use integration_tests::faults::{retrying_producer, stored_results, wait_started};
+use integration_tests::tasks::{add, sleep};
 use integration_tests::{
     amqp_url, interop_worker_bin, rabbitmqctl, redis_monitor, redis_url, spawn_interop_worker, unique, wait_for,
     RedisServer, WorkerOpts,
 };
-use qtask::{task, App, Config, SendOptions, State};
-
-#[task(name = "tasks.sleep")]
-async fn sleep(seconds: f64) -> f64 {
-    seconds
-}
-
-#[task(name = "tasks.add")]
-async fn add(x: i64, y: i64) -> i64 {
-    x + y
-}
+use qtask::{App, Config, SendOptions};
 
 async fn app_on(queue: &str, backend: &str) -> Result<App> {
     let mut cfg = Config::default();
@@ -74,19 +66,7 @@ async fn amqp_killed_acks_late_worker_tasks_complete_exactly_once() -> Result<()
         results.push(app.delay(sleep::s(2.0)).await?);
     }
     // The first worker holds 4 (prefetch = concurrency = 4) and runs them.
-    wait_for("4 tasks STARTED on the first worker", Duration::from_secs(20), || {
-        let results = results.clone();
-        async move {
-            let mut started = 0;
-            for r in &results {
-                if r.state().await? == State::Started {
-                    started += 1;
-                }
-            }
-            Ok(started == 4)
-        }
-    })
-    .await?;
+    wait_started("4 tasks STARTED on the first worker", &results, 4, Duration::from_secs(20)).await?;
     first.signal("KILL")?;
     first.wait_exit(Duration::from_secs(10))?;
 
@@ -207,37 +187,12 @@ async fn amqp_worker_resumes_after_rabbitmq_restart_under_load() -> Result<()> {
 
     // 300 tasks, one every 10 ms; a publish that fails while RabbitMQ is
     // down is retried (as an application would) until one is confirmed.
-    let producer = {
-        let app = app.clone();
-        tokio::spawn(async move {
-            let mut sent = Vec::new();
-            let mut failed_publishes = 0;
-            for i in 0..300i64 {
-                loop {
-                    match app.delay(add::s(i, i)).await {
-                        Ok(r) => {
-                            sent.push((i, r));
-                            break;
-                        }
-                        Err(_) => {
-                            failed_publishes += 1;
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                        }
-                    }
-                }
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-            (sent, failed_publishes)
-        })
-    };
+    let producer = retrying_producer(app, 300, Duration::from_millis(10), Duration::from_millis(50));
 
     // Kill once the worker has stored some results, with the producer
     // still going.
-    let stored = |url: &str| -> Result<i64> {
-        Ok(integration_tests::redis_cmd(url, &["EVAL", "return #redis.call('KEYS', 'celery-task-meta-*')", "0"])?.int())
-    };
     wait_for("the first results", Duration::from_secs(30), || {
-        let n = stored(&backend);
+        let n = stored_results(&backend);
         async move { Ok(n? >= 20) }
     })
     .await?;

@@ -5,20 +5,10 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use integration_tests::{
-    interop_worker_bin, redis_cmd, redis_monitor, spawn_interop_worker, wait_for, RedisServer, WorkerOpts,
-};
-use qtask::{task, App, Config, State};
-
-#[task(name = "tasks.sleep")]
-async fn sleep(seconds: f64) -> f64 {
-    seconds
-}
-
-#[task(name = "tasks.add")]
-async fn add(x: i64, y: i64) -> i64 {
-    x + y
-}
+use integration_tests::faults::{retrying_producer, stored_results, wait_started};
+use integration_tests::tasks::sleep;
+use integration_tests::{interop_worker_bin, redis_monitor, spawn_interop_worker, wait_for, RedisServer, WorkerOpts};
+use qtask::{App, Config};
 
 async fn app_on(url: &str) -> Result<App> {
     let mut cfg = Config::default();
@@ -76,19 +66,7 @@ async fn killed_acks_late_worker_tasks_complete_exactly_once() -> Result<()> {
         results.push(app.delay(sleep::s(3.0)).await?);
     }
     // The first worker holds 4 (prefetch = concurrency = 4) and runs them.
-    wait_for("4 tasks STARTED on the first worker", Duration::from_secs(20), || {
-        let results = results.clone();
-        async move {
-            let mut started = 0;
-            for r in &results {
-                if r.state().await? == State::Started {
-                    started += 1;
-                }
-            }
-            Ok(started == 4)
-        }
-    })
-    .await?;
+    wait_started("4 tasks STARTED on the first worker", &results, 4, Duration::from_secs(20)).await?;
     first.signal("KILL")?;
     first.wait_exit(Duration::from_secs(10))?;
 
@@ -124,36 +102,11 @@ async fn worker_resumes_after_redis_restart_under_load() -> Result<()> {
 
     // Publish 300 tasks, one every 5 ms; publishes that fail while Redis is
     // down are retried (as an application would) until they succeed.
-    let producer = {
-        let app = app.clone();
-        tokio::spawn(async move {
-            let mut sent = Vec::new();
-            let mut failed_publishes = 0;
-            for i in 0..300i64 {
-                loop {
-                    match app.delay(add::s(i, i)).await {
-                        Ok(r) => {
-                            sent.push((i, r));
-                            break;
-                        }
-                        Err(_) => {
-                            failed_publishes += 1;
-                            tokio::time::sleep(Duration::from_millis(20)).await;
-                        }
-                    }
-                }
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            (sent, failed_publishes)
-        })
-    };
+    let producer = retrying_producer(app, 300, Duration::from_millis(5), Duration::from_millis(20));
 
     // Restart once the worker has finished some tasks.
-    let results_stored = |url: &str| -> Result<i64> {
-        Ok(redis_cmd(url, &["EVAL", "return #redis.call('KEYS', 'celery-task-meta-*')", "0"])?.int())
-    };
     wait_for("the first results", Duration::from_secs(20), || {
-        let n = results_stored(&url);
+        let n = stored_results(&url);
         async move { Ok(n? >= 20) }
     })
     .await?;
