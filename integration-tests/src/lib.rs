@@ -1,9 +1,10 @@
 //! Support for the cross-crate tests: paths to the workspace, the Python
 //! venv with real Celery, worker processes (qtask's `interop-worker`, Python
 //! Celery workers), private Redis servers for fault tests, and the `qtask`
-//! CLI binary; the producer-side task declarations ([`tasks`]), the
-//! Python interop checks both brokers share ([`interop`]) and the helpers
-//! of the broker fault tests ([`faults`]).
+//! CLI binary (run by the CLI tests through [`cli`]); the producer-side
+//! task declarations ([`tasks`]), the Python interop checks both brokers
+//! share ([`interop`]) and the helpers of the broker fault tests
+//! ([`faults`]).
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::TcpListener;
@@ -15,6 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::Value;
 
+pub mod cli;
 pub mod faults;
 pub mod interop;
 pub mod tasks;

@@ -1,37 +1,10 @@
 //! The `qtask` CLI against RabbitMQ with the `interop-worker` running:
 //! results in Redis, and over `rpc://` (the CLI's own reply queue).
 
-use std::process::{Command, Output};
-
 use anyhow::Result;
-use integration_tests::{amqp_url, interop_worker_bin, qtask_cli, redis_url, spawn_interop_worker, unique, WorkerOpts};
+use integration_tests::cli::{cli, lines, run};
+use integration_tests::{amqp_url, interop_worker_bin, redis_url, spawn_interop_worker, unique, WorkerOpts};
 use serde_json::{json, Value};
-
-/// The CLI with no inherited QTASK_*/CELERY_* settings.
-fn cli() -> Result<Command> {
-    let mut cmd = Command::new(qtask_cli()?);
-    for (k, _) in std::env::vars() {
-        if k.starts_with("QTASK_") || k.starts_with("CELERY_") {
-            cmd.env_remove(k);
-        }
-    }
-    Ok(cmd)
-}
-
-fn run(cmd: &mut Command) -> Result<Output> {
-    let out = cmd.output()?;
-    eprintln!(
-        "{cmd:?} -> {}\nstdout: {}stderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(out)
-}
-
-fn lines(out: &Output) -> Vec<String> {
-    String::from_utf8_lossy(&out.stdout).lines().map(str::to_owned).collect()
-}
 
 /// `call --wait` prints the id, then the result read from `backend`.
 fn call_and_wait(backend: &str) -> Result<()> {

@@ -1,39 +1,11 @@
 //! The `qtask` CLI against Redis with the `interop-worker` running.
 
-use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
-use integration_tests::{
-    interop_worker_bin, qtask_cli, redis_cmd, redis_url, spawn_interop_worker, unique, WorkerOpts,
-};
+use integration_tests::cli::{cli, lines, run};
+use integration_tests::{interop_worker_bin, redis_cmd, redis_url, spawn_interop_worker, unique, WorkerOpts};
 use serde_json::{json, Value};
-
-/// The CLI with no inherited QTASK_*/CELERY_* settings.
-fn cli() -> Result<Command> {
-    let mut cmd = Command::new(qtask_cli()?);
-    for (k, _) in std::env::vars() {
-        if k.starts_with("QTASK_") || k.starts_with("CELERY_") {
-            cmd.env_remove(k);
-        }
-    }
-    Ok(cmd)
-}
-
-fn run(cmd: &mut Command) -> Result<Output> {
-    let out = cmd.output()?;
-    eprintln!(
-        "{cmd:?} -> {}\nstdout: {}stderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(out)
-}
-
-fn lines(out: &Output) -> Vec<String> {
-    String::from_utf8_lossy(&out.stdout).lines().map(str::to_owned).collect()
-}
 
 fn is_task_id(s: &str) -> bool {
     s.len() == 36 && s.chars().filter(|c| *c == '-').count() == 4
