@@ -163,6 +163,19 @@ pub(crate) struct PgBackend {
     _shutdown: watch::Sender<()>,
 }
 
+/// Run the expiry statements in one transaction, so that `now()` is the
+/// same instant in all of them: run one by one, a group (or result) whose
+/// expiry time fell between the statement deleting the group and the one
+/// deleting its expiry row lost the row but not the group, and was then
+/// readable for ever (no expiry row reads as "no ttl").
+async fn expire(pool: &PgPool, stmts: &[String]) -> Result<(), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    for s in stmts {
+        sqlx::query(s).execute(&mut *tx).await?;
+    }
+    tx.commit().await
+}
+
 fn expires_at(ttl: Option<Duration>) -> Option<DateTime<Utc>> {
     ttl.and_then(|t| chrono::Duration::from_std(t).ok()).map(|d| Utc::now() + d)
 }
@@ -217,11 +230,8 @@ impl PgBackend {
                     _ = stop.changed() => return,
                     _ = tokio::time::sleep(every) => {}
                 }
-                for s in &stmts {
-                    if let Err(e) = sqlx::query(s).execute(&pool).await {
-                        tracing::warn!(error = %e, "deleting expired results failed");
-                        break;
-                    }
+                if let Err(e) = expire(&pool, &stmts).await {
+                    tracing::warn!(error = %e, "deleting expired results failed");
                 }
             }
         });
@@ -229,9 +239,7 @@ impl PgBackend {
 
     /// Delete expired results now, and Celery rows finished before `before`.
     pub(crate) async fn cleanup(&self, before: Option<NaiveDateTime>) -> Result<(), BackendError> {
-        for s in &self.sql.expire {
-            sqlx::query(s).execute(&self.pool).await.map_err(|e| db_err("cleanup", e))?;
-        }
+        expire(&self.pool, &self.sql.expire).await.map_err(|e| db_err("cleanup", e))?;
         if let Some(before) = before {
             for s in &self.sql.cleanup {
                 sqlx::query(s).bind(before).execute(&self.pool).await.map_err(|e| db_err("cleanup", e))?;
