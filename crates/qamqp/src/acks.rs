@@ -32,7 +32,7 @@ use std::sync::{Arc, Mutex as StdMutex, MutexGuard, PoisonError};
 
 use tokio::sync::{oneshot, Notify};
 
-use crate::chan::Chan;
+use crate::direct::Out;
 
 /// What the consumer, the ackers and the batcher task share.
 struct Shared {
@@ -66,7 +66,7 @@ pub(crate) struct AckBatcher(Arc<Handle>);
 impl AckBatcher {
     /// Start the batcher of `channel`; it ends when every handle is dropped,
     /// after sending what is pending.
-    pub(crate) fn start(channel: Chan) -> Self {
+    pub(crate) fn start(channel: Arc<Out>) -> Self {
         let shared = Arc::new(Shared { ledger: StdMutex::new(Ledger::default()), wake: Notify::new() });
         tokio::spawn(run(shared.clone(), channel));
         AckBatcher(Arc::new(Handle(shared)))
@@ -181,21 +181,24 @@ impl Ledger {
     }
 }
 
-async fn send(channel: &Chan, frames: Vec<AckFrame>) {
+async fn send(channel: &Out, frames: Vec<AckFrame>) {
     if frames.is_empty() {
         return;
     }
     if !channel.connected() {
-        tracing::debug!("acks of a closed channel dropped: RabbitMQ redelivers those messages");
+        tracing::debug!("acks of a closed connection dropped: RabbitMQ redelivers those messages");
         return;
     }
-    let frames: Vec<(u64, bool)> = frames.into_iter().map(|f| (f.tag, f.multiple)).collect();
-    if let Err(e) = channel.acks(&frames).await {
-        tracing::warn!(error = %e, "basic.ack failed");
+    match channel.acks(frames.iter().map(|f| (f.tag, f.multiple))).await {
+        Ok(()) => {}
+        Err(e) if e.kind() == qcore::ErrorKind::Connection => {
+            tracing::debug!(error = %e, "acks on a lost connection dropped: RabbitMQ redelivers those messages");
+        }
+        Err(e) => tracing::warn!(error = %e, "basic.ack failed"),
     }
 }
 
-async fn run(shared: Arc<Shared>, channel: Chan) {
+async fn run(shared: Arc<Shared>, channel: Arc<Out>) {
     loop {
         shared.wake.notified().await;
         let (frames, waiters, closed) = {

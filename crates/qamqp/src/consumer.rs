@@ -12,10 +12,9 @@ use serde_json::Value;
 use tokio::sync::Mutex;
 
 use crate::acks::AckBatcher;
-use crate::chan::Chan;
 use crate::core::Core;
 use crate::delay::{due_ms, is_early, now_ms};
-use crate::direct::{DirectConn, Incoming};
+use crate::direct::{DirectConn, Incoming, Out, RawDelivery};
 use crate::fields::short;
 use crate::options::{backoff, QueueType};
 use crate::props::{self, republish, H_DEAD_REASON, H_DELIVERIES};
@@ -28,19 +27,10 @@ pub(crate) fn dead_queue(queue: &str) -> String {
 /// A subscription: the consumer's own connection, the queue of each
 /// consumer tag, and the connection's ack batcher.
 struct Session {
-    channel: Chan,
-    conn: Box<DirectConn>,
+    out: Arc<Out>,
+    conn: DirectConn,
     tags: HashMap<ShortString, usize>,
     acks: AckBatcher,
-}
-
-/// A delivery, with the index of its queue.
-struct Raw {
-    queue: usize,
-    tag: u64,
-    redelivered: bool,
-    properties: BasicProperties,
-    data: Vec<u8>,
 }
 
 /// A consumer of task queues that survives connection loss: `recv` reopens
@@ -102,9 +92,9 @@ impl AmqpConsumer {
             tags.insert(tag, i);
         }
         tracing::debug!(queues = ?self.queues, prefetch = self.prefetch, "consuming");
-        let channel = Chan::new(conn.out().clone());
-        let acks = AckBatcher::start(channel.clone());
-        Ok(Session { channel, conn: Box::new(conn), tags, acks })
+        let out = conn.out().clone();
+        let acks = AckBatcher::start(out.clone());
+        Ok(Session { out, conn, tags, acks })
     }
 
     /// Subscribe now, so that a refused declaration reaches `consume`'s caller.
@@ -120,8 +110,8 @@ impl AmqpConsumer {
     /// Turn a lapin delivery into one for the worker, or handle it here
     /// (poison message, early deferred message, uncounted redelivery) and
     /// return `None`.
-    async fn prepare(&self, channel: &Chan, acks: &AckBatcher, d: Raw) -> Option<Delivery> {
-        let Raw { queue: qi, tag: delivery_tag, redelivered, properties, data } = d;
+    async fn prepare(&self, out: &Arc<Out>, acks: &AckBatcher, qi: usize, d: RawDelivery) -> Option<Delivery> {
+        let RawDelivery { delivery_tag, redelivered, properties, data, .. } = d;
         let queue = self.queues.get(qi).cloned().unwrap_or_default();
         acks.seen(delivery_tag);
         let body = data.clone();
@@ -133,7 +123,7 @@ impl AmqpConsumer {
         };
         let acker = Arc::new(AmqpAcker {
             core: self.core.clone(),
-            channel: channel.clone(),
+            out: out.clone(),
             acks: acks.clone(),
             tag: delivery_tag,
             queue: queue.clone(),
@@ -193,13 +183,7 @@ impl Consumer for AmqpConsumer {
             let Some(session) = self.session.as_mut() else { continue };
             let next = match session.conn.next().await {
                 Ok(Incoming::Delivery(d)) => match session.tags.get(&d.consumer_tag) {
-                    Some(&queue) => Ok(Raw {
-                        queue,
-                        tag: d.delivery_tag,
-                        redelivered: d.redelivered,
-                        properties: d.properties,
-                        data: d.data,
-                    }),
+                    Some(&queue) => Ok((queue, d)),
                     None => Err(format!("delivery for an unknown consumer tag {:?}; resubscribing", d.consumer_tag)),
                 },
                 Ok(Incoming::Cancelled(tag)) => {
@@ -208,10 +192,10 @@ impl Consumer for AmqpConsumer {
                 Err(e) => Err(format!("consumer lost its connection ({e}); resubscribing")),
             };
             match next {
-                Ok(raw) => {
+                Ok((queue, d)) => {
                     self.failures = 0;
-                    let (channel, acks) = (session.channel.clone(), session.acks.clone());
-                    if let Some(delivery) = self.prepare(&channel, &acks, raw).await {
+                    let (out, acks) = (session.out.clone(), session.acks.clone());
+                    if let Some(delivery) = self.prepare(&out, &acks, queue, d).await {
                         return Ok(Some(delivery));
                     }
                 }
@@ -219,8 +203,8 @@ impl Consumer for AmqpConsumer {
                     tracing::warn!(queues = ?self.queues, "{why}");
                     if let Some(session) = self.session.take() {
                         // Deliveries not settled yet go back to their queues
-                        // when the channel closes (their acks are dropped).
-                        session.channel.close().await;
+                        // when the connection closes (their acks are dropped).
+                        session.out.close().await;
                     }
                     self.failures = self.failures.saturating_add(1);
                 }
@@ -233,16 +217,28 @@ impl Consumer for AmqpConsumer {
     async fn close(&mut self) -> Result<(), BrokerError> {
         if let Some(session) = self.session.take() {
             session.acks.flush().await;
-            session.channel.close().await;
+            session.out.close().await;
         }
         Ok(())
     }
 }
 
-/// Settles one delivery on the channel it came from.
+/// A lost connection is not an error when settling: RabbitMQ puts what was
+/// not settled back in its queue.
+fn lost_is_ok(what: &str, r: Result<(), BrokerError>) -> Result<(), BrokerError> {
+    match r {
+        Err(e) if e.kind() == qcore::ErrorKind::Connection => {
+            tracing::debug!(error = %e, "{what} on a lost connection ignored; RabbitMQ redelivers the message");
+            Ok(())
+        }
+        r => r,
+    }
+}
+
+/// Settles one delivery on the connection it came from.
 pub(crate) struct AmqpAcker {
     core: Arc<Core>,
-    channel: Chan,
+    out: Arc<Out>,
     acks: AckBatcher,
     tag: u64,
     queue: String,
@@ -255,7 +251,7 @@ pub(crate) struct AmqpAcker {
 
 impl AmqpAcker {
     fn alive(&self) -> bool {
-        let up = self.channel.connected();
+        let up = self.out.connected();
         if !up {
             tracing::debug!(queue = %self.queue, "delivery of a closed channel: RabbitMQ redelivers it; nothing to settle");
         }
@@ -274,7 +270,7 @@ impl AmqpAcker {
         if !self.alive() {
             return Ok(());
         }
-        let r = self.channel.acks(&[(self.tag, false)]).await;
+        let r = lost_is_ok("ack", self.out.acks([(self.tag, false)].into_iter()).await);
         self.acks.done(self.tag);
         r
     }
@@ -283,7 +279,7 @@ impl AmqpAcker {
         if !self.alive() {
             return Ok(());
         }
-        let r = self.channel.reject(self.tag, requeue).await;
+        let r = lost_is_ok("reject", self.out.reject(self.tag, requeue).await);
         self.acks.done(self.tag);
         r
     }

@@ -182,21 +182,16 @@ impl Out {
         self.method(AMQPClass::Basic(basic::AMQPMethod::Reject(basic::Reject { delivery_tag, requeue }))).await
     }
 
-    /// `channel.close`, then `connection.close`, without waiting for the
-    /// replies: RabbitMQ returns the unsettled deliveries when it reads them
-    /// (or when the socket closes).
+    /// `connection.close` (it closes the channel too), without waiting for
+    /// the reply: RabbitMQ returns the unsettled deliveries when it reads it
+    /// (or when the socket closes). Also right after the broker closed the
+    /// channel: nothing is sent on that channel again.
     pub(crate) async fn close(&self) {
         if !self.connected() {
             return;
         }
-        let mut buf = Vec::with_capacity(64);
-        let close = channel::Close { reply_code: 200, reply_text: "OK".into(), class_id: 0, method_id: 0 };
-        let conn_close = connection::Close { reply_code: 200, reply_text: "OK".into(), class_id: 0, method_id: 0 };
-        if put_method(&mut buf, CH, &AMQPClass::Channel(channel::AMQPMethod::Close(close))).is_ok()
-            && put_method(&mut buf, 0, &AMQPClass::Connection(connection::AMQPMethod::Close(conn_close))).is_ok()
-        {
-            let _ = self.write(&buf).await;
-        }
+        let close = connection::Close { reply_code: 200, reply_text: "OK".into(), class_id: 0, method_id: 0 };
+        let _ = self.method0(connection::AMQPMethod::Close(close)).await;
         let mut w = self.w.lock().await;
         let _ = w.shutdown().await;
         self.broken();

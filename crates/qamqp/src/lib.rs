@@ -20,7 +20,6 @@
 
 mod acks;
 mod broker;
-mod chan;
 mod consumer;
 mod core;
 mod delay;
