@@ -582,6 +582,21 @@ pub fn redis_cmd(url: &str, args: &[&str]) -> Result<Resp> {
     send(args)
 }
 
+/// Wait until the lines of [`redis_monitor`] hold every command the server
+/// ran before this call. The monitor's thread reads them a moment after the
+/// server runs them, so a count taken right after reading a result could
+/// miss the write of that very result: this sends a unique `ECHO` and waits
+/// for it to be listed (MONITOR lists commands in the order they run).
+pub async fn monitor_caught_up(url: &str, lines: &Mutex<Vec<String>>) -> Result<()> {
+    let marker = unique("monitor-mark");
+    redis_cmd(url, &["ECHO", &marker])?;
+    wait_for("MONITOR to list every earlier command", Duration::from_secs(10), || {
+        let seen = lines.lock().unwrap_or_else(|p| p.into_inner()).iter().any(|l| l.contains(&marker));
+        async move { Ok(seen) }
+    })
+    .await
+}
+
 /// Lines of `MONITOR` on the Redis of `url` (every command any client
 /// sends, with its arguments), collected in the background until the
 /// server goes away. For fault tests that count what workers wrote.

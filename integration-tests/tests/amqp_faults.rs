@@ -10,8 +10,8 @@ use anyhow::Result;
 use integration_tests::faults::{retrying_producer, stored_results, wait_started};
 use integration_tests::tasks::{add, sleep};
 use integration_tests::{
-    amqp_url, interop_worker_bin, rabbitmqctl, redis_monitor, redis_url, spawn_interop_worker, unique, wait_for,
-    RedisServer, WorkerOpts,
+    amqp_url, interop_worker_bin, monitor_caught_up, rabbitmqctl, redis_monitor, redis_url, spawn_interop_worker,
+    unique, wait_for, RedisServer, WorkerOpts,
 };
 use qtask::{App, Config, SendOptions};
 
@@ -79,6 +79,7 @@ async fn amqp_killed_acks_late_worker_tasks_complete_exactly_once() -> Result<()
     for r in &results {
         assert_eq!(r.get(Duration::from_secs(60)).await?, 2.0);
     }
+    monitor_caught_up(&backend, &monitor).await?;
     let writes = success_writes(&monitor.lock().unwrap_or_else(|p| p.into_inner()));
     for r in &results {
         assert_eq!(writes.get(r.id()).copied(), Some(1), "SUCCESS writes of {}: {writes:?}", r.id());
@@ -209,6 +210,7 @@ async fn amqp_worker_resumes_after_rabbitmq_restart_under_load() -> Result<()> {
         assert_eq!(v, 2 * i);
     }
     assert!(worker.is_running(), "the worker exited:\n{}", worker.log());
+    monitor_caught_up(&backend, &monitor).await?;
     let writes = success_writes(&monitor.lock().unwrap_or_else(|p| p.into_inner()));
     let mut twice = Vec::new();
     for (i, r) in &sent {

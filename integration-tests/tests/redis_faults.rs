@@ -7,7 +7,9 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use integration_tests::faults::{retrying_producer, stored_results, wait_started};
 use integration_tests::tasks::sleep;
-use integration_tests::{interop_worker_bin, redis_monitor, spawn_interop_worker, wait_for, RedisServer, WorkerOpts};
+use integration_tests::{
+    interop_worker_bin, monitor_caught_up, redis_monitor, spawn_interop_worker, wait_for, RedisServer, WorkerOpts,
+};
 use qtask::{App, Config};
 
 async fn app_on(url: &str) -> Result<App> {
@@ -75,6 +77,7 @@ async fn killed_acks_late_worker_tasks_complete_exactly_once() -> Result<()> {
     for r in &results {
         assert_eq!(r.get(Duration::from_secs(60)).await?, 3.0);
     }
+    monitor_caught_up(&url, &monitor).await?;
     let writes = success_writes(&monitor.lock().unwrap_or_else(|p| p.into_inner()));
     for r in &results {
         assert_eq!(writes.get(r.id()).copied(), Some(1), "SUCCESS writes of {}: {writes:?}", r.id());
