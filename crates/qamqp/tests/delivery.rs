@@ -80,7 +80,7 @@ async fn crash_looping_message_is_dead_lettered_on_classic_queues() {
         assert!(crashes <= 3, "delivered more than max_deliveries times");
     }
     assert_eq!(crashes, 3);
-    let parked = producer.dead_letters(&q, 10).await.unwrap();
+    let parked = producer.dead_letters().expect("a dead-letter place").list(&q, 10).await.unwrap();
     assert_eq!(parked.len(), 1);
     assert_eq!(parked[0].message.headers, sent.headers);
     assert_eq!(parked[0].message.body, sent.body);
@@ -88,7 +88,7 @@ async fn crash_looping_message_is_dead_lettered_on_classic_queues() {
     assert!(parked[0].reason.contains("delivered 4 times"), "{}", parked[0].reason);
     assert_eq!(producer.queue_len(&q).await.unwrap(), 0);
     // Browsing does not consume: the dead letter is still there, durable.
-    assert_eq!(producer.dead_letters(&q, 10).await.unwrap().len(), 1);
+    assert_eq!(producer.dead_letters().expect("a dead-letter place").list(&q, 10).await.unwrap().len(), 1);
     let dead = queue_row(&format!("{q}.dead"));
     assert_eq!((&dead["durable"], &dead["messages"], &dead["arguments"]), (&json!(true), &json!(1), &json!([])));
 }
@@ -109,7 +109,7 @@ async fn requeue_loop_is_dead_lettered_classic_and_quorum() {
             d.acker.reject(true).await.unwrap();
         }
         assert!(next(&mut c, Duration::from_millis(500)).await.is_none(), "a third delivery");
-        let parked = b.dead_letters(&q, 10).await.unwrap();
+        let parked = b.dead_letters().expect("a dead-letter place").list(&q, 10).await.unwrap();
         assert_eq!(parked.len(), 1, "{:?}", b.options().queue_type);
         assert!(parked[0].reason.contains("delivered 3 times"), "{}", parked[0].reason);
         assert_eq!(parked[0].message.headers, task("requeued").headers);

@@ -182,7 +182,7 @@ async fn settling_a_delivery_of_a_lost_connection_is_ignored() {
     d1.acker.ack().await.expect("ack of a lost delivery is not an error");
     d2.acker.dead_letter("test").await.expect("dead_letter of a lost delivery is not an error");
     // Nothing was parked: the message is RabbitMQ's again.
-    assert!(b.dead_letters(&q, 10).await.unwrap().is_empty());
+    assert!(b.dead_letters().expect("a dead-letter place").list(&q, 10).await.unwrap().is_empty());
     // The same consumer object resumes and gets both again.
     let mut again = Vec::new();
     for _ in 0..2 {

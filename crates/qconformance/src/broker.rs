@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use qcore::{Broker, ConsumeOptions, ContentType, Delivery, ErrorKind, Message, Properties};
+use qcore::{Broker, ConsumeOptions, ContentType, DeadLetters, Delivery, ErrorKind, Message, Properties};
 use serde_json::{json, Map, Value};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -194,10 +194,32 @@ async fn publish(broker: &Arc<dyn Broker>, q: &str, m: &Message) {
 
 async fn declared(f: &dyn BrokerFactory, case: &str) -> (Arc<dyn Broker>, String, BrokerCapabilities) {
     let broker = new_broker(f).await;
+    let caps = f.capabilities();
+    check_declared(&broker, &caps);
     let q = queue(case);
     ok(broker.declare_queue(&q).await, "declare_queue");
     ok(broker.declare_queue(&q).await, "declare_queue again (must be idempotent)");
-    (broker, q, f.capabilities())
+    (broker, q, caps)
+}
+
+/// The broker still declares what the factory expects of it.
+fn check_declared(broker: &Arc<dyn Broker>, caps: &BrokerCapabilities) {
+    let declared = broker.capabilities();
+    if let Some(p) = caps.priorities {
+        assert_eq!(declared.priorities, p, "the broker declares another priority order than expected");
+    }
+    if let Some(d) = caps.defer {
+        assert_eq!(declared.defer, d, "the broker's declared defer capability is not the expected one");
+    }
+    if let Some(d) = caps.dead_letters {
+        assert_eq!(broker.dead_letters().is_some(), d, "the broker's dead-letter capability is not the expected one");
+    }
+}
+
+/// The broker's dead-letter place; `None` (the case has nothing to check)
+/// when the broker declares none.
+fn dead_place(broker: &Arc<dyn Broker>) -> Option<&dyn DeadLetters> {
+    broker.dead_letters()
 }
 
 /// Headers (known and unknown), properties and body bytes arrive exactly as
@@ -312,10 +334,12 @@ pub async fn reject_without_requeue_drops(f: &dyn BrokerFactory) {
     assert_eq!(ok(broker.queue_len(&q).await, "queue_len"), 0, "queue_len after reject(false)");
 }
 
-/// `dead_letter` parks the message with its reason; `dead_letters` lists
-/// them oldest first and respects `limit`; a parked message is not delivered.
+/// `dead_letter` parks the message with its reason; the dead-letter place
+/// lists them oldest first and respects `limit`; a parked message is not
+/// delivered. Brokers without a dead-letter place: not applicable.
 pub async fn dead_letter_parks_with_reason(f: &dyn BrokerFactory) {
     let (broker, q, caps) = declared(f, "dead").await;
+    let Some(dead) = dead_place(&broker) else { return };
     let first = sample_message(&unique("dead"));
     let second = sample_message(&unique("dead"));
     publish(&broker, &q, &first).await;
@@ -328,17 +352,69 @@ pub async fn dead_letter_parks_with_reason(f: &dyn BrokerFactory) {
         ok(d.acker.ack().await, "ack after dead_letter (must be a no-op)");
     }
     p.expect_none(caps.redelivery_after + caps.quiet, "a dead-lettered message").await;
-    let parked = ok(broker.dead_letters(&q, 10).await, "dead_letters");
+    let parked = ok(dead.list(&q, 10).await, "dead_letters().list");
     assert_eq!(parked.len(), 2, "dead_letters should hold both messages");
     assert_same_message(&parked[0].message, &first, "dead letter");
     assert_eq!(parked[0].reason, "malformed body: expected a list");
     assert_eq!(parked[0].queue, q);
     assert_eq!(parked[1].message.task_id(), second.task_id(), "dead letters are not oldest first");
     assert_eq!(parked[1].reason, "unknown task 'nope'");
-    let limited = ok(broker.dead_letters(&q, 1).await, "dead_letters with limit 1");
+    let limited = ok(dead.list(&q, 1).await, "dead_letters().list with limit 1");
     assert_eq!(limited.len(), 1, "dead_letters ignores its limit");
     assert_eq!(limited[0].message.task_id(), first.task_id());
-    assert!(ok(broker.dead_letters(&queue("dead-other"), 10).await, "dead_letters").is_empty());
+    assert!(ok(dead.list(&q, 0).await, "list with limit 0").is_empty());
+    assert!(ok(dead.list(&queue("dead-other"), 10).await, "dead_letters().list").is_empty());
+}
+
+/// The dead-letter place counts what it holds, redrives the oldest messages
+/// back to the end of their queue unchanged (they are delivered again), and
+/// purges the rest; other queues' dead letters are untouched.
+pub async fn dead_letters_count_redrive_purge(f: &dyn BrokerFactory) {
+    let (broker, q, caps) = declared(f, "redrive").await;
+    let Some(dead) = dead_place(&broker) else { return };
+    let other = queue("redrive-other");
+    ok(broker.declare_queue(&other).await, "declare_queue");
+    assert_eq!(ok(dead.count(&q).await, "count of an empty place"), 0);
+    assert_eq!(ok(dead.redrive(&q, 10).await, "redrive of an empty place"), 0);
+    assert_eq!(ok(dead.purge(&q).await, "purge of an empty place"), 0);
+
+    let sent: Vec<Message> = (0..3).map(|i| sample_message(&format!("{}-{i}", unique("redrive")))).collect();
+    for m in &sent {
+        publish(&broker, &q, m).await;
+    }
+    let kept = sample_message(&unique("redrive-other"));
+    publish(&broker, &other, &kept).await;
+    let mut p = Probe::start(&broker, &[q.clone(), other.clone()], 1, "redrive").await;
+    for _ in 0..4 {
+        let d = p.next(caps.patience, "delivery to park").await;
+        ok(d.acker.dead_letter("parked by the redrive case").await, "dead_letter");
+    }
+    p.stop().await;
+    assert_eq!(ok(dead.count(&q).await, "count"), 3, "count after parking three");
+    assert_eq!(ok(dead.count(&other).await, "count"), 1, "count of the other queue");
+
+    assert_eq!(ok(dead.redrive(&q, 2).await, "redrive 2"), 2, "redrive moves at most `limit`");
+    assert_eq!(ok(dead.count(&q).await, "count"), 1, "count after redriving two");
+    wait_len(&broker, &q, 2, caps.patience, "the queue after redriving two").await;
+    let left = ok(dead.list(&q, 10).await, "list");
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].message.task_id(), sent[2].task_id(), "redrive takes the oldest first");
+
+    let mut p = Probe::start(&broker, std::slice::from_ref(&q), 1, "redriven").await;
+    for m in &sent[..2] {
+        let d = p.next(caps.patience, "redriven delivery").await;
+        assert_same_message(&d.message, m, "redriven message (oldest first)");
+        ok(d.acker.ack().await, "ack");
+    }
+    p.expect_none(caps.quiet, "more than the redriven messages").await;
+    p.stop().await;
+
+    assert_eq!(ok(dead.purge(&q).await, "purge"), 1, "purge returns how many it deleted");
+    assert_eq!(ok(dead.count(&q).await, "count"), 0, "count after purge");
+    assert!(ok(dead.list(&q, 10).await, "list").is_empty(), "list after purge");
+    assert_eq!(ok(dead.count(&other).await, "count"), 1, "purge touched another queue's dead letters");
+    let still = ok(dead.list(&other, 10).await, "list");
+    assert_same_message(&still[0].message, &kept, "the other queue's dead letter");
 }
 
 /// A consumer that goes away without acking: its delivery is given to
@@ -431,10 +507,11 @@ pub async fn priorities(f: &dyn BrokerFactory) {
         publish(&broker, &q, &with_priority(sample_message(i), p)).await;
     }
     wait_len(&broker, &q, 4, caps.patience, "after publishing 4").await;
-    let want: Vec<&String> = match caps.priorities {
+    let declared = broker.capabilities().priorities;
+    let want: Vec<&String> = match declared {
         Priorities::HigherFirst => vec![&high_a, &high_b, &low_a, &low_b],
         Priorities::LowerFirst => vec![&low_a, &low_b, &high_a, &high_b],
-        Priorities::Unsupported => vec![&low_a, &high_a, &low_b, &high_b],
+        _ => vec![&low_a, &high_a, &low_b, &high_b],
     };
     let mut p = Probe::start(&broker, std::slice::from_ref(&q), 1, "prio").await;
     let mut got = Vec::new();
@@ -444,11 +521,12 @@ pub async fn priorities(f: &dyn BrokerFactory) {
         ok(d.acker.ack().await, "ack");
     }
     let want: Vec<String> = want.into_iter().cloned().collect();
-    assert_eq!(got, want, "delivery order does not follow {:?}", caps.priorities);
+    assert_eq!(got, want, "delivery order does not follow the declared {declared:?}");
 }
 
 /// `defer`: the message comes back no sooner than the due time, to exactly
-/// one of two consumers. Without support: an `Unsupported` error.
+/// one of two consumers. A broker that does not declare it: an
+/// `Unsupported` error.
 pub async fn defer(f: &dyn BrokerFactory) {
     let (broker, q, caps) = declared(f, "defer").await;
     let m = sample_message(&unique("defer"));
@@ -457,7 +535,7 @@ pub async fn defer(f: &dyn BrokerFactory) {
     let d = a.next(caps.patience, "first delivery").await;
     let until = Utc::now() + chrono::Duration::milliseconds(800);
     let r = d.acker.defer(until).await;
-    if !caps.defer {
+    if !broker.capabilities().defer {
         match r {
             Err(e) => assert_eq!(e.kind(), ErrorKind::Unsupported, "defer without support: wrong error kind ({e})"),
             Ok(()) => panic!("defer succeeded although the capabilities say it is unsupported"),

@@ -59,17 +59,8 @@ pub mod broker;
 /// The longest one case may run before it fails.
 pub const CASE_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// Whether and how a broker orders by [`Properties::priority`](qcore::Properties::priority).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Priorities {
-    /// Priorities are ignored: plain FIFO.
-    Unsupported,
-    /// 9 is delivered before 0 (AMQP `x-max-priority`, memory).
-    HigherFirst,
-    /// 0 is delivered before 9 (kombu's Redis transport).
-    LowerFirst,
-}
+/// Re-exported from qcore: how a broker orders by priority.
+pub use qcore::Priorities;
 
 /// What the broker suite needs to know about an adapter.
 #[derive(Debug, Clone)]
@@ -80,10 +71,15 @@ pub struct BrokerCapabilities {
     /// the visibility timeout (plus the restore interval) for Redis/SQL,
     /// which the factory should set short (around a second).
     pub redelivery_after: Duration,
-    /// How priorities are ordered.
-    pub priorities: Priorities,
-    /// Whether [`Acker::defer`](qcore::Acker::defer) is supported.
-    pub defer: bool,
+    /// The priority order the broker must declare in
+    /// [`Broker::capabilities`](qcore::Broker::capabilities) (`None`: no expectation).
+    pub priorities: Option<Priorities>,
+    /// Whether the broker must declare [`Acker::defer`](qcore::Acker::defer)
+    /// (`None`: no expectation).
+    pub defer: Option<bool>,
+    /// Whether the broker must offer the
+    /// [`DeadLetters`](qcore::DeadLetters) capability (`None`: no expectation).
+    pub dead_letters: Option<bool>,
     /// How long the suite waits to conclude that something does *not*
     /// happen (no redelivery after an ack, nothing after a purge), on top of
     /// `redelivery_after`. Default 300 ms.
@@ -94,27 +90,37 @@ pub struct BrokerCapabilities {
 }
 
 impl BrokerCapabilities {
-    /// A broker that redelivers within `redelivery_after`, without priorities
-    /// or deferred delivery.
+    /// A broker that redelivers within `redelivery_after`. The cases follow
+    /// the capabilities the broker declares; the expectations set here
+    /// ([`priorities`](Self::priorities), [`defer`](Self::defer),
+    /// [`dead_letters`](Self::dead_letters)) make every case check that the
+    /// broker still declares them.
     pub fn new(redelivery_after: Duration) -> Self {
         BrokerCapabilities {
             redelivery_after,
-            priorities: Priorities::Unsupported,
-            defer: false,
+            priorities: None,
+            defer: None,
+            dead_letters: None,
             quiet: Duration::from_millis(300),
             patience: Duration::from_secs(10),
         }
     }
 
-    /// Set how priorities are ordered.
+    /// Expect the broker to declare this priority order.
     pub fn priorities(mut self, p: Priorities) -> Self {
-        self.priorities = p;
+        self.priorities = Some(p);
         self
     }
 
-    /// Set whether deferred delivery is supported.
+    /// Expect the broker to declare (or not) deferred delivery.
     pub fn defer(mut self, supported: bool) -> Self {
-        self.defer = supported;
+        self.defer = Some(supported);
+        self
+    }
+
+    /// Expect the broker to offer (or not) the dead-letter capability.
+    pub fn dead_letters(mut self, offered: bool) -> Self {
+        self.dead_letters = Some(offered);
         self
     }
 
@@ -336,6 +342,7 @@ macro_rules! broker_conformance {
             reject_requeue_redelivers,
             reject_without_requeue_drops,
             dead_letter_parks_with_reason,
+            dead_letters_count_redrive_purge,
             dropped_consumer_redelivers,
             prefetch_is_respected,
             queue_len_and_purge,

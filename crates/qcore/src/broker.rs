@@ -20,8 +20,13 @@
 //!   consumers reconnect by themselves and keep yielding deliveries; nothing
 //!   acked is redelivered and nothing unacked is lost.
 //! * **Dead letters:** [`Acker::dead_letter`] parks a message with a reason in
-//!   a place where it can be inspected ([`Broker::dead_letters`]) and
-//!   re-driven; it is never dropped.
+//!   a place where it can be listed, counted, re-driven and purged through
+//!   the [`DeadLetters`] capability ([`Broker::dead_letters`]); it is never
+//!   dropped.
+//! * **Capabilities:** what a broker can do beyond the required methods is
+//!   declared, not discovered by an error: [`Broker::capabilities`] (flags:
+//!   priorities, deferred delivery) and accessors that return `None` when
+//!   the ability is missing ([`Broker::dead_letters`]).
 //! * **Fanout:** [`Broker::publish_fanout`] reaches every current subscriber
 //!   of the exchange whose pattern matches (events, remote control); no
 //!   persistence, like Celery's `celeryev` and `celery.pidbox`.
@@ -70,8 +75,9 @@ pub trait Acker: Send + Sync {
     /// Park the message in the dead-letter place with `reason`.
     async fn dead_letter(&self, reason: &str) -> Result<(), BrokerError>;
     /// Hand the message back to the broker to be delivered again at `until`
-    /// (ETA tasks), without holding it in worker memory. Brokers that cannot
-    /// return [`ErrorKind::Unsupported`] and the worker keeps it instead.
+    /// (ETA tasks), without holding it in worker memory. Only called on
+    /// brokers whose [`Capabilities::defer`] is set; others return
+    /// [`ErrorKind::Unsupported`].
     async fn defer(&self, until: DateTime<Utc>) -> Result<(), BrokerError> {
         let _ = until;
         Err(BrokerError::new(ErrorKind::Unsupported, "deferred delivery is not supported"))
@@ -141,6 +147,73 @@ pub struct DeadLetter {
     pub reason: String,
 }
 
+/// Whether and how a broker orders deliveries by
+/// [`Properties::priority`](crate::Properties::priority).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Priorities {
+    /// Priorities are ignored: plain FIFO.
+    #[default]
+    Unsupported,
+    /// 9 is delivered before 0 (AMQP `x-max-priority`, SQL, memory).
+    HigherFirst,
+    /// 0 is delivered before 9 (kombu's Redis transport).
+    LowerFirst,
+}
+
+/// What a broker declares it can do, beyond the required methods of
+/// [`Broker`]. Callers (the worker, the conformance suites) choose their
+/// path from these flags instead of trying and reading an
+/// [`ErrorKind::Unsupported`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct Capabilities {
+    /// How priorities are ordered.
+    pub priorities: Priorities,
+    /// [`Acker::defer`] hands a message back to be delivered at a time
+    /// (ETA tasks wait in the broker, not in worker memory).
+    pub defer: bool,
+}
+
+impl Capabilities {
+    /// No optional ability.
+    pub fn none() -> Self {
+        Self::default()
+    }
+
+    /// Set how priorities are ordered.
+    pub fn priorities(mut self, p: Priorities) -> Self {
+        self.priorities = p;
+        self
+    }
+
+    /// Set whether [`Acker::defer`] is supported.
+    pub fn defer(mut self, supported: bool) -> Self {
+        self.defer = supported;
+        self
+    }
+}
+
+/// The dead-letter place of a broker: what [`Acker::dead_letter`] parked,
+/// per source queue. Reached through [`Broker::dead_letters`].
+#[async_trait]
+pub trait DeadLetters: Send + Sync {
+    /// Messages parked for `queue`, oldest first, at most `limit`.
+    async fn list(&self, queue: &str, limit: usize) -> Result<Vec<DeadLetter>, BrokerError>;
+
+    /// How many messages are parked for `queue`.
+    async fn count(&self, queue: &str) -> Result<u64, BrokerError>;
+
+    /// Move up to `limit` parked messages of `queue`, oldest first, back to
+    /// the end of `queue`, unchanged; returns how many moved. A message is
+    /// never lost on the way: it is in the queue before it leaves the
+    /// dead-letter place (a crash in between can leave it in both).
+    async fn redrive(&self, queue: &str, limit: usize) -> Result<u64, BrokerError>;
+
+    /// Delete every message parked for `queue`; returns how many.
+    async fn purge(&self, queue: &str) -> Result<u64, BrokerError>;
+}
+
 /// A message broker. Object safe: the app holds an `Arc<dyn Broker>`.
 #[async_trait]
 pub trait Broker: Send + Sync + 'static {
@@ -168,8 +241,16 @@ pub trait Broker: Send + Sync + 'static {
     /// Delete every waiting message of the queue; returns how many.
     async fn purge(&self, queue: &str) -> Result<u64, BrokerError>;
 
-    /// Messages parked in the dead-letter place for `queue`, oldest first.
-    async fn dead_letters(&self, queue: &str, limit: usize) -> Result<Vec<DeadLetter>, BrokerError>;
+    /// What this broker can do beyond the required methods.
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::none()
+    }
+
+    /// The dead-letter place, where the broker parks messages
+    /// ([`Acker::dead_letter`]); `None` if it has none.
+    fn dead_letters(&self) -> Option<&dyn DeadLetters> {
+        None
+    }
 
     /// Publish to a fanout/topic exchange (events, remote control).
     async fn publish_fanout(&self, exchange: &str, routing_key: &str, message: &Message) -> Result<(), BrokerError>;

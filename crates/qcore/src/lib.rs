@@ -35,7 +35,9 @@ pub mod trace;
 pub use app::{hostname, App, AppBuilder, IntoSignature, Parent, PreparedSend, SendOptions, TypedSignature};
 pub use async_result::AsyncResult;
 pub use backend::{ChordJoin, ChordPart, ResultBackend};
-pub use broker::{Acker, Broker, ConsumeOptions, Consumer, DeadLetter, Delivery, Subscription};
+pub use broker::{
+    Acker, Broker, Capabilities, ConsumeOptions, Consumer, DeadLetter, DeadLetters, Delivery, Priorities, Subscription,
+};
 pub use config::Config;
 pub use error::{BackendError, BrokerError, Error, ErrorKind, ProtocolError};
 pub use message::{ContentType, Embed, Message, Properties, TaskMessage, TaskMessageBuilder};

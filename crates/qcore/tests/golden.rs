@@ -813,7 +813,7 @@ mod producer {
     use async_trait::async_trait;
     use qcore::{
         chain, chord, group, App, BackendError, Broker, BrokerError, ChordJoin, ChordPart, ConsumeOptions, Consumer,
-        DeadLetter, ErrorKind, Message, ResultBackend, ResultMeta, SendOptions, Signature, Subscription,
+        ErrorKind, Message, ResultBackend, ResultMeta, SendOptions, Signature, Subscription,
     };
     use serde_json::{Map, Value};
 
@@ -842,9 +842,6 @@ mod producer {
         }
         async fn purge(&self, _queue: &str) -> Result<u64, BrokerError> {
             Ok(0)
-        }
-        async fn dead_letters(&self, _queue: &str, _limit: usize) -> Result<Vec<DeadLetter>, BrokerError> {
-            Ok(Vec::new())
         }
         async fn publish_fanout(&self, _e: &str, _rk: &str, _m: &Message) -> Result<(), BrokerError> {
             Ok(())

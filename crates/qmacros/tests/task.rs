@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use qcore::task::SoftLimit;
 use qcore::{
-    App, Broker, BrokerError, ConsumeOptions, Consumer, DeadLetter, ErrorKind, Message, RateLimit, RequestInfo,
-    Signature, Subscription, Task, TaskContext, TaskError, TaskOptions, TaskResult, TypedSignature,
+    App, Broker, BrokerError, ConsumeOptions, Consumer, ErrorKind, Message, RateLimit, RequestInfo, Signature,
+    Subscription, Task, TaskContext, TaskError, TaskOptions, TaskResult, TypedSignature,
 };
 use qmacros::task;
 use serde_json::{json, Value};
@@ -149,9 +149,6 @@ impl Broker for NoBroker {
         Err(unused())
     }
     async fn purge(&self, _queue: &str) -> Result<u64, BrokerError> {
-        Err(unused())
-    }
-    async fn dead_letters(&self, _queue: &str, _limit: usize) -> Result<Vec<DeadLetter>, BrokerError> {
         Err(unused())
     }
     async fn publish_fanout(&self, _exchange: &str, _key: &str, _message: &Message) -> Result<(), BrokerError> {

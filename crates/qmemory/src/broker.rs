@@ -7,7 +7,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use qcore::broker::topic_matches;
 use qcore::{
-    Acker, Broker, BrokerError, ConsumeOptions, Consumer, DeadLetter, Delivery, ErrorKind, Message, Subscription,
+    Acker, Broker, BrokerError, Capabilities, ConsumeOptions, Consumer, DeadLetter, DeadLetters, Delivery, ErrorKind,
+    Message, Priorities, Subscription,
 };
 use tokio::sync::{mpsc, Notify};
 
@@ -257,9 +258,12 @@ impl Broker for MemoryBroker {
         Ok(n)
     }
 
-    async fn dead_letters(&self, queue: &str, limit: usize) -> Result<Vec<DeadLetter>, BrokerError> {
-        let state = self.shared.lock();
-        Ok(state.queues.get(queue).map(|q| q.dead.iter().take(limit).cloned().collect()).unwrap_or_default())
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::none().priorities(Priorities::HigherFirst).defer(true)
+    }
+
+    fn dead_letters(&self) -> Option<&dyn DeadLetters> {
+        Some(self)
     }
 
     async fn publish_fanout(&self, exchange: &str, routing_key: &str, message: &Message) -> Result<(), BrokerError> {
@@ -289,6 +293,39 @@ impl Broker for MemoryBroker {
 
     fn describe(&self) -> String {
         "memory://".into()
+    }
+}
+
+#[async_trait]
+impl DeadLetters for MemoryBroker {
+    async fn list(&self, queue: &str, limit: usize) -> Result<Vec<DeadLetter>, BrokerError> {
+        let state = self.shared.lock();
+        Ok(state.queues.get(queue).map(|q| q.dead.iter().take(limit).cloned().collect()).unwrap_or_default())
+    }
+
+    async fn count(&self, queue: &str) -> Result<u64, BrokerError> {
+        Ok(self.shared.lock().queues.get(queue).map_or(0, |q| q.dead.len() as u64))
+    }
+
+    async fn redrive(&self, queue: &str, limit: usize) -> Result<u64, BrokerError> {
+        let mut state = self.shared.lock();
+        let Some(q) = state.queues.get_mut(queue) else {
+            return Ok(0);
+        };
+        let moved: Vec<DeadLetter> = q.dead.drain(..limit.min(q.dead.len())).collect();
+        let n = moved.len() as u64;
+        for d in moved {
+            q.push_back(Entry { message: d.message, redelivered: false });
+        }
+        if n > 0 {
+            state.wake_queue(queue);
+        }
+        Ok(n)
+    }
+
+    async fn purge(&self, queue: &str) -> Result<u64, BrokerError> {
+        let mut state = self.shared.lock();
+        Ok(state.queues.get_mut(queue).map_or(0, |q| std::mem::take(&mut q.dead).len() as u64))
     }
 }
 

@@ -11,7 +11,8 @@ use qmemory::{MemoryBackend, MemoryBroker};
 /// (two "connections" to one in-process server).
 fn broker_factory() -> impl qconformance::BrokerFactory {
     let broker = MemoryBroker::new();
-    let caps = BrokerCapabilities::new(Duration::ZERO).priorities(Priorities::HigherFirst).defer(true);
+    let caps =
+        BrokerCapabilities::new(Duration::ZERO).priorities(Priorities::HigherFirst).defer(true).dead_letters(true);
     qconformance::broker_fn(caps, move || {
         let b = broker.clone();
         async move { Ok::<Arc<dyn Broker>, BrokerError>(Arc::new(b)) }

@@ -360,7 +360,13 @@ async fn reads_right_after_an_unseen_restart_succeed() {
     server.restart();
     assert_eq!(broker.queue_len("reads").await.expect("queue_len after a restart"), 1);
     server.restart();
-    assert!(broker.dead_letters("reads", 10).await.expect("dead_letters after a restart").is_empty());
+    assert!(broker
+        .dead_letters()
+        .expect("a dead-letter place")
+        .list("reads", 10)
+        .await
+        .expect("dead_letters after a restart")
+        .is_empty());
     server.restart();
     assert_eq!(broker.unacked_len().await.expect("unacked_len after a restart"), 0);
     server.restart();

@@ -177,10 +177,10 @@ async fn malformed_messages_are_dead_lettered_not_dropped() {
     d.acker.ack().await.unwrap();
     eventually(Duration::from_secs(10), "two dead letters", || {
         let b = b.clone();
-        async move { b.dead_letters("q", 10).await.unwrap().len() == 2 }
+        async move { b.dead_letters().expect("a dead-letter place").list("q", 10).await.unwrap().len() == 2 }
     })
     .await;
-    let dead = b.dead_letters("q", 10).await.unwrap();
+    let dead = b.dead_letters().expect("a dead-letter place").list("q", 10).await.unwrap();
     assert!(dead.iter().all(|d| d.reason.contains("malformed") && d.queue == "q"), "{dead:?}");
     assert_eq!(b.unacked_len().await.unwrap(), 0);
 }
@@ -203,12 +203,13 @@ async fn poison_messages_are_dead_lettered_after_max_deliveries() {
             let b = b.clone();
             async move {
                 b.restore_expired().await.unwrap();
-                b.queue_len("q").await.unwrap() == 1 || !b.dead_letters("q", 1).await.unwrap().is_empty()
+                b.queue_len("q").await.unwrap() == 1
+                    || !b.dead_letters().expect("a dead-letter place").list("q", 1).await.unwrap().is_empty()
             }
         })
         .await;
     }
-    let dead = b.dead_letters("q", 10).await.unwrap();
+    let dead = b.dead_letters().expect("a dead-letter place").list("q", 10).await.unwrap();
     assert_eq!(dead.len(), 1);
     assert!(dead[0].reason.contains("max_deliveries"), "{}", dead[0].reason);
     assert_eq!(dead[0].message.task_id(), msg.task_id());

@@ -225,7 +225,7 @@ async fn poison_is_dead_lettered(broker: Arc<dyn Broker>) {
     let mut c = Probe::start(broker.as_ref(), "q", 1).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let dead = broker.dead_letters("q", 10).await.unwrap();
+        let dead = broker.dead_letters().expect("a dead-letter place").list("q", 10).await.unwrap();
         if let Some(d) = dead.first() {
             assert_eq!(d.message.task_id(), Some("poison"));
             assert!(d.reason.contains("max_deliveries = 2"), "{}", d.reason);
@@ -280,7 +280,7 @@ async fn malformed_rows_are_dead_lettered() {
         let d = next(&mut c, Duration::from_secs(10), "the good message after the malformed one").await;
         assert_eq!(id_of(&d), "good");
         d.acker.ack().await.unwrap();
-        let dead = broker.dead_letters("q", 10).await.unwrap();
+        let dead = broker.dead_letters().expect("a dead-letter place").list("q", 10).await.unwrap();
         assert_eq!(dead.len(), 1, "{}", broker.describe());
         assert!(dead[0].reason.starts_with("malformed message: headers"), "{}", dead[0].reason);
         assert!(dead[0].message.headers.contains_key("x-qtask-raw-headers"));
@@ -316,7 +316,7 @@ async fn pg_dead_letters_can_be_redriven() {
     let d = next(&mut c, Duration::from_secs(10), "delivery").await;
     d.acker.dead_letter("unknown task").await.unwrap();
     assert_eq!(broker.redrive_dead_letters("q", 10).await.unwrap(), 1);
-    assert!(broker.dead_letters("q", 10).await.unwrap().is_empty());
+    assert!(broker.dead_letters().expect("a dead-letter place").list("q", 10).await.unwrap().is_empty());
     let d = next(&mut c, Duration::from_secs(10), "redriven message").await;
     assert_eq!(d.message, m);
     d.acker.ack().await.unwrap();

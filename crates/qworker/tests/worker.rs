@@ -54,7 +54,7 @@ async fn unknown_task_fails_not_registered_is_parked_and_worker_goes_on() {
         }
         other => panic!("unexpected {other:?}"),
     }
-    let dead = env.app.broker().dead_letters("celery", 10).await.unwrap();
+    let dead = env.app.broker().dead_letters().expect("a dead-letter place").list("celery", 10).await.unwrap();
     assert_eq!(dead.len(), 1);
     assert!(dead[0].reason.contains("NotRegistered"), "{}", dead[0].reason);
     assert_eq!(dead[0].message.task_id(), Some(bad.id()));
@@ -81,10 +81,10 @@ async fn malformed_message_is_dead_lettered_with_reason() {
     let broker = env.app.broker().clone();
     eventually("both malformed messages parked", || {
         let b = broker.clone();
-        async move { b.dead_letters("celery", 10).await.unwrap().len() == 2 }
+        async move { b.dead_letters().expect("a dead-letter place").list("celery", 10).await.unwrap().len() == 2 }
     })
     .await;
-    let dead = broker.dead_letters("celery", 10).await.unwrap();
+    let dead = broker.dead_letters().expect("a dead-letter place").list("celery", 10).await.unwrap();
     assert!(dead.iter().all(|d| d.reason.starts_with("malformed message")), "{dead:?}");
     assert!(dead.iter().any(|d| d.message.body == b"{not json"), "the bytes are kept as they came");
     w.stop().await;
