@@ -3,7 +3,10 @@
 //! The AMQP 0-9-1 (RabbitMQ) broker and the `rpc://` result backend of
 //! qtask, byte-compatible with Celery 5.7 / kombu 5.7 / py-amqp 5.4: a Python
 //! Celery worker consumes what [`AmqpBroker`] publishes and the other way
-//! round, and Flower sees qtask's events and remote control.
+//! round. Fanout publish/subscribe (`celeryev`, `celery.pidbox`) is
+//! there; the worker does not publish Celery events or answer remote
+//! control yet, so Flower does not see qtask workers. Apps connect it
+//! through [`DRIVER`] (settings from the app's `Config`).
 //!
 //! ```no_run
 //! use qamqp::{AmqpBroker, AmqpOptions};
@@ -23,6 +26,7 @@ mod broker;
 mod consumer;
 mod core;
 mod delay;
+mod driver;
 mod direct;
 mod error;
 mod fields;
@@ -36,6 +40,7 @@ mod url;
 mod wire_tests;
 
 pub use broker::AmqpBroker;
+pub use driver::DRIVER;
 pub use options::{AmqpOptions, QueueType};
 pub use rpc::{RpcBackend, RpcOptions};
 pub use tls::TlsOptions;

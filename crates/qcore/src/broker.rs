@@ -31,6 +31,7 @@
 //!   of the exchange whose pattern matches (events, remote control); no
 //!   persistence, like Celery's `celeryev` and `celery.pidbox`.
 
+use std::any::Any;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -214,9 +215,38 @@ pub trait DeadLetters: Send + Sync {
     async fn purge(&self, queue: &str) -> Result<u64, BrokerError>;
 }
 
+/// Turns an `Arc` of a broker into `Arc<dyn Any>`, so that code which
+/// knows the adapter can reach its own API ([`downcast`]). Implemented for
+/// every type; not a way to discover abilities (see [`Capabilities`]).
+pub trait AsAny: Any + Send + Sync {
+    /// `self` as `Arc<dyn Any>`.
+    fn as_any_arc(self: Arc<Self>) -> Arc<dyn Any + Send + Sync>;
+}
+
+impl<T: Any + Send + Sync> AsAny for T {
+    fn as_any_arc(self: Arc<Self>) -> Arc<dyn Any + Send + Sync> {
+        self
+    }
+}
+
+/// The adapter type `B` behind `broker`, for its own API (a PostgreSQL
+/// broker's pool, say); `None` when the broker is of another type.
+///
+/// ```
+/// # use std::sync::Arc;
+/// # struct Other;
+/// # fn demo(broker: &Arc<dyn qcore::Broker>) {
+/// // e.g. qsql::PgBroker
+/// let pg: Option<Arc<Other>> = qcore::broker::downcast::<Other>(broker);
+/// # let _ = pg; }
+/// ```
+pub fn downcast<B: Any + Send + Sync>(broker: &Arc<dyn Broker>) -> Option<Arc<B>> {
+    <dyn Broker as AsAny>::as_any_arc(broker.clone()).downcast::<B>().ok()
+}
+
 /// A message broker. Object safe: the app holds an `Arc<dyn Broker>`.
 #[async_trait]
-pub trait Broker: Send + Sync + 'static {
+pub trait Broker: AsAny + Send + Sync + 'static {
     /// Create the queue (and whatever binds it) if it does not exist.
     async fn declare_queue(&self, queue: &str) -> Result<(), BrokerError>;
 

@@ -21,6 +21,7 @@ pub mod backend;
 pub mod broker;
 pub mod config;
 pub mod control;
+pub mod driver;
 mod error;
 pub mod json;
 pub mod message;
@@ -31,6 +32,7 @@ mod state;
 pub mod task;
 pub mod time;
 pub mod trace;
+pub mod url;
 
 pub use app::{hostname, App, AppBuilder, IntoSignature, Parent, PreparedSend, SendOptions, TypedSignature};
 pub use async_result::AsyncResult;

@@ -43,7 +43,19 @@ use std::sync::Arc;
 
 pub use backend::MemoryBackend;
 pub use broker::MemoryBroker;
-use qcore::{App, Config};
+use qcore::driver::{BoxFuture, Driver};
+use qcore::{App, Broker, Config, Error, ResultBackend};
+
+/// The `memory://` driver: a new in-process broker or backend per connect.
+pub static DRIVER: Driver = Driver::new("memory").broker(&["memory"], broker).backend(&["memory"], backend);
+
+fn broker<'a>(_url: &'a str, _cfg: &'a Config) -> BoxFuture<'a, Result<Arc<dyn Broker>, Error>> {
+    Box::pin(async { Ok(Arc::new(MemoryBroker::new()) as Arc<dyn Broker>) })
+}
+
+fn backend<'a>(_url: &'a str, _cfg: &'a Config) -> BoxFuture<'a, Result<Arc<dyn ResultBackend>, Error>> {
+    Box::pin(async { Ok(Arc::new(MemoryBackend::new()) as Arc<dyn ResultBackend>) })
+}
 
 /// An [`App`] with `config` on a new [`MemoryBroker`] and [`MemoryBackend`].
 /// `broker_url` and `result_backend` are set to `memory://` when unset.

@@ -42,4 +42,36 @@ mod url;
 
 pub use backend::{RedisBackend, RedisBackendOptions};
 pub use broker::{RedisBroker, RedisOptions};
+
+use std::sync::Arc;
+
+use qcore::driver::{BoxFuture, Driver};
+use qcore::{Broker, Config, ContentType, Error, ResultBackend};
+
+/// The Redis driver: `redis://` and `rediss://` (TLS, feature `tls`) as
+/// broker ([`RedisOptions::from_config`]) and result backend
+/// ([`RedisBackendOptions::from_config`]).
+pub static DRIVER: Driver =
+    Driver::new("redis").broker(&["redis", "rediss"], connect_broker).backend(&["redis", "rediss"], connect_backend);
+
+fn connect_broker<'a>(url: &'a str, cfg: &'a Config) -> BoxFuture<'a, Result<Arc<dyn Broker>, Error>> {
+    Box::pin(async move {
+        let broker = RedisBroker::connect(url, RedisOptions::from_config(cfg)).await?;
+        Ok(Arc::new(broker) as Arc<dyn Broker>)
+    })
+}
+
+fn connect_backend<'a>(url: &'a str, cfg: &'a Config) -> BoxFuture<'a, Result<Arc<dyn ResultBackend>, Error>> {
+    Box::pin(async move {
+        if cfg.result_serializer != ContentType::Json {
+            return Err(Error::Config(format!(
+                "result_serializer = {:?}: the Redis result backend stores JSON documents only (set result_serializer \
+                 = \"json\")",
+                cfg.result_serializer.mime()
+            )));
+        }
+        let backend = RedisBackend::connect(url, RedisBackendOptions::from_config(cfg)).await?;
+        Ok(Arc::new(backend) as Arc<dyn ResultBackend>)
+    })
+}
 pub use keys::{priority_step, DELIVERIES_HEADER, PRIORITY_STEPS, SEP};

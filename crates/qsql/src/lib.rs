@@ -37,6 +37,7 @@ mod backend;
 mod broker;
 mod chord_unlock;
 mod connect;
+mod driver;
 mod error;
 mod options;
 mod schema;
@@ -47,6 +48,7 @@ use std::sync::Arc;
 pub use backend::SqlBackend;
 pub use broker::{PgBroker, SqliteBroker};
 pub use chord_unlock::{chord_unlock_ready, chord_unlock_result_ids, ChordUnlock, ChordUnlockRequest};
+pub use driver::{backend_url, POSTGRES, SQLITE};
 pub use options::SqlOptions;
 
 /// Connect the broker for `url`: [`PgBroker`] for `postgres://` /

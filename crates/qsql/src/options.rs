@@ -61,17 +61,6 @@ impl SqlOptions {
         Self::default()
     }
 
-    /// Options from an app [`Config`](qcore::Config): `visibility_timeout`
-    /// and `max_deliveries`.
-    pub fn from_config(config: &qcore::Config) -> Self {
-        let mut o = Self::default();
-        if let Some(v) = config.visibility_timeout {
-            o.visibility_timeout = v;
-        }
-        o.max_deliveries = config.max_deliveries;
-        o
-    }
-
     /// Set the PostgreSQL schema.
     pub fn schema(mut self, schema: impl Into<String>) -> Self {
         self.schema = Some(schema.into());

@@ -1,30 +1,39 @@
-//! Brokers and backends from URLs.
+//! Brokers and backends from URLs: a lookup over the drivers of the
+//! adapters this build enables. Each adapter reads its own settings from the
+//! [`Config`] in its driver; nothing here knows an adapter's options.
 
 use std::sync::Arc;
 
+use qcore::driver::{self, Driver, Role};
 use qcore::{App, Broker, Config, Error, ResultBackend};
 
-/// URL schemes this build understands (depends on cargo features).
-pub const SUPPORTED_SCHEMES: &[&str] = &[
+/// The drivers this build enables (cargo features), in lookup order.
+/// Adding an adapter is one crate and one line here.
+pub static DRIVERS: &[&Driver] = &[
     #[cfg(feature = "memory")]
-    "memory://",
+    &qmemory::DRIVER,
     #[cfg(feature = "redis")]
-    "redis://",
-    #[cfg(feature = "redis")]
-    "rediss://",
+    &qredis::DRIVER,
     #[cfg(feature = "amqp")]
-    "amqp://",
-    #[cfg(feature = "amqp")]
-    "amqps://",
-    #[cfg(feature = "amqp")]
-    "rpc://",
+    &qamqp::DRIVER,
     #[cfg(feature = "postgres")]
-    "postgres://",
-    #[cfg(feature = "postgres")]
-    "postgresql://",
+    &qsql::POSTGRES,
     #[cfg(feature = "sqlite")]
-    "sqlite://",
+    &qsql::SQLITE,
 ];
+
+/// The URL schemes this build serves as a broker or result backend.
+pub fn supported_schemes() -> Vec<&'static str> {
+    let mut all: Vec<&'static str> = Vec::new();
+    for d in DRIVERS {
+        for s in d.schemes(Role::Broker).iter().chain(d.schemes(Role::Backend)) {
+            if !all.contains(s) {
+                all.push(s);
+            }
+        }
+    }
+    all
+}
 
 /// The broker and result backend of an app configured with neither
 /// `broker_url` nor `result_backend`: the embedded SQLite database
@@ -32,52 +41,20 @@ pub const SUPPORTED_SCHEMES: &[&str] = &[
 /// else `memory://`.
 pub const DEFAULT_URL: &str = if cfg!(feature = "sqlite") { "sqlite://qtask.db" } else { "memory://" };
 
-fn scheme(url: &str) -> Result<&str, Error> {
-    url.split_once("://")
-        .map(|(s, _)| s)
-        .or_else(|| url.split_once(':').map(|(s, _)| s))
-        .filter(|s| !s.is_empty())
-        .ok_or_else(|| Error::Config(format!("invalid URL {url:?}: expected scheme://...")))
-}
-
-fn unsupported(kind: &str, url: &str) -> Error {
-    let shown = url.split_once('@').map(|(_, rest)| format!("...@{rest}")).unwrap_or_else(|| url.to_string());
-    Error::Config(format!(
-        "unsupported {kind} URL {shown:?}: this build supports {} (enable the matching qtask feature for others)",
-        SUPPORTED_SCHEMES.join(", ")
-    ))
-}
-
-/// A broker for `url` (`memory://`, `sqlite://path`, and with features
-/// `redis://` / `rediss://`, `postgres://` / `postgresql://`, `amqp://` /
-/// `amqps://`), with default settings. See [`connect_with`] to pass settings.
+/// A broker for `url` (`memory://`, `sqlite://path`, `redis://` /
+/// `rediss://`, `postgres://` / `postgresql://`, `amqp://` / `amqps://`, as
+/// the build's features allow), with default settings. See [`connect_with`].
 pub async fn connect(url: &str) -> Result<Arc<dyn Broker>, Error> {
     connect_with(url, &Config::default()).await
 }
 
-/// A broker for `url` using the adapter settings of `cfg` (Redis:
-/// `visibility_timeout`, `max_deliveries`, `broker_transport_options`
-/// `global_keyprefix` / `visibility_timeout`; SQL: `visibility_timeout`,
-/// `max_deliveries`). The server is contacted once,
-/// so an unreachable broker is an error here rather than at the first send.
-#[cfg_attr(not(any(feature = "redis", feature = "sqlite", feature = "postgres")), allow(unused_variables))]
+/// A broker for `url`, its adapter reading its settings from `cfg`
+/// (`broker_transport_options`, `visibility_timeout`, `max_deliveries`,
+/// `broker_use_ssl`, `task_queue_max_priority`, ...). The server is
+/// contacted once, so an unreachable broker is an error here rather than
+/// at the first send.
 pub async fn connect_with(url: &str, cfg: &Config) -> Result<Arc<dyn Broker>, Error> {
-    match scheme(url)? {
-        #[cfg(feature = "memory")]
-        "memory" => Ok(Arc::new(qmemory::MemoryBroker::new())),
-        #[cfg(feature = "redis")]
-        "redis" | "rediss" => {
-            let options = qredis::RedisOptions::from_config(cfg);
-            Ok(Arc::new(qredis::RedisBroker::connect(url, options).await?))
-        }
-        #[cfg(feature = "amqp")]
-        "amqp" | "amqps" | "pyamqp" => Ok(Arc::new(crate::amqp::broker(url, cfg).await?)),
-        #[cfg(feature = "postgres")]
-        "postgres" | "postgresql" => crate::sql::connect_broker(url, cfg).await,
-        #[cfg(feature = "sqlite")]
-        "sqlite" => crate::sql::connect_broker(url, cfg).await,
-        _ => Err(unsupported("broker", url)),
-    }
+    driver::connect_broker(DRIVERS, url, cfg).await
 }
 
 /// A result backend for `url`, with default settings. `rpc://` (feature
@@ -87,50 +64,17 @@ pub async fn connect_backend(url: &str) -> Result<Arc<dyn ResultBackend>, Error>
     connect_backend_with(url, &Config::default()).await
 }
 
-/// A result backend for `url` using the adapter settings of `cfg` (Redis:
-/// `result_backend_transport_options` `global_keyprefix`). SQL databases
-/// take Celery's database backend spellings too: `db+postgresql://…`,
-/// `db+postgresql+psycopg2://…`, `db+sqlite:///relative.db`,
-/// `db+sqlite:////absolute.db`; `database_table_schemas.task` sets the
-/// PostgreSQL schema. `rpc://` (feature `amqp`, Celery's RPC backend)
-/// connects to `cfg.broker_url`, which must be `amqp://` / `amqps://`, and
-/// takes `result_expires`, `result_persistent`, `result_serializer`.
-#[cfg_attr(not(any(feature = "redis", feature = "sqlite", feature = "postgres")), allow(unused_variables))]
+/// A result backend for `url`, its adapter reading its settings from `cfg`.
+/// SQL databases take Celery's database backend spellings too
+/// (`db+postgresql://…`, `db+sqlite:///relative.db`); `rpc://` (Celery's
+/// RPC backend) connects to `cfg.broker_url`, which must be `amqp://` /
+/// `amqps://`.
 pub async fn connect_backend_with(url: &str, cfg: &Config) -> Result<Arc<dyn ResultBackend>, Error> {
-    match scheme(url)? {
-        #[cfg(feature = "memory")]
-        "memory" => Ok(Arc::new(qmemory::MemoryBackend::new())),
-        #[cfg(feature = "redis")]
-        "redis" | "rediss" => {
-            let mut options = qredis::RedisBackendOptions::default();
-            if let Some(prefix) = cfg
-                .extra
-                .get("result_backend_transport_options")
-                .and_then(|t| t.get("global_keyprefix"))
-                .and_then(|p| p.as_str())
-            {
-                options = options.global_keyprefix(prefix);
-            }
-            Ok(Arc::new(qredis::RedisBackend::connect(url, options).await?))
-        }
-        #[cfg(feature = "amqp")]
-        "rpc" => Ok(crate::amqp::rpc_backend(cfg.broker_url.as_deref(), cfg).await?),
-        #[cfg(feature = "amqp")]
-        "amqp" | "amqps" => Err(Error::Config(
-            "an amqp:// result backend is Celery's deprecated `amqp` backend: use \"rpc://\" (results over the broker)"
-                .into(),
-        )),
-        #[cfg(any(feature = "sqlite", feature = "postgres"))]
-        _ if crate::sql::backend_url(url).is_some() => {
-            let sql_url = crate::sql::backend_url(url).unwrap_or_default();
-            crate::sql::connect_backend(&sql_url, cfg).await
-        }
-        _ => Err(unsupported("result backend", url)),
-    }
+    driver::connect_backend(DRIVERS, url, cfg).await
 }
 
-/// An app on `url` for both broker and results (`memory://` shares one
-/// in-process store).
+/// An app on `url` for both broker and results (`memory://`: an in-process
+/// broker and backend).
 pub async fn app(url: &str) -> Result<App, Error> {
     let mut cfg = Config::default();
     cfg.broker_url = Some(url.to_string());
@@ -147,19 +91,12 @@ pub async fn app_from_config(mut cfg: Config) -> Result<App, Error> {
         cfg.result_backend = Some(DEFAULT_URL.to_string());
     }
     let broker_url = cfg.broker_url.get_or_insert_with(|| DEFAULT_URL.to_string()).clone();
-    #[cfg(feature = "amqp")]
-    if cfg.result_backend.as_deref().is_some_and(|u| scheme(u).ok() == Some("rpc")) {
-        // rpc:// rides on the broker's own connections; the app names the
-        // backend's reply queue as its tasks' reply_to.
-        if !crate::amqp::is_amqp(&broker_url) {
-            return Err(crate::amqp::rpc_needs_amqp(Some(&broker_url)));
-        }
-        let broker = crate::amqp::broker(&broker_url, &cfg).await?;
-        let backend = broker.rpc_backend(crate::amqp::rpc_options(&cfg)).await?;
-        return App::builder().broker(Arc::new(broker)).backend(Arc::new(backend)).config(cfg).build();
+    // Both URLs are checked before either server is contacted.
+    driver::find(DRIVERS, &broker_url, Role::Broker)?;
+    if let Some(url) = &cfg.result_backend {
+        driver::find(DRIVERS, url, Role::Backend)?;
     }
-    let broker = connect_with(&broker_url, &cfg).await?;
-    let mut builder = App::builder().broker(broker);
+    let mut builder = App::builder().broker(connect_with(&broker_url, &cfg).await?);
     if let Some(url) = cfg.result_backend.clone() {
         builder = builder.backend(connect_backend_with(&url, &cfg).await?);
     }
@@ -191,5 +128,12 @@ mod tests {
         assert!(e.contains("needs an amqp://"), "{e}");
         let e = connect_backend("rpc://").await.err().map(|e| e.to_string()).unwrap_or_default();
         assert!(e.contains("needs an amqp://"), "{e}");
+    }
+
+    #[cfg(feature = "sqlite")]
+    #[tokio::test]
+    async fn a_results_only_url_is_not_a_broker() {
+        let e = connect("db+sqlite:///x.db").await.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains("result backend URL of the sqlite adapter"), "{e}");
     }
 }

@@ -43,14 +43,13 @@
 //! in the working directory), for both, so `qtask::app_from_config(Config::default())`
 //! needs no server. Sending after a commit on any broker: [`AfterCommit`].
 
-#[cfg(feature = "amqp")]
-mod amqp;
 mod connect;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod sql;
 
 pub use connect::{
-    app, app_from_config, connect, connect_backend, connect_backend_with, connect_with, DEFAULT_URL, SUPPORTED_SCHEMES,
+    app, app_from_config, connect, connect_backend, connect_backend_with, connect_with, supported_schemes, DEFAULT_URL,
+    DRIVERS,
 };
 #[cfg(feature = "amqp")]
 pub use qamqp;

@@ -1,98 +1,6 @@
-//! The SQL adapters behind the facade: URLs (`postgres://`, `sqlite://`,
-//! Celery's `db+…` spellings), settings from [`Config`], and enqueue on
-//! commit (`SendInTx` on PostgreSQL, [`AfterCommit`] on any broker).
+//! Enqueue on commit: `SendInTx` on PostgreSQL, [`AfterCommit`] on any broker.
 
-use std::sync::Arc;
-
-use qcore::{App, AsyncResult, Broker, Config, Error, IntoSignature, Message, ResultBackend, SendOptions};
-
-/// Adapter options from the app settings: `visibility_timeout` (or
-/// `broker_transport_options.visibility_timeout`), `max_deliveries`, and
-/// for the result backend Celery's `database_table_schemas.task` as the
-/// PostgreSQL schema.
-fn options(cfg: &Config, for_backend: bool) -> qsql::SqlOptions {
-    let mut o = qsql::SqlOptions::from_config(cfg);
-    if cfg.visibility_timeout.is_none() {
-        let from_transport = cfg
-            .extra
-            .get("broker_transport_options")
-            .and_then(|t| t.get("visibility_timeout"))
-            .and_then(|v| v.as_float().or_else(|| v.as_integer().map(|i| i as f64)))
-            .filter(|s| s.is_finite() && *s > 0.0);
-        if let Some(secs) = from_transport {
-            o = o.visibility_timeout(std::time::Duration::from_secs_f64(secs));
-        }
-    }
-    if for_backend {
-        let schema = cfg
-            .extra
-            .get("database_table_schemas")
-            .and_then(|t| t.get("task"))
-            .and_then(|v| v.as_str())
-            .filter(|s| !s.is_empty());
-        if let Some(s) = schema {
-            o = o.schema(s);
-        }
-    }
-    o
-}
-
-/// Whether `scheme` names a SQL database this build supports.
-fn enabled(scheme: &str) -> bool {
-    (cfg!(feature = "postgres") && matches!(scheme, "postgres" | "postgresql"))
-        || (cfg!(feature = "sqlite") && scheme == "sqlite")
-}
-
-/// The qsql URL of a result backend URL, or `None` when it is not a SQL URL
-/// this build supports. Accepts qtask's `postgres://…`, `postgresql://…`,
-/// `sqlite://path`, `sqlite::memory:` and Celery's SQLAlchemy spellings
-/// `db+postgresql://…`, `db+postgresql+psycopg2://…` and `db+sqlite:///path`
-/// (SQLAlchemy: three slashes and a relative path, four for an absolute
-/// one, `db+sqlite://` alone for memory).
-pub(crate) fn backend_url(url: &str) -> Option<String> {
-    let url = url.trim();
-    if let Some(rest) = url.strip_prefix("db+") {
-        let (scheme, tail) = rest.split_once("://")?;
-        let dialect = scheme.split('+').next().unwrap_or(scheme);
-        if !enabled(dialect) {
-            return None;
-        }
-        if dialect == "sqlite" {
-            // SQLAlchemy: sqlite:///relative.db, sqlite:////absolute.db, sqlite:// = memory.
-            return Some(match tail.strip_prefix('/') {
-                None if tail.is_empty() => "sqlite::memory:".to_string(),
-                None => format!("sqlite://{tail}"),
-                Some("") | Some(":memory:") => "sqlite::memory:".to_string(),
-                Some(path) => format!("sqlite://{path}"),
-            });
-        }
-        return Some(format!("{dialect}://{tail}"));
-    }
-    let scheme = url.split_once("://").map(|(s, _)| s).or_else(|| url.split_once(':').map(|(s, _)| s))?;
-    enabled(scheme).then(|| url.to_string())
-}
-
-/// The broker for a `postgres://` / `postgresql://` / `sqlite://` URL.
-pub(crate) async fn connect_broker(url: &str, cfg: &Config) -> Result<Arc<dyn Broker>, Error> {
-    let opts = options(cfg, false);
-    if url.starts_with("sqlite:") {
-        #[cfg(feature = "sqlite")]
-        return Ok(Arc::new(qsql::SqliteBroker::connect(url, opts).await?));
-    }
-    #[cfg(feature = "postgres")]
-    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        let broker = Arc::new(qsql::PgBroker::connect(url, opts).await?);
-        pg::remember(&broker);
-        return Ok(broker);
-    }
-    let _ = opts;
-    Err(Error::Config(format!("not a SQL broker URL this build supports: {url:?}")))
-}
-
-/// The result backend for a URL accepted by [`backend_url`].
-pub(crate) async fn connect_backend(url: &str, cfg: &Config) -> Result<Arc<dyn ResultBackend>, Error> {
-    Ok(Arc::new(qsql::SqlBackend::connect(url, options(cfg, true)).await?))
-}
+use qcore::{App, AsyncResult, Error, IntoSignature, Message, SendOptions};
 
 /// Sends signatures after the caller's database transaction committed, on
 /// any broker: Celery's `delay_on_commit` / Django's
@@ -195,30 +103,16 @@ pub use pg::{pg_broker, SendInTx};
 mod pg {
     use std::future::Future;
     use std::pin::Pin;
-    use std::sync::{Arc, Mutex, Weak};
+    use std::sync::Arc;
 
     use qcore::{App, AsyncResult, Error, IntoSignature, SendOptions};
     use qsql::PgBroker;
     use sqlx::{Postgres, Transaction};
 
-    /// PostgreSQL brokers made by [`crate::connect`], to find the one behind
-    /// an app's `Arc<dyn Broker>`.
-    static BROKERS: Mutex<Vec<Weak<PgBroker>>> = Mutex::new(Vec::new());
-
-    pub(super) fn remember(broker: &Arc<PgBroker>) {
-        let mut list = BROKERS.lock().unwrap_or_else(|p| p.into_inner());
-        list.retain(|w| w.strong_count() > 0);
-        list.push(Arc::downgrade(broker));
-    }
-
-    /// The [`PgBroker`] of an app whose broker came from
-    /// [`connect`](crate::connect) / [`app_from_config`](crate::app_from_config)
-    /// with a `postgres://` URL (for its pool, dead letters...). `None` for
-    /// other brokers.
+    /// The [`PgBroker`] of an app whose broker is one (a `postgres://`
+    /// `broker_url`, or built by hand), for its pool; `None` for other brokers.
     pub fn pg_broker(app: &App) -> Option<Arc<PgBroker>> {
-        let target = Arc::as_ptr(app.broker()) as *const u8;
-        let list = BROKERS.lock().unwrap_or_else(|p| p.into_inner());
-        list.iter().find(|w| w.as_ptr() as *const u8 == target).and_then(Weak::upgrade)
+        qcore::broker::downcast::<PgBroker>(app.broker())
     }
 
     type BoxFut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -231,10 +125,8 @@ mod pg {
     /// broker's own is [`pg_broker`]`(&app).pool()`). In eager mode
     /// (`task_always_eager`) the task runs at once, as `delay` would.
     ///
-    /// It works with apps whose broker came from a `postgres://` URL
-    /// ([`crate::connect`], [`crate::app_from_config`]); for an app built by
-    /// hand around a [`PgBroker`], do the same in two steps:
-    /// [`App::prepare`] builds the messages and
+    /// It works with every app whose broker is a [`PgBroker`]; the same in
+    /// two steps: [`App::prepare`] builds the messages and
     /// [`PgBroker::publish_in_tx`] writes each of them in the transaction.
     ///
     /// ```no_run
@@ -317,28 +209,5 @@ mod pg {
                 Ok(prepared.result.typed())
             })
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::backend_url;
-
-    #[test]
-    fn celery_database_backend_urls() {
-        if cfg!(feature = "postgres") {
-            assert_eq!(backend_url("db+postgresql://u@h/db").as_deref(), Some("postgresql://u@h/db"));
-            assert_eq!(backend_url("db+postgresql+psycopg2://u@h/db?x=1").as_deref(), Some("postgresql://u@h/db?x=1"));
-            assert_eq!(backend_url("postgres://h/db").as_deref(), Some("postgres://h/db"));
-        }
-        if cfg!(feature = "sqlite") {
-            assert_eq!(backend_url("db+sqlite:///results.db").as_deref(), Some("sqlite://results.db"));
-            assert_eq!(backend_url("db+sqlite:////var/r.db").as_deref(), Some("sqlite:///var/r.db"));
-            assert_eq!(backend_url("db+sqlite://").as_deref(), Some("sqlite::memory:"));
-            assert_eq!(backend_url("sqlite://q.db").as_deref(), Some("sqlite://q.db"));
-            assert_eq!(backend_url("sqlite::memory:").as_deref(), Some("sqlite::memory:"));
-        }
-        assert_eq!(backend_url("db+mysql://h/db"), None);
-        assert_eq!(backend_url("redis://h"), None);
     }
 }

@@ -7,10 +7,11 @@
 //! qtask [--broker URL] purge [--queue Q]
 //! ```
 //!
-//! URLs come from the flags, else `QTASK_BROKER_URL` / `QTASK_RESULT_BACKEND`,
-//! else `CELERY_BROKER_URL` / `CELERY_RESULT_BACKEND`; with none of them,
-//! the embedded default `sqlite://qtask.db` (in the working directory) for
-//! both.
+//! Settings come from the TOML file named by `QTASK_CONFIG`, then the
+//! environment (`QTASK_<SETTING>`, then `CELERY_<SETTING>`); the URL flags
+//! win over both. With no URL anywhere, the embedded default
+//! `sqlite://qtask.db` (in the working directory) for both. An unknown
+//! setting is an error naming the closest one.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -24,6 +25,7 @@ const USAGE: &str = "usage:
   qtask [--broker URL] [--backend URL] call NAME [--args JSON] [--kwargs JSON] [--queue Q] [--countdown SECS] [--wait SECS]
   qtask [--broker URL] [--backend URL] result ID
   qtask [--broker URL] purge [--queue Q]
+Settings: the TOML file named by QTASK_CONFIG, then QTASK_<SETTING> / CELERY_<SETTING> variables.
 URLs default to QTASK_BROKER_URL / QTASK_RESULT_BACKEND, then CELERY_BROKER_URL / CELERY_RESULT_BACKEND,
 then sqlite://qtask.db (in the working directory) for both.";
 
