@@ -17,17 +17,25 @@ pub static DRIVER: Driver = Driver::new("amqp")
 
 impl AmqpOptions {
     /// Broker settings from `cfg`: `task_queue_max_priority` (`x-max-priority`
-    /// on task queues, as Celery declares them), `max_deliveries`, the
+    /// on task queues, as Celery declares them), `task_default_queue_type`,
+    /// `max_deliveries`, the
     /// worker's node name (`worker_hostname`, also put in the connection
     /// name) and `broker_use_ssl` (its files are read here: a missing or bad
     /// one is a configuration error before any connection).
     pub fn from_config(cfg: &Config) -> Result<AmqpOptions, Error> {
         let mut o = AmqpOptions::default();
         if let Some(ssl) = &cfg.broker_use_ssl {
-            o = o.tls(TlsOptions::from_files(ssl.ca_certs.as_deref(), ssl.certfile.as_deref(), ssl.keyfile.as_deref())?);
+            o = o.tls(TlsOptions::from_files(
+                ssl.ca_certs.as_deref(),
+                ssl.certfile.as_deref(),
+                ssl.keyfile.as_deref(),
+            )?);
         }
         if let Some(p) = cfg.task_queue_max_priority {
             o = o.queue_max_priority(p);
+        }
+        if cfg.task_default_queue_type == qcore::config::QueueType::Quorum {
+            o = o.quorum();
         }
         if let Some(m) = cfg.max_deliveries {
             o = o.max_deliveries(Some(m));
@@ -148,10 +156,13 @@ mod tests {
         let o = AmqpOptions::from_config(&cfg).unwrap();
         assert_eq!(o.queue_max_priority, Some(10));
         assert_eq!(o.max_deliveries, Some(3));
+        assert_eq!(o.queue_type, crate::QueueType::Classic);
+        let quorum = Config::from_toml_str("task_default_queue_type = \"quorum\"").unwrap();
+        assert_eq!(AmqpOptions::from_config(&quorum).unwrap().queue_type, crate::QueueType::Quorum);
         let r = RpcOptions::from_config(&cfg);
         assert_eq!(r.expires, Some(std::time::Duration::from_secs(60)));
         assert!(!r.persistent);
-        assert_eq!(r.serializer, qcore::ContentType::MsgPack);
+        assert_eq!(r.serializer, qcore::ContentType::Msgpack);
     }
 
     #[tokio::test]

@@ -139,9 +139,7 @@ pub fn scheme(url: &str) -> Result<&str, Error> {
         .map(|(s, _)| s)
         .or_else(|| url.split_once(':').map(|(s, _)| s))
         .filter(|s| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c)))
-        .ok_or_else(|| {
-            Error::Config(format!("invalid URL {:?}: expected scheme://...", crate::url::redact(url)))
-        })
+        .ok_or_else(|| Error::Config(format!("invalid URL {:?}: expected scheme://...", crate::url::redact(url))))
 }
 
 /// The driver among `drivers` that serves `url` in `role`, or a
@@ -154,9 +152,10 @@ pub fn find<'d>(drivers: &[&'d Driver], url: &str, role: Role) -> Result<&'d Dri
     }
     let supported: Vec<String> =
         drivers.iter().flat_map(|d| d.schemes(role).iter().map(|s| format!("{s}://"))).collect();
-    let elsewhere = drivers.iter().find(|d| d.serves(s, other(role))).map(|d| {
-        format!(" ({s}:// is a {} URL of the {} adapter, not a {})", other(role).noun(), d.name, role.noun())
-    });
+    let elsewhere = drivers
+        .iter()
+        .find(|d| d.serves(s, other(role)))
+        .map(|d| format!(" ({s}:// is a {} URL of the {} adapter, not a {})", other(role).noun(), d.name, role.noun()));
     Err(Error::Config(format!(
         "unsupported {} URL {:?}{}: this build supports {} (enable the matching qtask feature for others)",
         role.noun(),

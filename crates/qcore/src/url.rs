@@ -33,7 +33,10 @@ mod tests {
     fn passwords_are_hidden_and_nothing_else_changes() {
         for (url, want) in [
             ("redis://:s3cret@127.0.0.1:6379/0", "redis://:***@127.0.0.1:6379/0"),
-            ("rediss://user:p@ss:w@rd@host/1?ssl_cert_reqs=required", "rediss://user:***@host/1?ssl_cert_reqs=required"),
+            (
+                "rediss://user:p@ss:w@rd@host/1?ssl_cert_reqs=required",
+                "rediss://user:***@host/1?ssl_cert_reqs=required",
+            ),
             ("amqp://guest:guest@localhost:5672/%2f", "amqp://guest:***@localhost:5672/%2f"),
             ("postgres://app:pw@db/test?sslmode=require", "postgres://app:***@db/test?sslmode=require"),
             ("postgres://app@db/test", "postgres://app@db/test"),

@@ -78,7 +78,9 @@ pub fn backend_url(url: &str) -> String {
 }
 
 fn connect_pg_broker<'a>(url: &'a str, cfg: &'a Config) -> BoxFuture<'a, Result<Arc<dyn Broker>, Error>> {
-    Box::pin(async move { Ok(Arc::new(PgBroker::connect(url, SqlOptions::from_config(cfg)).await?) as Arc<dyn Broker>) })
+    Box::pin(
+        async move { Ok(Arc::new(PgBroker::connect(url, SqlOptions::from_config(cfg)).await?) as Arc<dyn Broker>) },
+    )
 }
 
 fn connect_sqlite_broker<'a>(url: &'a str, cfg: &'a Config) -> BoxFuture<'a, Result<Arc<dyn Broker>, Error>> {

@@ -156,6 +156,18 @@ const KOMBU_TRANSPORT_OPTIONS: &[&str] = &[
     "unacked_restore_limit",
 ];
 
+/// Celery's `task_default_queue_type`: the kind of queue a RabbitMQ broker
+/// declares for tasks (other brokers have one kind).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum QueueType {
+    /// Classic durable queues (Celery's default).
+    #[default]
+    Classic,
+    /// Quorum queues (`x-queue-type: quorum`): replicated.
+    Quorum,
+}
+
 /// Celery's `database_table_schemas` (database result backend): the
 /// PostgreSQL schema of `celery_taskmeta` (`task`) and `celery_tasksetmeta`
 /// (`group`).
@@ -198,6 +210,13 @@ pub struct Config {
     /// `task_queue_max_priority`: `x-max-priority` of the task queues a
     /// RabbitMQ broker declares.
     pub task_queue_max_priority: Option<u8>,
+    /// `task_default_queue_type`: classic or quorum task queues (RabbitMQ).
+    pub task_default_queue_type: QueueType,
+    /// `accept_content`: the body serializers a worker accepts; a message
+    /// in another one is parked in the dead-letter place (Celery:
+    /// `ContentDisallowed`). `None` (unset): every serializer qtask decodes
+    /// (JSON and msgpack).
+    pub accept_content: Option<Vec<ContentType>>,
     /// How long results are kept (Celery: 1 day).
     pub result_expires: Duration,
     /// Ack after the task ran (default false: ack just before running).
@@ -256,6 +275,8 @@ impl Default for Config {
             task_default_queue: "celery".into(),
             task_serializer: ContentType::Json,
             task_queue_max_priority: None,
+            task_default_queue_type: QueueType::Classic,
+            accept_content: None,
             result_expires: Duration::from_secs(86_400),
             task_acks_late: false,
             task_acks_on_failure_or_timeout: true,
@@ -294,6 +315,8 @@ pub const KNOWN_SETTINGS: &[&str] = &[
     "task_default_queue",
     "task_serializer",
     "task_queue_max_priority",
+    "task_default_queue_type",
+    "accept_content",
     "result_expires",
     "task_acks_late",
     "task_acks_on_failure_or_timeout",
@@ -395,6 +418,17 @@ fn as_string(key: &str, v: &Value) -> Result<String, Error> {
         Value::Str(s) => Ok(s.clone()),
         other => Err(cfg_err(key, format!("expected a string, got {}", other.kind()))),
     }
+}
+
+/// A list of serializer names (`json`, `application/json`, `msgpack`, ...)
+/// or, from the environment, `json,msgpack`.
+fn as_content_types(key: &str, v: &Value) -> Result<Vec<ContentType>, Error> {
+    let names: Vec<String> = match v {
+        Value::List(items) => items.iter().map(|i| as_string(key, i)).collect::<Result<_, _>>()?,
+        Value::Str(s) => s.split(',').map(|p| p.trim().to_string()).filter(|p| !p.is_empty()).collect(),
+        other => return Err(cfg_err(key, format!("expected a list of serializers, got {}", other.kind()))),
+    };
+    names.iter().map(|n| ContentType::from_mime(n).map_err(|e| cfg_err(key, e))).collect()
 }
 
 /// A table, or from the environment `key=value,key2=value2` (in that order).
@@ -523,6 +557,14 @@ impl Config {
                 }
                 self.task_queue_max_priority = Some(n as u8).filter(|n| *n > 0);
             }
+            "task_default_queue_type" => {
+                self.task_default_queue_type = match as_string(key, v)?.trim().to_ascii_lowercase().as_str() {
+                    "classic" => QueueType::Classic,
+                    "quorum" => QueueType::Quorum,
+                    other => return Err(cfg_err(key, format!("expected \"classic\" or \"quorum\", got {other:?}"))),
+                }
+            }
+            "accept_content" => self.accept_content = Some(as_content_types(key, v)?),
             "result_expires" => self.result_expires = as_secs(key, v)?,
             "task_acks_late" => self.task_acks_late = as_bool(key, v)?,
             "task_acks_on_failure_or_timeout" => self.task_acks_on_failure_or_timeout = as_bool(key, v)?,

@@ -125,6 +125,26 @@ fn celery_settings_qtask_does_not_support_are_reported() {
 }
 
 #[test]
+fn seed_tutorial_settings() {
+    let c = Config::from_toml_str(
+        r#"
+        accept_content = ["json", "application/x-msgpack"]
+        task_default_queue_type = "quorum"
+        "#,
+    )
+    .unwrap();
+    assert_eq!(c.accept_content, Some(vec![ContentType::Json, ContentType::Msgpack]));
+    assert_eq!(c.task_default_queue_type, QueueType::Quorum);
+    let c = Config::from_vars(vars(&[("CELERY_ACCEPT_CONTENT", "json")])).unwrap();
+    assert_eq!(c.accept_content, Some(vec![ContentType::Json]));
+    assert_eq!(Config::default().accept_content, None);
+    let e = Config::from_toml_str("accept_content = [\"pickle\"]").unwrap_err().to_string();
+    assert!(e.contains("accept_content"), "{e}");
+    let e = Config::from_toml_str("task_default_queue_type = \"stream\"").unwrap_err().to_string();
+    assert!(e.contains("quorum"), "{e}");
+}
+
+#[test]
 fn every_known_setting_is_accepted_by_set() {
     for name in KNOWN_SETTINGS {
         let e = Config::default().set(name, Value::List(vec![])).err().map(|e| e.to_string()).unwrap_or_default();
