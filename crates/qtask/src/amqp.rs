@@ -17,12 +17,8 @@ pub(crate) fn options(cfg: &Config) -> Result<AmqpOptions, Error> {
     if let Some(ssl) = &cfg.broker_use_ssl {
         o = o.tls(TlsOptions::from_files(ssl.ca_certs.as_deref(), ssl.certfile.as_deref(), ssl.keyfile.as_deref())?);
     }
-    let max_priority = cfg
-        .extra
-        .get("task_queue_max_priority")
-        .and_then(|v| v.as_integer().or_else(|| v.as_str().and_then(|s| s.trim().parse().ok())));
-    if let Some(p) = max_priority.filter(|p| *p > 0) {
-        o = o.queue_max_priority(p.clamp(0, 255) as u8);
+    if let Some(p) = cfg.task_queue_max_priority.filter(|p| *p > 0) {
+        o = o.queue_max_priority(p);
     }
     if let Some(m) = cfg.max_deliveries {
         o = o.max_deliveries(Some(m));
@@ -53,15 +49,10 @@ pub(crate) fn tls_url<'a>(url: &'a str, cfg: &Config) -> Cow<'a, str> {
 /// `result_persistent`, `result_serializer`.
 pub(crate) fn rpc_options(cfg: &Config) -> RpcOptions {
     let mut o = RpcOptions::default().expires(Some(cfg.result_expires));
-    if let Some(p) = cfg.extra.get("result_persistent").and_then(|v| v.as_bool()) {
+    if let Some(p) = cfg.result_persistent {
         o = o.persistent(p);
     }
-    if let Some(ct) =
-        cfg.extra.get("result_serializer").and_then(|v| v.as_str()).and_then(|s| qcore::ContentType::from_mime(s).ok())
-    {
-        o = o.serializer(ct);
-    }
-    o
+    o.serializer(cfg.result_serializer)
 }
 
 pub(crate) async fn broker(url: &str, cfg: &Config) -> Result<AmqpBroker, Error> {

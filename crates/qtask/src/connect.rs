@@ -103,12 +103,7 @@ pub async fn connect_backend_with(url: &str, cfg: &Config) -> Result<Arc<dyn Res
         #[cfg(feature = "redis")]
         "redis" | "rediss" => {
             let mut options = qredis::RedisBackendOptions::default();
-            if let Some(prefix) = cfg
-                .extra
-                .get("result_backend_transport_options")
-                .and_then(|t| t.get("global_keyprefix"))
-                .and_then(|p| p.as_str())
-            {
+            if let Some(prefix) = &cfg.result_backend_transport_options.global_keyprefix {
                 options = options.global_keyprefix(prefix);
             }
             Ok(Arc::new(qredis::RedisBackend::connect(url, options).await?))

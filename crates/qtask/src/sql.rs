@@ -12,25 +12,11 @@ use qcore::{App, AsyncResult, Broker, Config, Error, IntoSignature, Message, Res
 /// PostgreSQL schema.
 fn options(cfg: &Config, for_backend: bool) -> qsql::SqlOptions {
     let mut o = qsql::SqlOptions::from_config(cfg);
-    if cfg.visibility_timeout.is_none() {
-        let from_transport = cfg
-            .extra
-            .get("broker_transport_options")
-            .and_then(|t| t.get("visibility_timeout"))
-            .and_then(|v| v.as_float().or_else(|| v.as_integer().map(|i| i as f64)))
-            .filter(|s| s.is_finite() && *s > 0.0);
-        if let Some(secs) = from_transport {
-            o = o.visibility_timeout(std::time::Duration::from_secs_f64(secs));
-        }
+    if let Some(v) = cfg.broker_visibility_timeout() {
+        o = o.visibility_timeout(v);
     }
     if for_backend {
-        let schema = cfg
-            .extra
-            .get("database_table_schemas")
-            .and_then(|t| t.get("task"))
-            .and_then(|v| v.as_str())
-            .filter(|s| !s.is_empty());
-        if let Some(s) = schema {
+        if let Some(s) = cfg.database_table_schemas.task.as_deref().filter(|s| !s.is_empty()) {
             o = o.schema(s);
         }
     }

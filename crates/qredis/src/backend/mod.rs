@@ -52,13 +52,8 @@ impl RedisBackendOptions {
     /// `result_backend_transport_options` key `global_keyprefix`, as Celery names it.
     pub fn from_config(config: &qcore::Config) -> Self {
         let mut o = RedisBackendOptions::default();
-        if let Some(p) = config
-            .extra
-            .get("result_backend_transport_options")
-            .and_then(|t| t.get("global_keyprefix"))
-            .and_then(|v| v.as_str())
-        {
-            o.global_keyprefix = p.to_string();
+        if let Some(p) = &config.result_backend_transport_options.global_keyprefix {
+            o.global_keyprefix = p.clone();
         }
         o
     }

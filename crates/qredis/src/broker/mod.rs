@@ -112,17 +112,10 @@ impl RedisOptions {
     /// `global_keyprefix`, `visibility_timeout` (seconds) as Celery names them.
     pub fn from_config(config: &qcore::Config) -> Self {
         let mut o = RedisOptions::default();
-        if let Some(t) = config.extra.get("broker_transport_options") {
-            if let Some(p) = t.get("global_keyprefix").and_then(|v| v.as_str()) {
-                o.global_keyprefix = p.to_string();
-            }
-            let secs =
-                t.get("visibility_timeout").and_then(|v| v.as_float().or_else(|| v.as_integer().map(|i| i as f64)));
-            if let Some(s) = secs.filter(|s| s.is_finite() && *s > 0.0) {
-                o.visibility_timeout = Duration::from_secs_f64(s);
-            }
+        if let Some(p) = &config.broker_transport_options.global_keyprefix {
+            o.global_keyprefix = p.clone();
         }
-        if let Some(v) = config.visibility_timeout {
+        if let Some(v) = config.broker_visibility_timeout() {
             o.visibility_timeout = v;
         }
         if config.max_deliveries.is_some() {
