@@ -75,7 +75,7 @@ async fn killed_worker_task_runs_again_after_the_lease_expires() -> Result<()> {
     // Acked: the row is gone, so it cannot run a third time; nothing dead-lettered.
     assert_eq!(row(&pool, &schema, &id).await?, None);
     assert_eq!(app.broker().queue_len(&queue).await?, 0);
-    assert!(app.broker().dead_letters(&queue, 10).await?.is_empty());
+    assert!(app.broker().dead_letters().expect("a dead-letter place").list(&queue, 10).await?.is_empty());
     let left: i64 =
         sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {}.qtask_messages", schema.name)).fetch_one(&pool).await?;
     assert_eq!(left, 0);

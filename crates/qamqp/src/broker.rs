@@ -3,16 +3,19 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use lapin::options::{BasicGetOptions, BasicNackOptions, QueueDeclareOptions, QueuePurgeOptions};
+use lapin::options::{BasicAckOptions, BasicGetOptions, BasicNackOptions, QueueDeclareOptions, QueuePurgeOptions};
 use lapin::types::FieldTable;
 use lapin::BasicProperties;
-use qcore::{Broker, BrokerError, ConsumeOptions, Consumer, DeadLetter, ErrorKind, Message, Subscription};
+use qcore::{
+    Broker, BrokerError, Capabilities, ConsumeOptions, Consumer, DeadLetter, DeadLetters, ErrorKind, Message,
+    Priorities, Subscription,
+};
 
 use crate::consumer::{dead_queue, AmqpConsumer};
 use crate::core::{Core, ExchangeSpec, MakeProps};
 use crate::fields::{from_amqp, short};
-use crate::options::AmqpOptions;
-use crate::props::{self, H_DEAD_REASON};
+use crate::options::{AmqpOptions, QueueType};
+use crate::props::{self, republish, H_DEAD_REASON};
 use crate::subscription::{AmqpSubscription, SubSpec};
 use crate::url::AmqpUrl;
 
@@ -137,12 +140,60 @@ impl Broker for AmqpBroker {
         }
     }
 
+    fn capabilities(&self) -> Capabilities {
+        // x-max-priority is only declared on classic queues (quorum queues
+        // of RabbitMQ 3.x ignore priorities).
+        let priorities = match (self.core.opts.queue_type, self.core.opts.queue_max_priority) {
+            (QueueType::Classic, Some(max)) if max > 0 => Priorities::HigherFirst,
+            _ => Priorities::Unsupported,
+        };
+        Capabilities::none().priorities(priorities).defer(true)
+    }
+
+    fn dead_letters(&self) -> Option<&dyn DeadLetters> {
+        Some(self)
+    }
+
+    async fn publish_fanout(&self, exchange: &str, routing_key: &str, message: &Message) -> Result<(), BrokerError> {
+        let spec = ExchangeSpec::for_name(exchange)?;
+        let make = Self::props_for(message);
+        for attempt in 0..2 {
+            self.core.ensure_exchange(&spec).await?;
+            match self.core.publish(exchange, routing_key, &message.body, &make).await {
+                // An exchange deleted behind our back (auto-delete, broker
+                // restart): declare it again once.
+                Err(e) if e.kind() == ErrorKind::NotFound && attempt == 0 => self.core.forget_declarations(),
+                r => return r,
+            }
+        }
+        Ok(())
+    }
+
+    async fn subscribe(&self, exchange: &str, pattern: &str) -> Result<Box<dyn Subscription>, BrokerError> {
+        let spec = SubSpec::new(exchange, pattern, &self.node_name())?;
+        Ok(Box::new(AmqpSubscription::start(self.core.clone(), spec).await?))
+    }
+
+    async fn ping(&self) -> Result<(), BrokerError> {
+        let ch = self.core.publish_link.channel().await?;
+        let _ = ch.close(200, "OK".into()).await;
+        Ok(())
+    }
+
+    fn describe(&self) -> String {
+        self.core.url.describe()
+    }
+}
+
+/// Dead letters live in the durable classic queue `<queue>.dead`.
+#[async_trait]
+impl DeadLetters for AmqpBroker {
     /// Browses `<queue>.dead`: up to `limit` messages are fetched with
     /// `basic.get` on a channel of their own and put back with one
     /// `basic.nack(multiple, requeue)`, which returns them to their places.
     /// While a browse runs those messages are unacked, so a concurrent
     /// browse sees fewer of them.
-    async fn dead_letters(&self, queue: &str, limit: usize) -> Result<Vec<DeadLetter>, BrokerError> {
+    async fn list(&self, queue: &str, limit: usize) -> Result<Vec<DeadLetter>, BrokerError> {
         let dead = dead_queue(queue);
         let name = short(&dead, "queue name")?;
         if limit == 0 {
@@ -193,33 +244,63 @@ impl Broker for AmqpBroker {
         Ok(out)
     }
 
-    async fn publish_fanout(&self, exchange: &str, routing_key: &str, message: &Message) -> Result<(), BrokerError> {
-        let spec = ExchangeSpec::for_name(exchange)?;
-        let make = Self::props_for(message);
-        for attempt in 0..2 {
-            self.core.ensure_exchange(&spec).await?;
-            match self.core.publish(exchange, routing_key, &message.body, &make).await {
-                // An exchange deleted behind our back (auto-delete, broker
-                // restart): declare it again once.
-                Err(e) if e.kind() == ErrorKind::NotFound && attempt == 0 => self.core.forget_declarations(),
-                r => return r,
-            }
+    /// The ready messages of `<queue>.dead` (passive `queue.declare`);
+    /// messages a browse holds at that moment are not counted.
+    async fn count(&self, queue: &str) -> Result<u64, BrokerError> {
+        self.queue_len(&dead_queue(queue)).await
+    }
+
+    /// Takes the oldest messages of `<queue>.dead` one by one with
+    /// `basic.get` on a channel of its own, publishes each to `queue`
+    /// (confirmed, mandatory: a message no queue takes is returned, and the
+    /// queue is declared again, never dropped) with its body and properties,
+    /// less qtask's dead-letter reason
+    /// and delivery count, and acks the `basic.get` only once the publish
+    /// is confirmed. A failure in between leaves the message in both queues,
+    /// never in neither. Messages a concurrent browse holds are skipped.
+    async fn redrive(&self, queue: &str, limit: usize) -> Result<u64, BrokerError> {
+        let dead = dead_queue(queue);
+        let name = short(&dead, "queue name")?;
+        if limit == 0 || self.count(queue).await? == 0 {
+            return Ok(0);
         }
-        Ok(())
-    }
-
-    async fn subscribe(&self, exchange: &str, pattern: &str) -> Result<Box<dyn Subscription>, BrokerError> {
-        let spec = SubSpec::new(exchange, pattern, &self.node_name())?;
-        Ok(Box::new(AmqpSubscription::start(self.core.clone(), spec).await?))
-    }
-
-    async fn ping(&self) -> Result<(), BrokerError> {
+        self.core.ensure_task_queue(queue).await?;
         let ch = self.core.publish_link.channel().await?;
+        let mut moved = 0u64;
+        let result = async {
+            while moved < limit as u64 {
+                let got = ch
+                    .basic_get(name.clone(), BasicGetOptions { no_ack: false })
+                    .await
+                    .map_err(|e| crate::error::broker_err("reading dead letters (basic.get)", e))?;
+                let Some(got) = got else { break };
+                let d = got.delivery;
+                // Without x-qtask-dead-reason, x-qtask-deliveries and
+                // x-delivery-count: delivered again, it is counted afresh.
+                let make = || republish(&d.properties, Vec::new(), false);
+                match self.core.publish_routed("", queue, &d.data, &make).await {
+                    // The queue was deleted since it was declared: once more.
+                    Err(e) if e.kind() == ErrorKind::NotFound => {
+                        self.core.ensure_task_queue(queue).await?;
+                        self.core.publish_routed("", queue, &d.data, &make).await?;
+                    }
+                    r => r?,
+                }
+                ch.basic_ack(d.delivery_tag, BasicAckOptions::default())
+                    .await
+                    .map_err(|e| crate::error::broker_err("removing a redriven dead letter (basic.ack)", e))?;
+                moved += 1;
+            }
+            Ok::<(), BrokerError>(())
+        }
+        .await;
+        // Closing the channel returns a message taken but not acked (a failed publish).
         let _ = ch.close(200, "OK".into()).await;
-        Ok(())
+        result.map(|()| moved)
     }
 
-    fn describe(&self) -> String {
-        self.core.url.describe()
+    /// `queue.purge` of `<queue>.dead` (0 when it does not exist).
+    async fn purge(&self, queue: &str) -> Result<u64, BrokerError> {
+        Broker::purge(self, &dead_queue(queue)).await
     }
 }

@@ -201,6 +201,30 @@ impl Core {
         body: &[u8],
         props: MakeProps<'_>,
     ) -> Result<(), BrokerError> {
+        self.publish_with(exchange, routing_key, body, props, false).await
+    }
+
+    /// [`publish`](Self::publish) with `mandatory` set: a message no queue
+    /// takes is returned by the broker, and that is an error of kind
+    /// [`NotFound`](ErrorKind::NotFound) instead of a silent drop.
+    pub(crate) async fn publish_routed(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        props: MakeProps<'_>,
+    ) -> Result<(), BrokerError> {
+        self.publish_with(exchange, routing_key, body, props, true).await
+    }
+
+    async fn publish_with(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        props: MakeProps<'_>,
+        mandatory: bool,
+    ) -> Result<(), BrokerError> {
         let ex = short(exchange, "exchange name")?;
         let rk = short(routing_key, "routing key")?;
         let mut attempt = 0;
@@ -208,7 +232,8 @@ impl Core {
             let ch = self.cached_channel(&self.pub_channel, true).await?;
             let p = props()?;
             let sent = async {
-                let confirm = ch.basic_publish(ex.clone(), rk.clone(), BasicPublishOptions::default(), body, p).await?;
+                let opts = BasicPublishOptions { mandatory, ..Default::default() };
+                let confirm = ch.basic_publish(ex.clone(), rk.clone(), opts, body, p).await?;
                 confirm.await
             };
             match tokio::time::timeout(self.opts.confirm_timeout, sent).await {
@@ -223,6 +248,14 @@ impl Core {
                         ErrorKind::Other,
                         format!("the broker refused the message for {exchange:?}/{routing_key:?} (basic.nack)"),
                     ))
+                }
+                Ok(Ok(Confirmation::Ack(Some(_)))) => {
+                    // A queue declared before is gone: declare again next time.
+                    self.forget_declarations();
+                    return Err(BrokerError::new(
+                        ErrorKind::NotFound,
+                        format!("no queue took the message for {exchange:?}/{routing_key:?} (basic.return)"),
+                    ));
                 }
                 Ok(Ok(_)) => return Ok(()),
                 Ok(Err(e)) => {

@@ -5,7 +5,7 @@ mod common;
 use std::time::Duration;
 
 use chrono::Utc;
-use common::{broker, list, row, unique, wait_until};
+use common::{broker, ctl, list, row, unique, vhost, wait_until};
 use qamqp::AmqpOptions;
 use qcore::{Broker, ConsumeOptions, Consumer, Delivery, Message, Properties};
 use serde_json::json;
@@ -113,7 +113,48 @@ async fn requeue_loop_is_dead_lettered_classic_and_quorum() {
         assert_eq!(parked.len(), 1, "{:?}", b.options().queue_type);
         assert!(parked[0].reason.contains("delivered 3 times"), "{}", parked[0].reason);
         assert_eq!(parked[0].message.headers, task("requeued").headers);
+        // Redriven, it is counted afresh: two deliveries again, then parked again.
+        let dead = b.dead_letters().expect("a dead-letter place");
+        assert_eq!(dead.redrive(&q, 10).await.unwrap(), 1);
+        assert_eq!(dead.count(&q).await.unwrap(), 0);
+        for n in 1..=2 {
+            let d = next(&mut c, Duration::from_secs(10)).await.expect("redriven delivery");
+            assert_eq!(d.redelivered, n > 1, "{:?}", b.options().queue_type);
+            assert_eq!(d.message.headers, task("requeued").headers);
+            d.acker.reject(true).await.unwrap();
+        }
+        assert!(next(&mut c, Duration::from_millis(500)).await.is_none(), "a third delivery after the redrive");
+        let parked = dead.list(&q, 10).await.unwrap();
+        assert_eq!(parked.len(), 1);
+        assert!(parked[0].reason.contains("delivered 3 times"), "{}", parked[0].reason);
+        assert_eq!(dead.purge(&q).await.unwrap(), 1);
+        assert_eq!(dead.count(&q).await.unwrap(), 0);
     }
+}
+
+/// A redrive into a queue deleted since it was declared does not drop the
+/// message: the broker returns it (mandatory publish), the queue is
+/// declared again and the message lands in it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redrive_into_a_deleted_queue_declares_it_again() {
+    let b = broker(AmqpOptions::default()).await;
+    let q = unique("redrive.deleted");
+    b.declare_queue(&q).await.unwrap();
+    b.publish(&q, &task("redriven")).await.unwrap();
+    let mut c = b.consume(std::slice::from_ref(&q), ConsumeOptions::new(1)).await.unwrap();
+    let d = next(&mut c, Duration::from_secs(10)).await.expect("delivery");
+    d.acker.dead_letter("parked").await.unwrap();
+    c.close().await.unwrap();
+    drop(c);
+    ctl(&["-q", "delete_queue", "-p", vhost(), &q]);
+    let dead = b.dead_letters().expect("a dead-letter place");
+    assert_eq!(dead.redrive(&q, 10).await.unwrap(), 1);
+    assert_eq!(dead.count(&q).await.unwrap(), 0);
+    assert_eq!(b.queue_len(&q).await.unwrap(), 1);
+    let mut c = b.consume(std::slice::from_ref(&q), ConsumeOptions::new(1)).await.unwrap();
+    let d = next(&mut c, Duration::from_secs(10)).await.expect("redriven delivery");
+    assert_eq!(d.message.headers, task("redriven").headers);
+    d.acker.ack().await.unwrap();
 }
 
 /// `defer` hands the message to a delay queue and acks it: nothing is held

@@ -171,6 +171,53 @@ return {#items, nxt[2] or false}
     )
 });
 
+/// Move dead letters of one queue back to the end of the queue, the whole
+/// batch in one step: a record leaves the dead list in the same atomic step
+/// that puts its envelope on the queue, so a crash or a lost reply can never
+/// lose it, and a retried call cannot move it twice (compare-and-move: the
+/// records must still be where the caller read them).
+///
+/// KEYS: dead list, the queue's lists of priority step 0, 3, 6, 9.
+/// ARGV: skip (records at the head to leave alone), n, then per record read
+/// from position skip on: the record as read, the envelope to push, the
+/// destination (1–4: index of the priority list; 0: keep the record, it
+/// cannot be redriven).
+///
+/// Only the longest prefix of the n records that still matches the list is
+/// handled. Moved envelopes are `LPUSH`ed (the end of a kombu queue: its
+/// consumers pop from the right), oldest first; kept records stay where
+/// they were, in order. Returns `{moved, matched, kept}`.
+pub(crate) static REDRIVE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local skip, n = tonumber(ARGV[1]), tonumber(ARGV[2])
+local cur = redis.call('LRANGE', KEYS[1], skip, skip + n - 1)
+local matched = 0
+for i = 1, #cur do
+  if cur[i] ~= ARGV[3 * i] then break end
+  matched = i
+end
+local moved, keep = 0, {}
+for i = 1, matched do
+  local dest = tonumber(ARGV[3 * i + 2])
+  if dest >= 1 and dest <= 4 then
+    redis.call('LPUSH', KEYS[1 + dest], ARGV[3 * i + 1])
+    moved = moved + 1
+  else
+    keep[#keep + 1] = cur[i]
+  end
+end
+if moved == 0 then return {0, matched, #keep} end
+local head = {}
+if skip > 0 then head = redis.call('LRANGE', KEYS[1], 0, skip - 1) end
+redis.call('LTRIM', KEYS[1], skip + matched, -1)
+for i = #keep, 1, -1 do redis.call('LPUSH', KEYS[1], keep[i]) end
+for i = #head, 1, -1 do redis.call('LPUSH', KEYS[1], head[i]) end
+return {moved, matched, #keep}
+"#,
+    )
+});
+
 /// Release a mutex only if it still holds our token.
 ///
 /// KEYS: mutex. ARGV: token.

@@ -28,7 +28,10 @@ impl Redis {
 impl BrokerFactory for Redis {
     fn capabilities(&self) -> BrokerCapabilities {
         // Visibility timeout 1 s, restore scans every 1/3 s.
-        BrokerCapabilities::new(Duration::from_millis(1600)).priorities(Priorities::LowerFirst).defer(true)
+        BrokerCapabilities::new(Duration::from_millis(1600))
+            .priorities(Priorities::LowerFirst)
+            .defer(true)
+            .dead_letters(true)
     }
 
     async fn broker(&self) -> Result<Arc<dyn Broker>, BrokerError> {

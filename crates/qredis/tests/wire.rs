@@ -7,7 +7,9 @@ mod common;
 use std::time::Duration;
 
 use common::{eventually, fixture, prefix, raw, redis, URL};
-use qcore::{Broker, ChordJoin, ChordPart, ConsumeOptions, ErrorKind, ResultBackend, ResultMeta, State};
+use qcore::{
+    Broker, ChordJoin, ChordPart, ConsumeOptions, ErrorKind, ResultBackend, ResultMeta, State, TaskMessageBuilder,
+};
 use qredis::envelope;
 use qredis::{RedisBackend, RedisBackendOptions, RedisBroker, RedisOptions};
 use redis::AsyncCommands;
@@ -214,8 +216,164 @@ async fn poison_messages_are_dead_lettered_after_max_deliveries() {
     assert!(dead[0].reason.contains("max_deliveries"), "{}", dead[0].reason);
     assert_eq!(dead[0].message.task_id(), msg.task_id());
     assert_eq!(b.queue_len("q").await.unwrap(), 0);
-    assert_eq!(b.redrive_dead_letters("q", 10).await.unwrap(), 1);
+    let mut c = raw(URL).await;
+    let parked: Vec<String> = c.lrange(format!("{p}qtask.dead.q"), 0, -1).await.unwrap();
+    assert!(parked[0].contains("\"x-qtask-deliveries\": 1"), "{}", parked[0]);
+    assert_eq!(b.dead_letters().expect("a dead-letter place").redrive("q", 10).await.unwrap(), 1);
     assert_eq!(b.queue_len("q").await.unwrap(), 1);
+    // Redriven, it gets max_deliveries afresh: the restore counter is gone.
+    let queued: Vec<String> = c.lrange(format!("{p}q"), 0, -1).await.unwrap();
+    assert!(!queued[0].contains("x-qtask-deliveries"), "{}", queued[0]);
+    assert_eq!(envelope::decode(queued[0].as_bytes()).unwrap().message, msg);
+}
+
+/// A dead-letter record as the broker writes it (`dead_record`).
+fn dead_record(env: &[u8]) -> Vec<u8> {
+    format!(r#"{{"reason": "parked", "queue": "q", "ts": 1.5, "envelope": {}}}"#, String::from_utf8_lossy(env))
+        .into_bytes()
+}
+
+/// A record of an envelope that was not a message (as the fetch script writes it).
+fn raw_record(text: &str) -> Vec<u8> {
+    format!(
+        r#"{{"reason": "malformed message: envelope is not valid JSON", "queue": "q", "ts": 1.5, "raw": "{text}"}}"#
+    )
+    .into_bytes()
+}
+
+fn numbered(i: usize, priority: u8) -> qcore::Message {
+    let mut m = TaskMessageBuilder { id: format!("m-{i}"), task: "tests.redrive".into(), ..Default::default() }
+        .build()
+        .unwrap();
+    m.properties.priority = priority;
+    m
+}
+
+/// The four lists of queue `q` (priority steps 0, 3, 6, 9) under prefix `p`.
+fn queue_keys(p: &str) -> [String; 4] {
+    [format!("{p}q"), format!("{p}q\x06\x163"), format!("{p}q\x06\x166"), format!("{p}q\x06\x169")]
+}
+
+/// Lengths of the dead list and of the queue, read in one MULTI (one
+/// consistent snapshot, whatever runs concurrently).
+async fn dead_and_queued(c: &mut redis::aio::MultiplexedConnection, p: &str) -> (u64, u64) {
+    let mut pipe = redis::pipe();
+    pipe.atomic().llen(format!("{p}qtask.dead.q"));
+    for k in queue_keys(p) {
+        pipe.llen(k);
+    }
+    let lens: Vec<u64> = pipe.query_async(c).await.unwrap();
+    (lens[0], lens[1..].iter().sum())
+}
+
+/// Task ids of the queue in delivery order, per priority list.
+async fn queued_ids(c: &mut redis::aio::MultiplexedConnection, p: &str) -> Vec<Vec<String>> {
+    let mut out = Vec::new();
+    for k in queue_keys(p) {
+        let mut items: Vec<Vec<u8>> = c.lrange(k, 0, -1).await.unwrap();
+        items.reverse(); // consumers pop from the right
+        out.push(items.iter().map(|e| envelope::decode(e).unwrap().message.task_id().unwrap().to_string()).collect());
+    }
+    out
+}
+
+/// Redrive moves each record in the same atomic step that removes it from
+/// the dead list: every snapshot taken while four redrivers on two
+/// connections run at once sees each message in exactly one of the two
+/// places, and at the end each is in the queue exactly once, oldest first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redrive_never_loses_or_duplicates_a_message() {
+    const N: usize = 300;
+    let p = prefix("redrive");
+    let (b1, b2) = (broker(&p, RedisOptions::default()).await, broker(&p, RedisOptions::default()).await);
+    let mut c = raw(URL).await;
+    let mut pipe = redis::pipe();
+    let mut want: Vec<Vec<String>> = vec![Vec::new(), Vec::new(), Vec::new(), Vec::new()];
+    for i in 0..N {
+        let priority = if i % 3 == 0 { 9 } else { 0 };
+        want[if priority == 9 { 3 } else { 0 }].push(format!("m-{i}"));
+        let env = envelope::encode(&numbered(i, priority), "", "q", &uuid::Uuid::new_v4().to_string());
+        pipe.rpush(format!("{p}qtask.dead.q"), dead_record(&env));
+    }
+    let _: () = pipe.query_async(&mut c).await.unwrap();
+    let dead = b1.dead_letters().expect("a dead-letter place");
+    assert_eq!(dead.count("q").await.unwrap(), N as u64);
+
+    assert_eq!(dead.redrive("q", 5).await.unwrap(), 5);
+    assert_eq!(dead_and_queued(&mut c, &p).await, (N as u64 - 5, 5));
+    // More than one batch of the script in one call.
+    assert_eq!(dead.redrive("q", 150).await.unwrap(), 150);
+    assert_eq!(dead_and_queued(&mut c, &p).await, (N as u64 - 155, 155));
+
+    let mut redrivers = Vec::new();
+    for b in [&b1, &b2, &b1, &b2] {
+        let b = b.clone();
+        redrivers.push(tokio::spawn(async move {
+            let dead = b.dead_letters().expect("a dead-letter place");
+            let mut moved = 0;
+            loop {
+                let n = dead.redrive("q", 7).await.unwrap();
+                moved += n;
+                if n == 0 && dead.count("q").await.unwrap() == 0 {
+                    return moved;
+                }
+            }
+        }));
+    }
+    let mut snapshots = 0;
+    loop {
+        let (parked, queued) = dead_and_queued(&mut c, &p).await;
+        assert_eq!(parked + queued, N as u64, "a message is in neither place or in both (snapshot {snapshots})");
+        snapshots += 1;
+        if parked == 0 {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    let mut moved = 0;
+    for r in redrivers {
+        moved += r.await.unwrap();
+    }
+    assert_eq!(moved, N as u64 - 155, "the redrivers together moved each message once");
+    assert_eq!(dead.count("q").await.unwrap(), 0);
+    assert_eq!(b1.queue_len("q").await.unwrap(), N as u64);
+    assert_eq!(queued_ids(&mut c, &p).await, want, "not each message once, oldest first");
+}
+
+/// A record without an envelope (what was parked was not a message) cannot
+/// be redriven: it stays parked where it was, in order, and the messages
+/// around it (beyond one batch) are redriven.
+#[tokio::test]
+async fn redrive_keeps_unreadable_records_parked_in_place() {
+    let p = prefix("redrive-raw");
+    let b = broker(&p, RedisOptions::default()).await;
+    let dead = b.dead_letters().expect("a dead-letter place");
+    let mut c = raw(URL).await;
+    let dead_key = format!("{p}qtask.dead.q");
+    let (raw1, raw2) = (raw_record("garbage one"), raw_record("garbage two"));
+    let mut records = vec![raw1.clone()];
+    for i in 0..120 {
+        records.push(dead_record(&envelope::encode(&numbered(i, 0), "", "q", &format!("tag-{i}"))));
+        if i == 0 {
+            records.push(raw2.clone());
+        }
+    }
+    let _: () = c.rpush(&dead_key, &records).await.unwrap();
+    assert_eq!(dead.redrive("q", 1).await.unwrap(), 1);
+    let left: Vec<Vec<u8>> = c.lrange(&dead_key, 0, 2).await.unwrap();
+    assert_eq!(left, vec![raw1.clone(), raw2.clone(), records[3].clone()]);
+    assert_eq!(dead.redrive("q", usize::MAX).await.unwrap(), 119);
+    let left: Vec<Vec<u8>> = c.lrange(&dead_key, 0, -1).await.unwrap();
+    assert_eq!(left, vec![raw1, raw2]);
+    assert_eq!(dead.redrive("q", 10).await.unwrap(), 0);
+    assert_eq!(dead.count("q").await.unwrap(), 2);
+    let ids = queued_ids(&mut c, &p).await;
+    assert_eq!(ids[0], (0..120).map(|i| format!("m-{i}")).collect::<Vec<_>>());
+    let listed = dead.list("q", 10).await.unwrap();
+    assert_eq!(listed[0].message.body, b"garbage one");
+    assert_eq!(dead.purge("q").await.unwrap(), 2);
+    assert_eq!(dead.count("q").await.unwrap(), 0);
+    assert_eq!(dead.purge("q").await.unwrap(), 0);
 }
 
 #[tokio::test]

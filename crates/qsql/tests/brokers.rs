@@ -284,6 +284,13 @@ async fn malformed_rows_are_dead_lettered() {
         assert_eq!(dead.len(), 1, "{}", broker.describe());
         assert!(dead[0].reason.starts_with("malformed message: headers"), "{}", dead[0].reason);
         assert!(dead[0].message.headers.contains_key("x-qtask-raw-headers"));
+        // It is not a message: a redrive leaves it parked.
+        let place = broker.dead_letters().expect("a dead-letter place");
+        assert_eq!(place.redrive("q", 10).await.unwrap(), 0, "{}", broker.describe());
+        assert_eq!(place.count("q").await.unwrap(), 1);
+        assert_eq!(broker.queue_len("q").await.unwrap(), 0);
+        assert_eq!(place.purge("q").await.unwrap(), 1);
+        assert_eq!(place.count("q").await.unwrap(), 0);
     }
 }
 
@@ -304,20 +311,72 @@ async fn pg_large_fanout_messages_arrive() {
     assert_eq!(small.task_id(), Some("small"));
 }
 
-/// Dead letters can be moved back to their queue.
+/// Dead letters are moved back to their queue in one transaction, each
+/// exactly once even with redrives running at once, and come back as they
+/// were sent, with their priority, as a first delivery (counted afresh).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pg_dead_letters_can_be_redriven() {
+async fn dead_letters_can_be_redriven() {
+    const N: usize = 40;
     let schema = PgSchema::new();
-    let broker = pg_broker(&schema, SqlOptions::new()).await;
-    let mut m = message("parked");
-    m.properties.priority = 5;
-    broker.publish("q", &m).await.unwrap();
-    let mut c = broker.consume(&["q".into()], ConsumeOptions::new(1)).await.unwrap();
-    let d = next(&mut c, Duration::from_secs(10), "delivery").await;
-    d.acker.dead_letter("unknown task").await.unwrap();
-    assert_eq!(broker.redrive_dead_letters("q", 10).await.unwrap(), 1);
-    assert!(broker.dead_letters().expect("a dead-letter place").list("q", 10).await.unwrap().is_empty());
-    let d = next(&mut c, Duration::from_secs(10), "redriven message").await;
-    assert_eq!(d.message, m);
-    d.acker.ack().await.unwrap();
+    let opts = SqlOptions::new().max_deliveries(2);
+    let pg = pg_broker(&schema, opts.clone()).await;
+    let db = TempDb::new();
+    let lite = SqliteBroker::connect(&db.url(), opts).await.unwrap();
+    for broker in [Arc::new(pg) as Arc<dyn Broker>, Arc::new(lite)] {
+        let place = broker.dead_letters().expect("a dead-letter place");
+        let mut m = message("parked");
+        m.properties.priority = 5;
+        broker.publish("q", &m).await.unwrap();
+        let mut c = broker.consume(&["q".into()], ConsumeOptions::new(1)).await.unwrap();
+        let d = next(&mut c, Duration::from_secs(10), "delivery").await;
+        d.acker.dead_letter("unknown task").await.unwrap();
+        assert_eq!(place.redrive("q", 10).await.unwrap(), 1);
+        assert!(place.list("q", 10).await.unwrap().is_empty());
+        let d = next(&mut c, Duration::from_secs(10), "redriven message").await;
+        assert_eq!(d.message, m);
+        assert!(!d.redelivered, "a redriven message is delivered afresh ({})", broker.describe());
+        d.acker.ack().await.unwrap();
+        drop(c);
+
+        // Many parked, four redrivers at once: each message moves once.
+        let sent: Vec<Message> = (0..N).map(|i| message(&format!("many-{i}"))).collect();
+        broker.publish_many(&sent.iter().map(|m| ("many".to_string(), m.clone())).collect::<Vec<_>>()).await.unwrap();
+        let mut c = broker.consume(&["many".into()], ConsumeOptions::new(N)).await.unwrap();
+        for _ in 0..N {
+            let d = next(&mut c, Duration::from_secs(10), "delivery to park").await;
+            d.acker.dead_letter("parked").await.unwrap();
+        }
+        drop(c);
+        assert_eq!(place.count("many").await.unwrap(), N as u64);
+        let redrivers: Vec<_> = (0..4)
+            .map(|_| {
+                let b = broker.clone();
+                tokio::spawn(async move {
+                    let mut moved = 0;
+                    loop {
+                        let place = b.dead_letters().expect("a dead-letter place");
+                        let n = place.redrive("many", 3).await.unwrap();
+                        moved += n;
+                        if n == 0 && place.count("many").await.unwrap() == 0 {
+                            return moved;
+                        }
+                    }
+                })
+            })
+            .collect();
+        let mut moved = 0;
+        for r in redrivers {
+            moved += r.await.unwrap();
+        }
+        assert_eq!(moved, N as u64, "{}", broker.describe());
+        assert_eq!(broker.queue_len("many").await.unwrap(), N as u64);
+        let mut c = broker.consume(&["many".into()], ConsumeOptions::new(N)).await.unwrap();
+        let mut got = HashSet::new();
+        for _ in 0..N {
+            let d = next(&mut c, Duration::from_secs(10), "redriven delivery").await;
+            assert!(got.insert(id_of(&d)), "{} delivered twice", id_of(&d));
+            d.acker.ack().await.unwrap();
+        }
+        assert_eq!(broker.queue_len("many").await.unwrap(), 0);
+    }
 }

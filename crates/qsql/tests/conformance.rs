@@ -18,7 +18,10 @@ use qsql::{PgBroker, SqlBackend, SqlOptions, SqliteBroker};
 const LEASE: Duration = Duration::from_millis(800);
 
 fn broker_caps() -> BrokerCapabilities {
-    BrokerCapabilities::new(LEASE + Duration::from_millis(700)).priorities(Priorities::HigherFirst).defer(true)
+    BrokerCapabilities::new(LEASE + Duration::from_millis(700))
+        .priorities(Priorities::HigherFirst)
+        .defer(true)
+        .dead_letters(true)
 }
 
 fn broker_opts() -> SqlOptions {

@@ -138,7 +138,14 @@ pub(crate) async fn handle(shared: Arc<Shared>, delivery: Delivery, permit: Owne
     // ETA in the future: give it back to the broker, or hold it without a slot.
     let mut permit = Some(permit);
     if let Some(eta) = msg.eta.filter(|eta| *eta > Utc::now()) {
-        match acker.defer(eta).await {
+        // Only brokers that declare deferred delivery are asked; an
+        // Unsupported error from one that does is handled the same way.
+        let deferred = if app.broker().capabilities().defer {
+            acker.defer(eta).await
+        } else {
+            Err(qcore::BrokerError::new(ErrorKind::Unsupported, "the broker does not declare deferred delivery"))
+        };
+        match deferred {
             Ok(()) => {
                 tracing::debug!(task_id = %id, %eta, "deferred to the broker until its ETA");
                 return;

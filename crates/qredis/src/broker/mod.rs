@@ -12,12 +12,15 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use deadpool_redis::redis::{self, Value};
-use qcore::{Broker, BrokerError, ConsumeOptions, Consumer, DeadLetter, ErrorKind, Message, Properties, Subscription};
+use qcore::{
+    Broker, BrokerError, Capabilities, ConsumeOptions, Consumer, DeadLetter, DeadLetters, ErrorKind, Message,
+    Priorities, Properties, Subscription,
+};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::conn::{map_err, with_conn, with_conn_read, Conn};
 use crate::envelope;
-use crate::keys::{binding_member, Keys};
+use crate::keys::{binding_member, priority_step, Keys, DELIVERIES_HEADER, PRIORITY_STEPS};
 use crate::url;
 
 /// Options of [`RedisBroker`]. `RedisOptions::default()` is right for
@@ -278,38 +281,6 @@ impl RedisBroker {
         maintenance::restore_scan(&self.inner).await
     }
 
-    /// Move up to `limit` dead-lettered messages of `queue` back onto it
-    /// (oldest first); returns how many moved.
-    pub async fn redrive_dead_letters(&self, queue: &str, limit: usize) -> Result<u64, BrokerError> {
-        let dead_key = self.inner.keys.dead(queue);
-        let mut moved = 0;
-        for _ in 0..limit {
-            let raw: Option<Vec<u8>> =
-                with_conn!(self.inner.conn, BrokerError, "LPOP dead letters", |c| redis::cmd("LPOP")
-                    .arg(&dead_key)
-                    .query_async(c))?;
-            let Some(raw) = raw else { break };
-            match dead_record_envelope(&raw) {
-                Some((env, priority)) => {
-                    let key = self.inner.keys.queue(queue, priority);
-                    with_conn!(self.inner.conn, BrokerError, "RPUSH redriven", |c| redis::cmd("RPUSH")
-                        .arg(&key)
-                        .arg(&env)
-                        .query_async::<i64>(c))?;
-                    moved += 1;
-                }
-                None => {
-                    // Not a message (a malformed raw envelope): put it back at the end.
-                    with_conn!(self.inner.conn, BrokerError, "RPUSH dead letter", |c| redis::cmd("RPUSH")
-                        .arg(&dead_key)
-                        .arg(&raw)
-                        .query_async::<i64>(c))?;
-                }
-            }
-        }
-        Ok(moved)
-    }
-
     fn binding_cmds(&self, pipe: &mut redis::Pipeline, queue: &str) {
         let member = binding_member(queue, "", queue);
         pipe.cmd("SADD").arg(self.inner.keys.binding(queue)).arg(&member).ignore();
@@ -325,12 +296,27 @@ impl RedisBroker {
     }
 }
 
-/// The envelope inside a dead-letter record, with its priority.
-fn dead_record_envelope(raw: &[u8]) -> Option<(Vec<u8>, u8)> {
+/// Dead-letter records read per round trip of a redrive.
+const REDRIVE_BATCH: usize = 100;
+
+/// What a redrive puts back on the queue for a dead-letter record: the
+/// envelope inside, without qtask's restore counter (a redriven message
+/// gets `max_deliveries` afresh), and the index (1–4) of the priority list
+/// in [`Keys::queue_keys`] it goes to. `None` for a record without an
+/// envelope (an unparseable message parked as `raw`): it stays parked.
+fn redrive_envelope(raw: &[u8]) -> Option<(Vec<u8>, usize)> {
     let v: serde_json::Value = serde_json::from_slice(raw).ok()?;
-    let env = v.get("envelope")?;
+    let mut env = v.get("envelope")?.clone();
+    if !env.is_object() {
+        return None;
+    }
+    if let Some(serde_json::Value::Object(h)) = env.get_mut("headers") {
+        h.remove(DELIVERIES_HEADER);
+    }
     let priority = env.get("properties").and_then(|p| p.get("priority")).and_then(|p| p.as_u64()).unwrap_or(0);
-    Some((qcore::json::to_vec(env).ok()?, priority.min(255) as u8))
+    let step = priority_step(priority.min(255) as u8);
+    let index = PRIORITY_STEPS.iter().position(|s| *s == step).unwrap_or(0) + 1;
+    Some((qcore::json::to_vec(&env).ok()?, index))
 }
 
 fn decode_dead_letter(queue: &str, raw: &[u8]) -> DeadLetter {
@@ -453,19 +439,13 @@ impl Broker for RedisBroker {
         Ok(lens.iter().sum())
     }
 
-    async fn dead_letters(&self, queue: &str, limit: usize) -> Result<Vec<DeadLetter>, BrokerError> {
-        if limit == 0 {
-            return Ok(Vec::new());
-        }
-        let key = self.inner.keys.dead(queue);
-        let stop = i64::try_from(limit).unwrap_or(i64::MAX).saturating_sub(1);
-        let raws: Vec<Vec<u8>> =
-            with_conn_read!(self.inner.conn, BrokerError, "dead letters", |c| redis::cmd("LRANGE")
-                .arg(&key)
-                .arg(0)
-                .arg(stop)
-                .query_async(c))?;
-        Ok(raws.iter().map(|r| decode_dead_letter(queue, r)).collect())
+    fn capabilities(&self) -> Capabilities {
+        // kombu's priority steps: 0 is taken first.
+        Capabilities::none().priorities(Priorities::LowerFirst).defer(true)
+    }
+
+    fn dead_letters(&self) -> Option<&dyn DeadLetters> {
+        Some(self)
     }
 
     async fn publish_fanout(&self, exchange: &str, routing_key: &str, message: &Message) -> Result<(), BrokerError> {
@@ -496,5 +476,94 @@ impl Broker for RedisBroker {
 
     fn describe(&self) -> String {
         self.inner.display.clone()
+    }
+}
+
+/// Dead letters live in `qtask.dead.<queue>` (a list, oldest first).
+#[async_trait]
+impl DeadLetters for RedisBroker {
+    async fn list(&self, queue: &str, limit: usize) -> Result<Vec<DeadLetter>, BrokerError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let key = self.inner.keys.dead(queue);
+        let stop = i64::try_from(limit).unwrap_or(i64::MAX).saturating_sub(1);
+        let raws: Vec<Vec<u8>> =
+            with_conn_read!(self.inner.conn, BrokerError, "dead letters", |c| redis::cmd("LRANGE")
+                .arg(&key)
+                .arg(0)
+                .arg(stop)
+                .query_async(c))?;
+        Ok(raws.iter().map(|r| decode_dead_letter(queue, r)).collect())
+    }
+
+    async fn count(&self, queue: &str) -> Result<u64, BrokerError> {
+        let key = self.inner.keys.dead(queue);
+        with_conn_read!(self.inner.conn, BrokerError, "count dead letters", |c| redis::cmd("LLEN")
+            .arg(&key)
+            .query_async::<u64>(c))
+    }
+
+    /// Batches of the REDRIVE script: each batch moves its records in one
+    /// atomic step, so no record is ever out of both the dead list and the
+    /// queue, and concurrent redrivers never move one record twice.
+    async fn redrive(&self, queue: &str, limit: usize) -> Result<u64, BrokerError> {
+        let keys = &self.inner.keys;
+        let dead = keys.dead(queue);
+        let lists = keys.queue_keys(queue);
+        let (mut moved, mut remaining, mut skip, mut stale) = (0u64, limit, 0usize, 0u32);
+        while remaining > 0 {
+            let n = remaining.min(REDRIVE_BATCH);
+            let raws: Vec<Vec<u8>> =
+                with_conn_read!(self.inner.conn, BrokerError, "read dead letters", |c| redis::cmd("LRANGE")
+                    .arg(&dead)
+                    .arg(skip)
+                    .arg(skip + n - 1)
+                    .query_async(c))?;
+            if raws.is_empty() {
+                break;
+            }
+            let mut inv = crate::scripts::REDRIVE.prepare_invoke();
+            inv.key(&dead);
+            for k in &lists {
+                inv.key(k);
+            }
+            inv.arg(skip).arg(raws.len());
+            for raw in &raws {
+                match redrive_envelope(raw) {
+                    Some((env, dest)) => inv.arg(raw).arg(env).arg(dest),
+                    None => inv.arg(raw).arg("").arg(0),
+                };
+            }
+            let (m, matched, kept): (u64, usize, usize) =
+                with_conn!(self.inner.conn, BrokerError, "redrive dead letters", |c| inv.invoke_async(c))?;
+            moved += m;
+            remaining = remaining.saturating_sub(m as usize);
+            skip += kept;
+            if matched == raws.len() {
+                if raws.len() < n {
+                    break; // the end of the list
+                }
+                stale = 0;
+            } else {
+                // Another redriver or a purge changed the list since it was
+                // read: read again (giving up if it keeps changing).
+                stale = if m == 0 && kept == 0 { stale + 1 } else { 0 };
+                if stale >= 10 {
+                    break;
+                }
+            }
+        }
+        Ok(moved)
+    }
+
+    async fn purge(&self, queue: &str) -> Result<u64, BrokerError> {
+        let key = self.inner.keys.dead(queue);
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        pipe.cmd("LLEN").arg(&key);
+        pipe.cmd("DEL").arg(&key).ignore();
+        let (n,): (u64,) = with_conn!(self.inner.conn, BrokerError, "purge dead letters", |c| pipe.query_async(c))?;
+        Ok(n)
     }
 }

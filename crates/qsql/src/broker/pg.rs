@@ -9,7 +9,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use qcore::broker::topic_matches;
 use qcore::{
-    Acker, Broker, BrokerError, ConsumeOptions, Consumer, DeadLetter, Delivery, ErrorKind, Message, Subscription,
+    Acker, Broker, BrokerError, Capabilities, ConsumeOptions, Consumer, DeadLetter, DeadLetters, Delivery, ErrorKind,
+    Message, Priorities, Subscription,
 };
 use sqlx::postgres::{PgListener, PgPool};
 use sqlx::{Postgres, Transaction};
@@ -42,6 +43,10 @@ struct Sql {
     queue_len: String,
     purge: String,
     dead_letters: String,
+    dead_count: String,
+    redrive_pick: String,
+    redrive_move: String,
+    dead_purge: String,
     fanout_insert: String,
     fanout_fetch: String,
     fanout_gc: String,
@@ -101,6 +106,20 @@ impl Sql {
             dead_letters: format!(
                 "SELECT queue, headers, properties, body, reason FROM {dl} WHERE queue = $1 ORDER BY id LIMIT $2"
             ),
+            dead_count: format!("SELECT COUNT(*) FROM {dl} WHERE queue = $1"),
+            redrive_pick: format!(
+                "SELECT id, headers, properties FROM {dl} WHERE queue = $1 AND id > $2 \
+                 ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED"
+            ),
+            redrive_move: format!(
+                "WITH d AS (DELETE FROM {dl} WHERE id = ANY($1) RETURNING id, queue, headers, properties, body), \
+                 ins AS (INSERT INTO {m} (queue, priority, headers, properties, body) \
+                   SELECT d.queue, r.priority, d.headers::json, d.properties::json, d.body \
+                   FROM d JOIN UNNEST($1::int8[], $2::int2[]) AS r(id, priority) ON r.id = d.id \
+                   ORDER BY d.id RETURNING 1) \
+                 SELECT COUNT(*) FROM ins"
+            ),
+            dead_purge: format!("DELETE FROM {dl} WHERE queue = $1"),
             fanout_insert: format!(
                 "WITH ins AS (INSERT INTO {f} (payload) VALUES ($2) RETURNING id) SELECT pg_notify($1, '@' || id) FROM ins"
             ),
@@ -154,6 +173,9 @@ impl Shared {
 /// * **Settle:** ack deletes the row, reject(requeue) makes it due again,
 ///   dead-letter moves it to `qtask_dead_letters` with the reason,
 ///   [`defer`](Acker::defer) makes it due at the given time.
+/// * **Dead letters** ([`DeadLetters`]): listed, counted, purged, and
+///   redriven in one transaction (back to the end of their queue as new
+///   messages; rows whose headers or properties cannot be read stay).
 /// * **Wakeups:** publishing sends `NOTIFY` (at commit), so idle consumers
 ///   wake at once; a consumer also sleeps exactly until the next delayed or
 ///   leased message is due, and checks at least every
@@ -247,31 +269,6 @@ impl PgBroker {
             .bind(properties_json(&message.properties))
             .bind(&message.body)
             .bind(&self.shared.channel)
-    }
-
-    /// Move up to `limit` dead letters of `queue` back to it (oldest first);
-    /// returns how many.
-    pub async fn redrive_dead_letters(&self, queue: &str, limit: usize) -> Result<u64, BrokerError> {
-        let (m, dl) = (self.shared.names.t("qtask_messages"), self.shared.names.t("qtask_dead_letters"));
-        let sql = format!(
-            "WITH d AS (DELETE FROM {dl} WHERE id IN (SELECT id FROM {dl} WHERE queue = $1 ORDER BY id LIMIT $2) RETURNING *), \
-             ins AS (INSERT INTO {m} (queue, priority, headers, properties, body) \
-               SELECT queue, COALESCE((properties::json->>'priority')::smallint, 0), headers::json, properties::json, body FROM d RETURNING queue) \
-             SELECT COUNT(*) FROM ins"
-        );
-        let n: i64 = sqlx::query_scalar(&sql)
-            .bind(queue)
-            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-            .fetch_one(&self.shared.pool)
-            .await
-            .map_err(|e| db_err("redriving dead letters", e))?;
-        sqlx::query("SELECT pg_notify($1, $2)")
-            .bind(&self.shared.channel)
-            .bind(queue)
-            .execute(&self.shared.pool)
-            .await
-            .map_err(|e| db_err("notifying", e))?;
-        Ok(n.max(0) as u64)
     }
 }
 
@@ -388,14 +385,12 @@ impl Broker for PgBroker {
         Ok(r.rows_affected())
     }
 
-    async fn dead_letters(&self, queue: &str, limit: usize) -> Result<Vec<DeadLetter>, BrokerError> {
-        let rows: Vec<(String, String, String, Vec<u8>, String)> = sqlx::query_as(&self.shared.sql.dead_letters)
-            .bind(queue)
-            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-            .fetch_all(&self.shared.pool)
-            .await
-            .map_err(|e| db_err("reading dead letters", e))?;
-        Ok(rows.into_iter().map(|(q, h, p, b, reason)| super::dead_letter_from(q, &h, &p, b, reason)).collect())
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::none().priorities(Priorities::HigherFirst).defer(true)
+    }
+
+    fn dead_letters(&self) -> Option<&dyn DeadLetters> {
+        Some(self)
     }
 
     async fn publish_fanout(&self, exchange: &str, routing_key: &str, message: &Message) -> Result<(), BrokerError> {
@@ -471,6 +466,90 @@ impl Broker for PgBroker {
 
     fn describe(&self) -> String {
         self.shared.display.clone()
+    }
+}
+
+/// Dead letters are rows of `qtask_dead_letters`.
+#[async_trait]
+impl DeadLetters for PgBroker {
+    async fn list(&self, queue: &str, limit: usize) -> Result<Vec<DeadLetter>, BrokerError> {
+        let rows: Vec<(String, String, String, Vec<u8>, String)> = sqlx::query_as(&self.shared.sql.dead_letters)
+            .bind(queue)
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_all(&self.shared.pool)
+            .await
+            .map_err(|e| db_err("reading dead letters", e))?;
+        Ok(rows.into_iter().map(|(q, h, p, b, reason)| super::dead_letter_from(q, &h, &p, b, reason)).collect())
+    }
+
+    async fn count(&self, queue: &str) -> Result<u64, BrokerError> {
+        let n: i64 = sqlx::query_scalar(&self.shared.sql.dead_count)
+            .bind(queue)
+            .fetch_one(&self.shared.pool)
+            .await
+            .map_err(|e| db_err("counting dead letters", e))?;
+        Ok(n.max(0) as u64)
+    }
+
+    /// One transaction: the oldest rows not locked by another redrive are
+    /// locked, and those whose headers and properties can be read are
+    /// deleted and inserted as new messages (due now, delivery count 0, so
+    /// they are counted afresh) in one statement; rows that cannot be read
+    /// stay parked. Consumers are notified at commit.
+    async fn redrive(&self, queue: &str, limit: usize) -> Result<u64, BrokerError> {
+        const BATCH: usize = 500;
+        let err = |e| db_err("redriving dead letters", e);
+        let mut tx = self.shared.pool.begin().await.map_err(err)?;
+        let (mut moved, mut after) = (0usize, 0i64);
+        while moved < limit {
+            let want = (limit - moved).min(BATCH);
+            let rows: Vec<(i64, String, String)> = sqlx::query_as(&self.shared.sql.redrive_pick)
+                .bind(queue)
+                .bind(after)
+                .bind(want as i64)
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(err)?;
+            let Some(last) = rows.last() else { break };
+            after = last.0;
+            let (ids, priorities): (Vec<i64>, Vec<i16>) = rows
+                .iter()
+                .filter_map(|(id, h, p)| {
+                    decode_message(h, p, Vec::new()).ok().map(|m| (*id, i16::from(m.properties.priority)))
+                })
+                .unzip();
+            if !ids.is_empty() {
+                let n: i64 = sqlx::query_scalar(&self.shared.sql.redrive_move)
+                    .bind(&ids)
+                    .bind(&priorities)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(err)?;
+                moved += usize::try_from(n).unwrap_or(0);
+            }
+            if rows.len() < want {
+                break;
+            }
+        }
+        if moved > 0 {
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(&self.shared.channel)
+                .bind(queue)
+                .execute(&mut *tx)
+                .await
+                .map_err(err)?;
+        }
+        tx.commit().await.map_err(err)?;
+        Ok(moved as u64)
+    }
+
+    async fn purge(&self, queue: &str) -> Result<u64, BrokerError> {
+        let r = sqlx::query(&self.shared.sql.dead_purge)
+            .bind(queue)
+            .execute(&self.shared.pool)
+            .await
+            .map_err(|e| db_err("purging dead letters", e))?;
+        Ok(r.rows_affected())
     }
 }
 

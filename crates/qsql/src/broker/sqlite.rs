@@ -10,7 +10,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use qcore::broker::topic_matches;
 use qcore::{
-    Acker, Broker, BrokerError, ConsumeOptions, Consumer, DeadLetter, Delivery, ErrorKind, Message, Subscription,
+    Acker, Broker, BrokerError, Capabilities, ConsumeOptions, Consumer, DeadLetter, DeadLetters, Delivery, ErrorKind,
+    Message, Priorities, Subscription,
 };
 use serde_json::Value;
 use sqlx::sqlite::SqlitePool;
@@ -239,16 +240,12 @@ impl Broker for SqliteBroker {
         Ok(r.rows_affected())
     }
 
-    async fn dead_letters(&self, queue: &str, limit: usize) -> Result<Vec<DeadLetter>, BrokerError> {
-        let rows: Vec<(String, String, String, Vec<u8>, String)> = sqlx::query_as(
-            "SELECT queue, headers, properties, body, reason FROM qtask_dead_letters WHERE queue = ?1 ORDER BY id LIMIT ?2",
-        )
-        .bind(queue)
-        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-        .fetch_all(&self.shared.pool)
-        .await
-        .map_err(|e| db_err("reading dead letters", e))?;
-        Ok(rows.into_iter().map(|(q, h, p, b, reason)| super::dead_letter_from(q, &h, &p, b, reason)).collect())
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::none().priorities(Priorities::HigherFirst).defer(true)
+    }
+
+    fn dead_letters(&self) -> Option<&dyn DeadLetters> {
+        Some(self)
     }
 
     async fn publish_fanout(&self, exchange: &str, routing_key: &str, message: &Message) -> Result<(), BrokerError> {
@@ -275,6 +272,105 @@ impl Broker for SqliteBroker {
 
     fn describe(&self) -> String {
         self.shared.display.clone()
+    }
+}
+
+/// Dead letters are rows of `qtask_dead_letters`.
+#[async_trait]
+impl DeadLetters for SqliteBroker {
+    async fn list(&self, queue: &str, limit: usize) -> Result<Vec<DeadLetter>, BrokerError> {
+        let rows: Vec<(String, String, String, Vec<u8>, String)> = sqlx::query_as(
+            "SELECT queue, headers, properties, body, reason FROM qtask_dead_letters WHERE queue = ?1 ORDER BY id LIMIT ?2",
+        )
+        .bind(queue)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.shared.pool)
+        .await
+        .map_err(|e| db_err("reading dead letters", e))?;
+        Ok(rows.into_iter().map(|(q, h, p, b, reason)| super::dead_letter_from(q, &h, &p, b, reason)).collect())
+    }
+
+    async fn count(&self, queue: &str) -> Result<u64, BrokerError> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM qtask_dead_letters WHERE queue = ?1")
+            .bind(queue)
+            .fetch_one(&self.shared.pool)
+            .await
+            .map_err(|e| db_err("counting dead letters", e))?;
+        Ok(n.max(0) as u64)
+    }
+
+    /// One `BEGIN IMMEDIATE` transaction (no other writer meanwhile): the
+    /// oldest rows whose headers and properties can be read are inserted as
+    /// new messages (due now, delivery count 0, so they are counted afresh)
+    /// and deleted; rows that cannot be read stay parked.
+    async fn redrive(&self, queue: &str, limit: usize) -> Result<u64, BrokerError> {
+        const BATCH: usize = 500;
+        let err = |e| db_err("redriving dead letters", e);
+        let mut tx = self.shared.pool.begin_with("BEGIN IMMEDIATE").await.map_err(err)?;
+        let now = now_ms();
+        let (mut moved, mut after) = (0usize, 0i64);
+        while moved < limit {
+            let want = (limit - moved).min(BATCH);
+            let rows: Vec<(i64, String, String)> = sqlx::query_as(
+                "SELECT id, headers, properties FROM qtask_dead_letters WHERE queue = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
+            )
+            .bind(queue)
+            .bind(after)
+            .bind(want as i64)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(err)?;
+            let Some(last) = rows.last() else { break };
+            after = last.0;
+            // [[id, priority], ...] of the rows that can be read, oldest first.
+            let picked: Vec<Value> = rows
+                .iter()
+                .filter_map(|(id, h, p)| {
+                    decode_message(h, p, Vec::new())
+                        .ok()
+                        .map(|m| Value::from(vec![*id, i64::from(m.properties.priority)]))
+                })
+                .collect();
+            if !picked.is_empty() {
+                let picked = Value::Array(picked).to_string();
+                let r = sqlx::query(
+                    "INSERT INTO qtask_messages (queue, priority, headers, properties, body, available_at, published_at) \
+                     SELECT d.queue, json_extract(j.value, '$[1]'), d.headers, d.properties, d.body, ?2, ?2 \
+                     FROM json_each(?1) j JOIN qtask_dead_letters d ON d.id = json_extract(j.value, '$[0]') \
+                     ORDER BY d.id",
+                )
+                .bind(&picked)
+                .bind(now)
+                .execute(&mut *tx)
+                .await
+                .map_err(err)?;
+                sqlx::query(
+                    "DELETE FROM qtask_dead_letters WHERE id IN (SELECT json_extract(value, '$[0]') FROM json_each(?1))",
+                )
+                .bind(&picked)
+                .execute(&mut *tx)
+                .await
+                .map_err(err)?;
+                moved += usize::try_from(r.rows_affected()).unwrap_or(0);
+            }
+            if rows.len() < want {
+                break;
+            }
+        }
+        tx.commit().await.map_err(err)?;
+        if moved > 0 {
+            self.shared.hub.poke();
+        }
+        Ok(moved as u64)
+    }
+
+    async fn purge(&self, queue: &str) -> Result<u64, BrokerError> {
+        let r = sqlx::query("DELETE FROM qtask_dead_letters WHERE queue = ?1")
+            .bind(queue)
+            .execute(&self.shared.pool)
+            .await
+            .map_err(|e| db_err("purging dead letters", e))?;
+        Ok(r.rows_affected())
     }
 }
 
