@@ -125,15 +125,14 @@ impl AmqpOptions {
     }
 }
 
-/// Capped exponential backoff with jitter: attempt 1 waits about 100 ms,
-/// then twice as long each time up to `max`; each wait is drawn from
-/// [50 %, 100 %] of the nominal value so reconnecting clients spread out.
+/// The wait before reconnection attempt `attempt`: none before the first
+/// (`0`), then [`qcore::backoff::reconnect`] from 100 ms (about 100 ms, then
+/// twice as long each time up to `max`, each wait drawn from 50–100 %).
 pub(crate) fn backoff(attempt: u32, max: Duration) -> Duration {
-    if attempt == 0 {
-        return Duration::ZERO;
+    match attempt.checked_sub(1) {
+        None => Duration::ZERO,
+        Some(n) => qcore::backoff::reconnect(n, Duration::from_millis(100), max),
     }
-    let nominal = Duration::from_millis(100).saturating_mul(1u32 << (attempt - 1).min(16)).min(max);
-    nominal.mul_f64(0.5 + fastrand::f64() * 0.5)
 }
 
 #[cfg(test)]

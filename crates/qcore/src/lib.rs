@@ -18,6 +18,7 @@
 mod app;
 mod async_result;
 pub mod backend;
+pub mod backoff;
 pub mod broker;
 pub mod config;
 pub mod control;

@@ -16,7 +16,7 @@ use qcore::{
 };
 
 use crate::events::EventKind;
-use crate::worker::{phase_at_least, Phase, Shared};
+use crate::worker::{backoff, phase_at_least, Phase, Shared};
 
 /// How a run ended before its outcome is recorded.
 enum RunEnd {
@@ -45,7 +45,7 @@ where
             Ok(()) => return,
             Err(e) if e.is_retryable() && attempt < 4 => {
                 tracing::warn!(task_id, error = %e, "{what} failed; retrying");
-                tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+                tokio::time::sleep(backoff(attempt)).await;
             }
             Err(e) => {
                 tracing::error!(task_id, error = %e, "{what} failed; the broker will redeliver the message");
@@ -80,7 +80,7 @@ where
             Err(e) if attempt < 5 && is_transient(&e) => {
                 attempt += 1;
                 tracing::warn!(task_id = id, error = %e, attempt, "{what} failed; retrying");
-                tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+                tokio::time::sleep(backoff(attempt)).await;
             }
             Err(e) => return Err(e),
         }

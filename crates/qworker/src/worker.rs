@@ -296,20 +296,11 @@ impl std::fmt::Debug for Worker {
     }
 }
 
-fn backoff(attempt: u32) -> Duration {
-    let base = 100u64.saturating_mul(1u64 << attempt.min(6));
-    Duration::from_millis(base.min(5_000) / 2 + fastrand_ms(base.min(5_000) / 2))
-}
-
-fn fastrand_ms(max: u64) -> u64 {
-    // Jitter without another dependency: the clock's low bits are random enough here.
-    let nanos =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
-    if max == 0 {
-        0
-    } else {
-        u64::from(nanos) % max
-    }
+/// The wait before retry `attempt` of a broker or backend call (reconnects,
+/// settlements, result writes): [`qcore::backoff::reconnect`] from 100 ms,
+/// capped at 5 s.
+pub(crate) fn backoff(attempt: u32) -> Duration {
+    qcore::backoff::reconnect(attempt, Duration::from_millis(100), Duration::from_secs(5))
 }
 
 impl Worker {
