@@ -32,6 +32,7 @@ mod state;
 pub mod task;
 pub mod time;
 pub mod trace;
+pub mod url;
 
 pub use app::{hostname, App, AppBuilder, IntoSignature, Parent, PreparedSend, SendOptions, TypedSignature};
 pub use async_result::AsyncResult;
