@@ -48,7 +48,9 @@ pub struct AmqpOptions {
     /// `None` delivers forever (Celery's behaviour). Default: 10.
     pub max_deliveries: Option<u32>,
     /// The node name whose remote-control queue `<node>.celery.pidbox` a
-    /// subscription to `celery.pidbox` declares (default `celery@<hostname>`).
+    /// subscription to `celery.pidbox` declares, read as a worker's
+    /// `worker_hostname` ([`qcore::node_name`]; default `qtask@<hostname>`,
+    /// the worker's default too).
     pub node_name: Option<String>,
     /// Longest wait between two reconnection attempts (backoff is
     /// exponential from 100 ms, with jitter).
@@ -100,7 +102,8 @@ impl AmqpOptions {
         self
     }
 
-    /// Set the node name used for the remote-control queue.
+    /// Set the node name used for the remote-control queue (the worker's
+    /// `worker_hostname`, read by [`qcore::node_name`]).
     pub fn node_name(mut self, node: impl Into<String>) -> Self {
         self.node_name = Some(node.into());
         self

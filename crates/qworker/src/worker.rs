@@ -229,7 +229,9 @@ impl WorkerBuilder {
         self
     }
 
-    /// Node name (default: `worker_hostname`, else `qtask.<pid>@<host>`).
+    /// Node name, as Celery's `-n` (default: `worker_hostname`); it goes
+    /// through [`qcore::node_name`]: `%h`/`%n`/`%d` expand, a name without
+    /// `@` gets `qtask@` in front, and none at all is `qtask@<host>`.
     pub fn hostname(mut self, name: impl Into<String>) -> Self {
         self.hostname = Some(name.into());
         self
@@ -248,10 +250,7 @@ impl WorkerBuilder {
         // Celery: a multiplier of 0 means "as many as possible"; keep a sane cap.
         let multiplier = self.prefetch_multiplier.unwrap_or(cfg.worker_prefetch_multiplier);
         let prefetch = if multiplier == 0 { concurrency * 64 } else { concurrency * multiplier }.max(concurrency);
-        let hostname = self
-            .hostname
-            .or_else(|| cfg.worker_hostname.clone())
-            .unwrap_or_else(|| format!("qtask.{}@{}", std::process::id(), qcore::hostname()));
+        let hostname = qcore::node_name(self.hostname.as_deref().or(cfg.worker_hostname.as_deref()));
         let queues = if self.queues.is_empty() { vec![cfg.task_default_queue.clone()] } else { self.queues };
         let shutdown_timeout = self.shutdown_timeout.unwrap_or(cfg.worker_shutdown_timeout);
         let (events, _) = broadcast::channel(1024);

@@ -132,7 +132,7 @@ impl AppBuilder {
     /// Build the app.
     pub fn build(self) -> Result<App, Error> {
         let broker = self.broker.ok_or_else(|| Error::Config("an App needs a broker".into()))?;
-        let host = hostname();
+        let host = crate::node::hostname();
         Ok(App {
             inner: Arc::new(Inner {
                 config: self.config.unwrap_or_default(),
@@ -149,16 +149,6 @@ impl AppBuilder {
             }),
         })
     }
-}
-
-/// This machine's host name (from `HOSTNAME` or `/etc/hostname`).
-pub fn hostname() -> String {
-    std::env::var("HOSTNAME")
-        .ok()
-        .filter(|h| !h.is_empty())
-        .or_else(|| std::fs::read_to_string("/etc/hostname").ok().map(|s| s.trim().to_string()))
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "localhost".into())
 }
 
 impl App {
