@@ -242,7 +242,7 @@ pub(crate) async fn handle(shared: Arc<Shared>, delivery: Delivery, permit: Owne
     let hard = msg.timelimit.hard.map(Duration::from_secs_f64).or(opts.time_limit).or(app.config().task_time_limit);
     let soft =
         msg.timelimit.soft.map(Duration::from_secs_f64).or(opts.soft_time_limit).or(app.config().task_soft_time_limit);
-    let end = run(&shared, task, &msg, Arc::new(req.clone()), hard, soft, term_rx, &acker, acks_late, &mut phase).await;
+    let end = run(&shared, task, &msg, Arc::new(req.clone()), hard, soft, term_rx, &mut phase).await;
     if let Some(h) = early_ack {
         let _ = h.await;
     }
@@ -346,8 +346,6 @@ async fn run(
     hard: Option<Duration>,
     soft: Option<Duration>,
     mut term_rx: oneshot::Receiver<()>,
-    acker: &Arc<dyn Acker>,
-    acks_late: bool,
     phase: &mut tokio::sync::watch::Receiver<Phase>,
 ) -> RunEnd {
     let soft_limit = Arc::new(SoftLimit::default());
@@ -370,11 +368,6 @@ async fn run(
         }
     };
     tokio::pin!(hard_sleep);
-    // Late acks keep the delivery's lease alive while the task runs.
-    let touch_every = shared.app.config().visibility_timeout.map(|v| v / 3).unwrap_or(Duration::from_secs(60));
-    let mut touch = acks_late.then(|| {
-        tokio::time::interval_at(tokio::time::Instant::now() + touch_every, touch_every.max(Duration::from_millis(100)))
-    });
     let end = loop {
         tokio::select! {
             r = &mut join => {
@@ -391,11 +384,6 @@ async fn run(
             _ = phase_at_least(phase, Phase::Cold) => {
                 abort.abort();
                 break RunEnd::Cold;
-            }
-            _ = async { touch.as_mut()?.tick().await; Some(()) }, if touch.is_some() => {
-                if let Err(e) = acker.touch().await {
-                    tracing::debug!(task_id = %msg.id, error = %e, "refreshing the delivery lease failed");
-                }
             }
         }
     };
