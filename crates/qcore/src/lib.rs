@@ -28,11 +28,12 @@ pub mod message;
 mod node;
 pub mod repr;
 mod result;
+#[doc(hidden)]
+pub mod run;
 mod signature;
 mod state;
 pub mod task;
 pub mod time;
-pub mod trace;
 pub mod url;
 
 pub use app::{App, AppBuilder, IntoSignature, Parent, PreparedSend, SendOptions, TypedSignature};

@@ -9,11 +9,9 @@ use std::time::Duration;
 use chrono::Utc;
 use tokio::sync::{oneshot, OwnedSemaphorePermit};
 
+use qcore::run::{self, Finished};
 use qcore::task::SoftLimit;
-use qcore::trace::{self, Finished};
-use qcore::{
-    Acker, Delivery, ErrorKind, ExceptionInfo, ResultMeta, State, TaskContext, TaskError, TaskMessage, TaskResult,
-};
+use qcore::{Acker, Delivery, ErrorKind, ExceptionInfo, TaskError, TaskMessage, TaskResult};
 
 use crate::events::EventKind;
 use crate::worker::{backoff, phase_at_least, Phase, Shared};
@@ -110,8 +108,7 @@ pub(crate) async fn handle(shared: Arc<Shared>, delivery: Delivery, permit: Owne
         }
     };
     let id = msg.id.clone();
-    let mut req = trace::request_info(&msg, &shared.hostname, &queue, redelivered);
-    req.reply_to = message.properties.reply_to.clone();
+    let req = run::request_info(&msg, message.properties.reply_to.clone(), &shared.hostname, &queue, redelivered);
     shared.emit(Some(&id), || EventKind::TaskReceived {
         name: msg.display_name().to_string(),
         args: msg.args.clone(),
@@ -172,16 +169,9 @@ pub(crate) async fn handle(shared: Arc<Shared>, delivery: Delivery, permit: Owne
     }
 
     let Some(task) = app.task(&msg.task) else {
-        let exc = ExceptionInfo::not_registered(&msg.task);
         tracing::error!(task_id = %id, task = %msg.task, "received unregistered task; parking it");
-        if let Some(backend) = app.backend() {
-            let mut meta = ResultMeta::new(id.clone(), State::Failure, exc.to_value());
-            meta.group_id = msg.group.clone();
-            meta.parent_id = msg.parent_id.clone();
-            let reply_to = message.properties.reply_to.as_deref();
-            if let Err(e) = backend.store_for(&meta, Some(app.config().result_expires), reply_to).await {
-                tracing::warn!(task_id = %id, error = %e, "could not store NotRegistered failure");
-            }
+        if let Err(e) = run::not_registered(&app, &req).await {
+            tracing::warn!(task_id = %id, error = %e, "could not store NotRegistered failure");
         }
         let reason = format!("NotRegistered: no task named {:?} on {}", msg.task, shared.hostname);
         dead_letter(&acker, &id, &reason).await;
@@ -234,7 +224,7 @@ pub(crate) async fn handle(shared: Arc<Shared>, delivery: Delivery, permit: Owne
     shared.running.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone(), term_tx);
     shared.active.fetch_add(1, Ordering::Relaxed);
     shared.emit(Some(&id), || EventKind::TaskStarted);
-    if let Err(e) = trace::mark_started(&app, &opts, &req).await {
+    if let Err(e) = run::mark_started(&app, &opts, &req).await {
         tracing::warn!(task_id = %id, error = %e, "could not store STARTED");
     }
 
@@ -242,7 +232,7 @@ pub(crate) async fn handle(shared: Arc<Shared>, delivery: Delivery, permit: Owne
     let hard = msg.timelimit.hard.map(Duration::from_secs_f64).or(opts.time_limit).or(app.config().task_time_limit);
     let soft =
         msg.timelimit.soft.map(Duration::from_secs_f64).or(opts.soft_time_limit).or(app.config().task_soft_time_limit);
-    let end = run(&shared, task, &msg, Arc::new(req.clone()), hard, soft, term_rx, &mut phase).await;
+    let end = run_with_limits(&shared, task, &msg, Arc::new(req.clone()), hard, soft, term_rx, &mut phase).await;
     if let Some(h) = early_ack {
         let _ = h.await;
     }
@@ -259,7 +249,7 @@ pub(crate) async fn handle(shared: Arc<Shared>, delivery: Delivery, permit: Owne
         }
         RunEnd::Terminated => {
             if let Err(e) =
-                with_retries("store REVOKED", &id, || trace::mark_revoked(&app, &msg, &req, "terminated")).await
+                with_retries("store REVOKED", &id, || run::mark_revoked(&app, &msg, &req, "terminated")).await
             {
                 tracing::error!(task_id = %id, error = %e, "could not store REVOKED");
             }
@@ -280,7 +270,7 @@ pub(crate) async fn handle(shared: Arc<Shared>, delivery: Delivery, permit: Owne
         }
     };
 
-    let finished = with_retries("record result", &id, || trace::finish(&app, &opts, &msg, &req, outcome.clone())).await;
+    let finished = with_retries("record result", &id, || run::finish(&app, &opts, &msg, &req, outcome.clone())).await;
     shared.processed.fetch_add(1, Ordering::Relaxed);
     drop(permit);
     match finished {
@@ -338,7 +328,7 @@ pub(crate) async fn handle(shared: Arc<Shared>, delivery: Delivery, permit: Owne
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn run(
+async fn run_with_limits(
     shared: &Shared,
     task: Arc<dyn qcore::Task>,
     msg: &TaskMessage,
@@ -356,10 +346,7 @@ async fn run(
             s.trigger();
         })
     });
-    let ctx = TaskContext::new(req, shared.app.clone(), soft_limit);
-    let args = msg.args.clone();
-    let kwargs = msg.kwargs.clone();
-    let mut join = tokio::spawn(async move { task.run(ctx, args, kwargs).await });
+    let mut join = run::spawn(task, shared.app.clone(), req, soft_limit, msg);
     let abort = join.abort_handle();
     let hard_sleep = async {
         match hard {
@@ -371,7 +358,7 @@ async fn run(
     let end = loop {
         tokio::select! {
             r = &mut join => {
-                break RunEnd::Done(r.unwrap_or_else(|e| Err(trace::join_failure(e))));
+                break RunEnd::Done(r);
             }
             _ = &mut hard_sleep => {
                 abort.abort();
@@ -402,7 +389,7 @@ async fn revoke_unstarted(
 ) {
     tracing::info!(task_id = %msg.id, reason, "not running task");
     let app = &shared.app;
-    if let Err(e) = with_retries("store REVOKED", &msg.id, || trace::mark_revoked(app, msg, req, reason)).await {
+    if let Err(e) = with_retries("store REVOKED", &msg.id, || run::mark_revoked(app, msg, req, reason)).await {
         tracing::error!(task_id = %msg.id, error = %e, "could not store REVOKED");
     }
     ack(acker, &msg.id).await;

@@ -17,6 +17,7 @@ use crate::backend::ResultBackend;
 use crate::broker::Broker;
 use crate::config::Config;
 use crate::error::Error;
+use crate::message::Message;
 use crate::result::ResultMeta;
 use crate::signature::Signature;
 use crate::task::{RequestInfo, Task, TaskOptions};
@@ -264,6 +265,17 @@ impl App {
         self.inner.broker.declare_queue(queue).await?;
         self.inner.declared.lock().unwrap_or_else(|p| p.into_inner()).insert(queue.to_string());
         Ok(())
+    }
+
+    /// Publish a built message to `queue`, or run it here in eager mode.
+    pub async fn dispatch(&self, queue: &str, msg: Message) -> Result<(), Error> {
+        if self.config().task_always_eager {
+            Box::pin(crate::run::run_eager(self, msg, queue)).await
+        } else {
+            self.ensure_queue(queue).await?;
+            self.broker().publish(queue, &msg).await?;
+            Ok(())
+        }
     }
 
     /// Fill the `result_extended` fields of a document from a request.
