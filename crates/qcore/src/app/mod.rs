@@ -230,9 +230,7 @@ impl App {
         sig: S,
         options: SendOptions,
     ) -> Result<AsyncResult<S::Output>, Error> {
-        let mut sig = sig.into_signature();
-        options.apply_to(&mut sig);
-        let res = self.apply_signature(sig, None).await?;
+        let res = self.apply_with(sig.into_signature(), options, None, None).await?;
         Ok(res.typed())
     }
 
