@@ -335,7 +335,7 @@ async fn run_with_limits(
     req: Arc<qcore::RequestInfo>,
     hard: Option<Duration>,
     soft: Option<Duration>,
-    mut term_rx: oneshot::Receiver<()>,
+    term_rx: oneshot::Receiver<()>,
     phase: &mut tokio::sync::watch::Receiver<Phase>,
 ) -> RunEnd {
     let soft_limit = Arc::new(SoftLimit::default());
@@ -346,7 +346,7 @@ async fn run_with_limits(
             s.trigger();
         })
     });
-    let mut join = run::spawn(task, shared.app.clone(), req, soft_limit, msg);
+    let join = run::spawn(task, shared.app.clone(), req, soft_limit, msg);
     let abort = join.abort_handle();
     let hard_sleep = async {
         match hard {
@@ -354,24 +354,19 @@ async fn run_with_limits(
             None => std::future::pending().await,
         }
     };
-    tokio::pin!(hard_sleep);
-    let end = loop {
-        tokio::select! {
-            r = &mut join => {
-                break RunEnd::Done(r);
-            }
-            _ = &mut hard_sleep => {
-                abort.abort();
-                break RunEnd::TimeLimit(hard.map(|d| d.as_secs_f64()).unwrap_or_default());
-            }
-            _ = &mut term_rx => {
-                abort.abort();
-                break RunEnd::Terminated;
-            }
-            _ = phase_at_least(phase, Phase::Cold) => {
-                abort.abort();
-                break RunEnd::Cold;
-            }
+    let end = tokio::select! {
+        r = join => RunEnd::Done(r),
+        _ = hard_sleep => {
+            abort.abort();
+            RunEnd::TimeLimit(hard.map(|d| d.as_secs_f64()).unwrap_or_default())
+        }
+        _ = term_rx => {
+            abort.abort();
+            RunEnd::Terminated
+        }
+        _ = phase_at_least(phase, Phase::Cold) => {
+            abort.abort();
+            RunEnd::Cold
         }
     };
     if let Some(t) = soft_timer {
