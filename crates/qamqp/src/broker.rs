@@ -64,7 +64,7 @@ impl AmqpBroker {
     }
 
     pub(crate) fn node_name(&self) -> String {
-        self.core.opts.node_name.clone().unwrap_or_else(|| format!("celery@{}", qcore::hostname()))
+        qcore::node_name(self.core.opts.node_name.as_deref())
     }
 
     fn props_for<'a>(message: &'a Message) -> impl Fn() -> Result<BasicProperties, BrokerError> + Send + Sync + 'a {

@@ -48,7 +48,9 @@ pub struct AmqpOptions {
     /// `None` delivers forever (Celery's behaviour). Default: 10.
     pub max_deliveries: Option<u32>,
     /// The node name whose remote-control queue `<node>.celery.pidbox` a
-    /// subscription to `celery.pidbox` declares (default `celery@<hostname>`).
+    /// subscription to `celery.pidbox` declares, read as a worker's
+    /// `worker_hostname` ([`qcore::node_name`]; default `qtask@<hostname>`,
+    /// the worker's default too).
     pub node_name: Option<String>,
     /// Longest wait between two reconnection attempts (backoff is
     /// exponential from 100 ms, with jitter).
@@ -100,7 +102,8 @@ impl AmqpOptions {
         self
     }
 
-    /// Set the node name used for the remote-control queue.
+    /// Set the node name used for the remote-control queue (the worker's
+    /// `worker_hostname`, read by [`qcore::node_name`]).
     pub fn node_name(mut self, node: impl Into<String>) -> Self {
         self.node_name = Some(node.into());
         self
@@ -125,15 +128,14 @@ impl AmqpOptions {
     }
 }
 
-/// Capped exponential backoff with jitter: attempt 1 waits about 100 ms,
-/// then twice as long each time up to `max`; each wait is drawn from
-/// [50 %, 100 %] of the nominal value so reconnecting clients spread out.
+/// The wait before reconnection attempt `attempt`: none before the first
+/// (`0`), then [`qcore::backoff::reconnect`] from 100 ms (about 100 ms, then
+/// twice as long each time up to `max`, each wait drawn from 50–100 %).
 pub(crate) fn backoff(attempt: u32, max: Duration) -> Duration {
-    if attempt == 0 {
-        return Duration::ZERO;
+    match attempt.checked_sub(1) {
+        None => Duration::ZERO,
+        Some(n) => qcore::backoff::reconnect(n, Duration::from_millis(100), max),
     }
-    let nominal = Duration::from_millis(100).saturating_mul(1u32 << (attempt - 1).min(16)).min(max);
-    nominal.mul_f64(0.5 + fastrand::f64() * 0.5)
 }
 
 #[cfg(test)]

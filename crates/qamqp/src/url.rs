@@ -49,16 +49,7 @@ impl std::fmt::Debug for AmqpUrl {
 }
 
 fn bad(url: &str, why: impl std::fmt::Display) -> BrokerError {
-    BrokerError::new(ErrorKind::Config, format!("invalid AMQP URL {:?}: {why}", redact(url)))
-}
-
-/// The URL with whatever sits between `://` and the last `@` replaced, for
-/// error messages about URLs that could not be parsed.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => format!("{}://***@{}", &url[..s], &url[at + 1..]),
-        _ => url.to_string(),
-    }
+    BrokerError::new(ErrorKind::Config, format!("invalid AMQP URL {:?}: {why}", qcore::url::redact(url)))
 }
 
 fn percent_decode(s: &str, url: &str, what: &str) -> Result<String, BrokerError> {

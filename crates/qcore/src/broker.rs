@@ -12,6 +12,14 @@
 //!   [`Properties::priority`](crate::Properties::priority) is delivered first
 //!   where the broker supports priorities (Celery's numbers: 0–9, 9 highest on
 //!   AMQP; qtask maps them onto each broker's scheme, see the adapter).
+//! * **Leases are the adapter's job.** Where deliveries are handed out under
+//!   a visibility timeout (Redis, SQL), the adapter renews the lease of every
+//!   delivery its consumer holds, prefetched or running, for as long as the
+//!   consumer or that delivery's [`Acker`] lives and the delivery is
+//!   unsettled; so a live worker's long task (with `acks_late`) is never
+//!   redelivered, whatever the visibility timeout. An acker dropped without
+//!   settling stops its renewal: the message comes back after the timeout.
+//!   Callers never renew anything.
 //! * **Prefetch:** a consumer never holds more than
 //!   [`ConsumeOptions::prefetch`] unacked deliveries; the worker asks for more
 //!   only when it has room.
@@ -82,11 +90,6 @@ pub trait Acker: Send + Sync {
     async fn defer(&self, until: DateTime<Utc>) -> Result<(), BrokerError> {
         let _ = until;
         Err(BrokerError::new(ErrorKind::Unsupported, "deferred delivery is not supported"))
-    }
-    /// Tell the broker the message is still being worked on (keeps a
-    /// visibility lease fresh). A no-op where leases do not exist.
-    async fn touch(&self) -> Result<(), BrokerError> {
-        Ok(())
     }
 }
 

@@ -18,6 +18,7 @@
 mod app;
 mod async_result;
 pub mod backend;
+pub mod backoff;
 pub mod broker;
 pub mod config;
 pub mod control;
@@ -25,16 +26,18 @@ pub mod driver;
 mod error;
 pub mod json;
 pub mod message;
+mod node;
 pub mod repr;
 mod result;
+#[doc(hidden)]
+pub mod run;
 mod signature;
 mod state;
 pub mod task;
 pub mod time;
-pub mod trace;
 pub mod url;
 
-pub use app::{hostname, App, AppBuilder, IntoSignature, Parent, PreparedSend, SendOptions, TypedSignature};
+pub use app::{App, AppBuilder, IntoSignature, Parent, PreparedSend, SendOptions, TypedSignature};
 pub use async_result::AsyncResult;
 pub use backend::{ChordJoin, ChordPart, ResultBackend};
 pub use broker::{
@@ -43,6 +46,7 @@ pub use broker::{
 pub use config::Config;
 pub use error::{BackendError, BrokerError, Error, ErrorKind, ProtocolError};
 pub use message::{ContentType, Embed, Message, Properties, TaskMessage, TaskMessageBuilder};
+pub use node::{hostname, node_name};
 pub use result::{ExceptionInfo, ResultMeta};
 pub use signature::{chain, chord, group, CanvasKind, Signature};
 pub use state::State;

@@ -196,10 +196,8 @@ macro_rules! with_conn_read {
 }
 pub(crate) use with_conn_read;
 
-/// Exponential backoff with jitter (between half and all of the step): 100 ms × 2^attempt, capped at 10 s.
+/// The wait before reconnection attempt `attempt`: [`qcore::backoff::reconnect`]
+/// from 100 ms, capped at 10 s.
 pub(crate) fn backoff(attempt: u32) -> Duration {
-    let cap = Duration::from_secs(10);
-    let base = Duration::from_millis(100).saturating_mul(1u32 << attempt.min(10)).min(cap);
-    let half = base / 2;
-    half + Duration::from_micros(fastrand::u64(0..=half.as_micros() as u64))
+    qcore::backoff::reconnect(attempt, Duration::from_millis(100), Duration::from_secs(10))
 }

@@ -121,15 +121,13 @@ pub(crate) fn parse(url: &str) -> Result<RedisUrl, UrlError> {
             .filter(|d| *d >= 0)
             .ok_or_else(|| UrlError(format!("invalid database {path:?} in redis URL (expected a number)")))?
     };
-    let addr = if tls { tls_addr(host.clone(), port)? } else { ConnectionAddr::Tcp(host.clone(), port) };
-    let shown_host = if host.contains(':') { format!("[{host}]") } else { host };
-    let auth = match (&username, &password) {
-        (Some(u), Some(_)) => format!("{u}:***@"),
-        (Some(u), None) => format!("{u}@"),
-        (None, Some(_)) => ":***@".to_string(),
-        (None, None) => String::new(),
+    let addr = if tls { tls_addr(host, port)? } else { ConnectionAddr::Tcp(host, port) };
+    // `redis://secret@host` holds a password (see above), which `redact`
+    // would take for a user: shown as `redis://:***@host`.
+    let display = match userinfo {
+        Some(ui) if !ui.is_empty() && !ui.contains(':') => qcore::url::redact(&url.replacen("://", "://:", 1)),
+        _ => qcore::url::redact(url),
     };
-    let display = format!("{}://{auth}{shown_host}:{port}/{db}", if tls { "rediss" } else { "redis" });
     Ok(RedisUrl {
         info: ConnectionInfo {
             addr,
@@ -177,12 +175,14 @@ mod tests {
         let u = parse("redis://alice:pw@h/2?socket_timeout=3").unwrap();
         assert_eq!(u.info.redis.username.as_deref(), Some("alice"));
         assert_eq!(u.info.redis.password.as_deref(), Some("pw"));
-        assert_eq!(u.display, "redis://alice:***@h:6379/2");
+        assert_eq!(u.display, "redis://alice:***@h/2?socket_timeout=3");
         let u = parse("redis://[::1]:7000/1").unwrap();
         assert_eq!(tcp(&u), ("::1".into(), 7000));
         assert_eq!(u.display, "redis://[::1]:7000/1");
         let u = parse("redis://pw@h").unwrap();
         assert_eq!(u.info.redis.password.as_deref(), Some("pw"));
+        assert_eq!(u.display, "redis://:***@h");
+        assert_eq!(parse("redis://alice@h:6390").unwrap().display, "redis://:***@h:6390");
     }
 
     #[test]

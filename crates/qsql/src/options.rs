@@ -114,20 +114,6 @@ fn valid_ident(s: &str) -> bool {
         && s.len() <= 63
 }
 
-/// The URL with any password replaced by `***`.
-pub(crate) fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else { return url.to_string() };
-    let auth_end = rest.find(['/', '?']).unwrap_or(rest.len());
-    let (auth, tail) = rest.split_at(auth_end);
-    match auth.rsplit_once('@') {
-        Some((userinfo, host)) => match userinfo.split_once(':') {
-            Some((user, _)) => format!("{scheme}://{user}:***@{host}{tail}"),
-            None => url.to_string(),
-        },
-        None => url.to_string(),
-    }
-}
-
 /// Parse a `postgres://`, `postgresql://`, `sqlite://path` or
 /// `sqlite::memory:` URL. The error is a message for a Config error.
 pub(crate) fn parse_url(url: &str, schema_opt: Option<&str>) -> Result<DbUrl, String> {
@@ -156,9 +142,9 @@ pub(crate) fn parse_url(url: &str, schema_opt: Option<&str>) -> Result<DbUrl, St
             }
         }
         let pg_url = if rest.is_empty() { base.to_string() } else { format!("{base}?{}", rest.join("&")) };
-        let options =
-            PgConnectOptions::from_str(&pg_url).map_err(|e| format!("invalid PostgreSQL URL {}: {e}", redact(url)))?;
-        Ok(DbUrl::Postgres { options: Box::new(options), schema, display: redact(url) })
+        let options = PgConnectOptions::from_str(&pg_url)
+            .map_err(|e| format!("invalid PostgreSQL URL {}: {e}", qcore::url::redact(url)))?;
+        Ok(DbUrl::Postgres { options: Box::new(options), schema, display: qcore::url::redact(url) })
     } else if let Some(rest) = url.strip_prefix("sqlite:") {
         let rest = rest.strip_prefix("//").unwrap_or(rest);
         let path = rest.split_once('?').map_or(rest, |(p, _)| p);
@@ -173,7 +159,7 @@ pub(crate) fn parse_url(url: &str, schema_opt: Option<&str>) -> Result<DbUrl, St
         }
         Ok(DbUrl::Sqlite { path: PathBuf::from(path), display: url.to_string() })
     } else {
-        Err(format!("unsupported URL {:?}: expected postgres://, postgresql:// or sqlite://", redact(url)))
+        Err(format!("unsupported URL {:?}: expected postgres://, postgresql:// or sqlite://", qcore::url::redact(url)))
     }
 }
 

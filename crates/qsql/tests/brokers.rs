@@ -143,28 +143,55 @@ async fn pg_broker(schema: &PgSchema, opts: SqlOptions) -> PgBroker {
     PgBroker::connect(&schema.url(), opts).await.expect("PostgreSQL at 127.0.0.1:5432")
 }
 
-/// A delivery held unacked for several lease periods is not given to another
-/// consumer (its lease is renewed); once dropped, it is, after the lease.
+/// What a consumer holds unsettled, the delivery handed out (a running
+/// task) and the one still prefetched in its buffer, is not given to another
+/// consumer however long it is held: the adapter renews the leases by
+/// itself (the worker renews nothing). Once the holder is gone, both come
+/// back after the lease.
+async fn leases_are_renewed_while_held_and_expire_when_dropped(
+    holder: Arc<dyn Broker>,
+    other: Arc<dyn Broker>,
+    lease: Duration,
+) {
+    holder.publish("q", &message("running")).await.unwrap();
+    holder.publish("q", &message("prefetched")).await.unwrap();
+    // Prefetch 2: the first recv claims both messages and hands out one.
+    let mut a = holder.consume(&["q".into()], ConsumeOptions::new(2)).await.unwrap();
+    let running = next(&mut a, Duration::from_secs(10), "first delivery").await;
+    assert_eq!(id_of(&running), "running");
+    let mut b = Probe::start(other.as_ref(), "q", 2).await;
+    // Four lease periods: without renewal B would get both.
+    b.expect_none(lease * 4, "a held delivery handed to another consumer").await;
+    let t0 = std::time::Instant::now();
+    drop(running);
+    drop(a);
+    let mut ids = HashSet::new();
+    for _ in 0..2 {
+        let again = b.next(lease * 2 + Duration::from_secs(5), "redelivery after the holder went away").await;
+        assert!(again.redelivered, "{} not marked redelivered", id_of(&again));
+        ids.insert(id_of(&again));
+        again.acker.ack().await.unwrap();
+    }
+    assert_eq!(ids, HashSet::from(["running".to_string(), "prefetched".to_string()]));
+    assert!(t0.elapsed() <= lease * 2 + Duration::from_secs(1), "redelivered only after {:?}", t0.elapsed());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pg_leases_are_renewed_while_held_and_expire_when_dropped() {
     let schema = PgSchema::new();
     let lease = Duration::from_millis(600);
-    let broker = pg_broker(&schema, SqlOptions::new().visibility_timeout(lease)).await;
-    broker.publish("q", &message("held")).await.unwrap();
-    let mut a = broker.consume(&["q".into()], ConsumeOptions::new(1)).await.unwrap();
-    let held = next(&mut a, Duration::from_secs(10), "first delivery").await;
+    let holder = pg_broker(&schema, SqlOptions::new().visibility_timeout(lease)).await;
     let other = pg_broker(&schema, SqlOptions::new().visibility_timeout(lease)).await;
-    let mut b = Probe::start(&other, "q", 1).await;
-    // Four lease periods: without renewal B would get it.
-    b.expect_none(lease * 4, "a held delivery handed to another consumer").await;
-    let t0 = std::time::Instant::now();
-    drop(held);
-    drop(a);
-    let again = b.next(lease * 2 + Duration::from_secs(5), "redelivery after the holder went away").await;
-    assert_eq!(id_of(&again), "held");
-    assert!(again.redelivered);
-    assert!(t0.elapsed() <= lease * 2 + Duration::from_secs(1), "redelivered only after {:?}", t0.elapsed());
-    again.acker.ack().await.unwrap();
+    leases_are_renewed_while_held_and_expire_when_dropped(Arc::new(holder), Arc::new(other), lease).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_leases_are_renewed_while_held_and_expire_when_dropped() {
+    let db = TempDb::new();
+    let lease = Duration::from_millis(600);
+    let holder = SqliteBroker::connect(&db.url(), SqlOptions::new().visibility_timeout(lease)).await.unwrap();
+    let other = SqliteBroker::connect(&db.url(), SqlOptions::new().visibility_timeout(lease)).await.unwrap();
+    leases_are_renewed_while_held_and_expire_when_dropped(Arc::new(holder), Arc::new(other), lease).await;
 }
 
 /// An idle consumer is woken by NOTIFY, not by its safety-net poll.

@@ -9,14 +9,12 @@ use std::time::Duration;
 use chrono::Utc;
 use tokio::sync::{oneshot, OwnedSemaphorePermit};
 
+use qcore::run::{self, Finished};
 use qcore::task::SoftLimit;
-use qcore::trace::{self, Finished};
-use qcore::{
-    Acker, Delivery, ErrorKind, ExceptionInfo, ResultMeta, State, TaskContext, TaskError, TaskMessage, TaskResult,
-};
+use qcore::{Acker, Delivery, ErrorKind, ExceptionInfo, TaskError, TaskMessage, TaskResult};
 
 use crate::events::EventKind;
-use crate::worker::{phase_at_least, Phase, Shared};
+use crate::worker::{backoff, phase_at_least, Phase, Shared};
 
 /// How a run ended before its outcome is recorded.
 enum RunEnd {
@@ -45,7 +43,7 @@ where
             Ok(()) => return,
             Err(e) if e.is_retryable() && attempt < 4 => {
                 tracing::warn!(task_id, error = %e, "{what} failed; retrying");
-                tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+                tokio::time::sleep(backoff(attempt)).await;
             }
             Err(e) => {
                 tracing::error!(task_id, error = %e, "{what} failed; the broker will redeliver the message");
@@ -80,7 +78,7 @@ where
             Err(e) if attempt < 5 && is_transient(&e) => {
                 attempt += 1;
                 tracing::warn!(task_id = id, error = %e, attempt, "{what} failed; retrying");
-                tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+                tokio::time::sleep(backoff(attempt)).await;
             }
             Err(e) => return Err(e),
         }
@@ -110,8 +108,7 @@ pub(crate) async fn handle(shared: Arc<Shared>, delivery: Delivery, permit: Owne
         }
     };
     let id = msg.id.clone();
-    let mut req = trace::request_info(&msg, &shared.hostname, &queue, redelivered);
-    req.reply_to = message.properties.reply_to.clone();
+    let req = run::request_info(&msg, message.properties.reply_to.clone(), &shared.hostname, &queue, redelivered);
     shared.emit(Some(&id), || EventKind::TaskReceived {
         name: msg.display_name().to_string(),
         args: msg.args.clone(),
@@ -179,16 +176,9 @@ pub(crate) async fn handle(shared: Arc<Shared>, delivery: Delivery, permit: Owne
     }
 
     let Some(task) = app.task(&msg.task) else {
-        let exc = ExceptionInfo::not_registered(&msg.task);
         tracing::error!(task_id = %id, task = %msg.task, "received unregistered task; parking it");
-        if let Some(backend) = app.backend() {
-            let mut meta = ResultMeta::new(id.clone(), State::Failure, exc.to_value());
-            meta.group_id = msg.group.clone();
-            meta.parent_id = msg.parent_id.clone();
-            let reply_to = message.properties.reply_to.as_deref();
-            if let Err(e) = backend.store_for(&meta, Some(app.config().result_expires), reply_to).await {
-                tracing::warn!(task_id = %id, error = %e, "could not store NotRegistered failure");
-            }
+        if let Err(e) = run::not_registered(&app, &req).await {
+            tracing::warn!(task_id = %id, error = %e, "could not store NotRegistered failure");
         }
         let reason = format!("NotRegistered: no task named {:?} on {}", msg.task, shared.hostname);
         dead_letter(&acker, &id, &reason).await;
@@ -241,7 +231,7 @@ pub(crate) async fn handle(shared: Arc<Shared>, delivery: Delivery, permit: Owne
     shared.running.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone(), term_tx);
     shared.active.fetch_add(1, Ordering::Relaxed);
     shared.emit(Some(&id), || EventKind::TaskStarted);
-    if let Err(e) = trace::mark_started(&app, &opts, &req).await {
+    if let Err(e) = run::mark_started(&app, &opts, &req).await {
         tracing::warn!(task_id = %id, error = %e, "could not store STARTED");
     }
 
@@ -249,7 +239,7 @@ pub(crate) async fn handle(shared: Arc<Shared>, delivery: Delivery, permit: Owne
     let hard = msg.timelimit.hard.map(Duration::from_secs_f64).or(opts.time_limit).or(app.config().task_time_limit);
     let soft =
         msg.timelimit.soft.map(Duration::from_secs_f64).or(opts.soft_time_limit).or(app.config().task_soft_time_limit);
-    let end = run(&shared, task, &msg, Arc::new(req.clone()), hard, soft, term_rx, &acker, acks_late, &mut phase).await;
+    let end = run_with_limits(&shared, task, &msg, Arc::new(req.clone()), hard, soft, term_rx, &mut phase).await;
     if let Some(h) = early_ack {
         let _ = h.await;
     }
@@ -266,7 +256,7 @@ pub(crate) async fn handle(shared: Arc<Shared>, delivery: Delivery, permit: Owne
         }
         RunEnd::Terminated => {
             if let Err(e) =
-                with_retries("store REVOKED", &id, || trace::mark_revoked(&app, &msg, &req, "terminated")).await
+                with_retries("store REVOKED", &id, || run::mark_revoked(&app, &msg, &req, "terminated")).await
             {
                 tracing::error!(task_id = %id, error = %e, "could not store REVOKED");
             }
@@ -287,7 +277,7 @@ pub(crate) async fn handle(shared: Arc<Shared>, delivery: Delivery, permit: Owne
         }
     };
 
-    let finished = with_retries("record result", &id, || trace::finish(&app, &opts, &msg, &req, outcome.clone())).await;
+    let finished = with_retries("record result", &id, || run::finish(&app, &opts, &msg, &req, outcome.clone())).await;
     shared.processed.fetch_add(1, Ordering::Relaxed);
     drop(permit);
     match finished {
@@ -345,16 +335,14 @@ pub(crate) async fn handle(shared: Arc<Shared>, delivery: Delivery, permit: Owne
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn run(
+async fn run_with_limits(
     shared: &Shared,
     task: Arc<dyn qcore::Task>,
     msg: &TaskMessage,
     req: Arc<qcore::RequestInfo>,
     hard: Option<Duration>,
     soft: Option<Duration>,
-    mut term_rx: oneshot::Receiver<()>,
-    acker: &Arc<dyn Acker>,
-    acks_late: bool,
+    term_rx: oneshot::Receiver<()>,
     phase: &mut tokio::sync::watch::Receiver<Phase>,
 ) -> RunEnd {
     let soft_limit = Arc::new(SoftLimit::default());
@@ -365,10 +353,7 @@ async fn run(
             s.trigger();
         })
     });
-    let ctx = TaskContext::new(req, shared.app.clone(), soft_limit);
-    let args = msg.args.clone();
-    let kwargs = msg.kwargs.clone();
-    let mut join = tokio::spawn(async move { task.run(ctx, args, kwargs).await });
+    let join = run::spawn(task, shared.app.clone(), req, soft_limit, msg);
     let abort = join.abort_handle();
     let hard_sleep = async {
         match hard {
@@ -376,34 +361,19 @@ async fn run(
             None => std::future::pending().await,
         }
     };
-    tokio::pin!(hard_sleep);
-    // Late acks keep the delivery's lease alive while the task runs.
-    let touch_every = shared.app.config().visibility_timeout.map(|v| v / 3).unwrap_or(Duration::from_secs(60));
-    let mut touch = acks_late.then(|| {
-        tokio::time::interval_at(tokio::time::Instant::now() + touch_every, touch_every.max(Duration::from_millis(100)))
-    });
-    let end = loop {
-        tokio::select! {
-            r = &mut join => {
-                break RunEnd::Done(r.unwrap_or_else(|e| Err(trace::join_failure(e))));
-            }
-            _ = &mut hard_sleep => {
-                abort.abort();
-                break RunEnd::TimeLimit(hard.map(|d| d.as_secs_f64()).unwrap_or_default());
-            }
-            _ = &mut term_rx => {
-                abort.abort();
-                break RunEnd::Terminated;
-            }
-            _ = phase_at_least(phase, Phase::Cold) => {
-                abort.abort();
-                break RunEnd::Cold;
-            }
-            _ = async { touch.as_mut()?.tick().await; Some(()) }, if touch.is_some() => {
-                if let Err(e) = acker.touch().await {
-                    tracing::debug!(task_id = %msg.id, error = %e, "refreshing the delivery lease failed");
-                }
-            }
+    let end = tokio::select! {
+        r = join => RunEnd::Done(r),
+        _ = hard_sleep => {
+            abort.abort();
+            RunEnd::TimeLimit(hard.map(|d| d.as_secs_f64()).unwrap_or_default())
+        }
+        _ = term_rx => {
+            abort.abort();
+            RunEnd::Terminated
+        }
+        _ = phase_at_least(phase, Phase::Cold) => {
+            abort.abort();
+            RunEnd::Cold
         }
     };
     if let Some(t) = soft_timer {
@@ -421,7 +391,7 @@ async fn revoke_unstarted(
 ) {
     tracing::info!(task_id = %msg.id, reason, "not running task");
     let app = &shared.app;
-    if let Err(e) = with_retries("store REVOKED", &msg.id, || trace::mark_revoked(app, msg, req, reason)).await {
+    if let Err(e) = with_retries("store REVOKED", &msg.id, || run::mark_revoked(app, msg, req, reason)).await {
         tracing::error!(task_id = %msg.id, error = %e, "could not store REVOKED");
     }
     ack(acker, &msg.id).await;

@@ -2,8 +2,8 @@
 //!
 //! The qtask worker. It consumes task messages from a [`Broker`](qcore::Broker),
 //! runs them with bounded concurrency and prefetch, and records outcomes
-//! through [`qcore::trace`] so results, retries and canvases follow Celery's
-//! protocol.
+//! through qcore's run semantics (`qcore::run`, shared with eager mode) so
+//! results, retries and canvases follow Celery's protocol.
 //!
 //! What it does for every message:
 //! * **malformed** → dead-lettered with the reason; **unknown task** → FAILURE

@@ -229,7 +229,9 @@ impl WorkerBuilder {
         self
     }
 
-    /// Node name (default: `worker_hostname`, else `qtask.<pid>@<host>`).
+    /// Node name, as Celery's `-n` (default: `worker_hostname`); it goes
+    /// through [`qcore::node_name`]: `%h`/`%n`/`%d` expand, a name without
+    /// `@` gets `qtask@` in front, and none at all is `qtask@<host>`.
     pub fn hostname(mut self, name: impl Into<String>) -> Self {
         self.hostname = Some(name.into());
         self
@@ -248,10 +250,7 @@ impl WorkerBuilder {
         // Celery: a multiplier of 0 means "as many as possible"; keep a sane cap.
         let multiplier = self.prefetch_multiplier.unwrap_or(cfg.worker_prefetch_multiplier);
         let prefetch = if multiplier == 0 { concurrency * 64 } else { concurrency * multiplier }.max(concurrency);
-        let hostname = self
-            .hostname
-            .or_else(|| cfg.worker_hostname.clone())
-            .unwrap_or_else(|| format!("qtask.{}@{}", std::process::id(), qcore::hostname()));
+        let hostname = qcore::node_name(self.hostname.as_deref().or(cfg.worker_hostname.as_deref()));
         let queues = if self.queues.is_empty() { vec![cfg.task_default_queue.clone()] } else { self.queues };
         let shutdown_timeout = self.shutdown_timeout.unwrap_or(cfg.worker_shutdown_timeout);
         let (events, _) = broadcast::channel(1024);
@@ -296,20 +295,11 @@ impl std::fmt::Debug for Worker {
     }
 }
 
-fn backoff(attempt: u32) -> Duration {
-    let base = 100u64.saturating_mul(1u64 << attempt.min(6));
-    Duration::from_millis(base.min(5_000) / 2 + fastrand_ms(base.min(5_000) / 2))
-}
-
-fn fastrand_ms(max: u64) -> u64 {
-    // Jitter without another dependency: the clock's low bits are random enough here.
-    let nanos =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
-    if max == 0 {
-        0
-    } else {
-        u64::from(nanos) % max
-    }
+/// The wait before retry `attempt` of a broker or backend call (reconnects,
+/// settlements, result writes): [`qcore::backoff::reconnect`] from 100 ms,
+/// capped at 5 s.
+pub(crate) fn backoff(attempt: u32) -> Duration {
+    qcore::backoff::reconnect(attempt, Duration::from_millis(100), Duration::from_secs(5))
 }
 
 impl Worker {

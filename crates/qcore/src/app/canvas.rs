@@ -6,6 +6,7 @@ use std::pin::Pin;
 use chrono::{Duration as ChronoDuration, Utc};
 use serde_json::{Map, Value};
 
+use super::send::Expires;
 use super::{App, IntoSignature, SendOptions};
 use crate::async_result::AsyncResult;
 use crate::error::{Error, ProtocolError};
@@ -60,6 +61,21 @@ fn sigs_of(v: Option<&Value>) -> Result<Option<Vec<Signature>>, Error> {
     }
 }
 
+/// A signature's option list followed by the ones given with the send.
+fn with_given(listed: Option<Vec<Signature>>, given: Vec<Signature>) -> Option<Vec<Signature>> {
+    if given.is_empty() {
+        return listed;
+    }
+    let mut all = listed.unwrap_or_default();
+    all.extend(given);
+    Some(all)
+}
+
+/// `secs` seconds from now, to the microsecond.
+fn from_now(secs: f64) -> chrono::DateTime<Utc> {
+    Utc::now() + ChronoDuration::microseconds((secs * 1e6) as i64)
+}
+
 fn secs_opt(v: Option<&Value>) -> Option<f64> {
     v.and_then(Value::as_f64).filter(|f| f.is_finite() && *f >= 0.0)
 }
@@ -68,10 +84,7 @@ fn date_opt(key: &str, v: Option<&Value>) -> Result<Option<chrono::DateTime<Utc>
     match v {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(parse_iso(s)?)),
-        Some(Value::Number(n)) => {
-            let secs = n.as_f64().unwrap_or(0.0).max(0.0);
-            Ok(Some(Utc::now() + ChronoDuration::microseconds((secs * 1e6) as i64)))
-        }
+        Some(Value::Number(n)) => Ok(Some(from_now(n.as_f64().unwrap_or(0.0).max(0.0)))),
         Some(other) => {
             Err(ProtocolError::Invalid(format!("option {key} must be seconds or a date, got {other}")).into())
         }
@@ -102,10 +115,8 @@ impl App {
         sig: S,
         options: SendOptions,
     ) -> Result<PreparedSend<S::Output>, Error> {
-        let mut sig = sig.into_signature();
-        options.apply_to(&mut sig);
         let sink = Sink::default();
-        let result = self.apply_into(sig, None, Some(&sink)).await?;
+        let result = self.apply_with(sig.into_signature(), options, None, Some(&sink)).await?;
         let messages = sink.into_inner().unwrap_or_else(|p| p.into_inner());
         Ok(PreparedSend { result: result.typed(), messages })
     }
@@ -116,66 +127,99 @@ impl App {
         parent: Option<Parent>,
         sink: Option<&'a Sink>,
     ) -> BoxFut<'a, Result<AsyncResult<Value>, Error>> {
+        self.apply_with(sig, SendOptions::default(), parent, sink)
+    }
+
+    /// Send `sig` with `options`: a task's message gets them as they are; a
+    /// canvas carries them in its options, as Celery's dict.
+    pub(super) fn apply_with<'a>(
+        &'a self,
+        sig: Signature,
+        options: SendOptions,
+        parent: Option<Parent>,
+        sink: Option<&'a Sink>,
+    ) -> BoxFut<'a, Result<AsyncResult<Value>, Error>> {
         Box::pin(async move {
             match sig.kind() {
                 CanvasKind::Task => {
-                    let id = self.send_task_signature(sig, parent.as_ref(), sink).await?;
+                    let id = self.send_task_signature(sig, options, parent.as_ref(), sink).await?;
                     Ok(AsyncResult::new(self.clone(), id))
                 }
-                CanvasKind::Chain => self.apply_chain(sig, parent, sink).await,
-                CanvasKind::Group => self.apply_group(sig, parent, sink).await,
-                CanvasKind::Chord => self.apply_chord(sig, parent, sink).await,
+                CanvasKind::Chain => self.apply_chain(options.apply_to(sig), parent, sink).await,
+                CanvasKind::Group => self.apply_group(options.apply_to(sig), parent, sink).await,
+                CanvasKind::Chord => self.apply_chord(options.apply_to(sig), parent, sink).await,
             }
         })
     }
 
-    /// Send one task signature (or add it to `sink`); returns its id.
+    /// Send one task signature (or add it to `sink`) with the options
+    /// `given` with it, which win over the signature's own; returns its id.
     async fn send_task_signature(
         &self,
         mut sig: Signature,
+        mut given: SendOptions,
         parent: Option<&Parent>,
         sink: Option<&Sink>,
     ) -> Result<String, Error> {
+        given.apply_other_to(&mut sig);
         if let Some(p) = parent {
             if let (Some(r), false) = (&p.result, sig.immutable) {
                 sig.args.insert(0, r.clone());
             }
         }
         let o = &sig.options;
-        let id = o.get("task_id").and_then(Value::as_str).map(str::to_owned).unwrap_or_else(new_id);
-        let eta = match o.get("eta") {
-            Some(v) if !v.is_null() => date_opt("eta", Some(v))?,
-            _ => secs_opt(o.get("countdown")).map(|s| Utc::now() + ChronoDuration::microseconds((s * 1e6) as i64)),
+        let id = match given.task_id.take() {
+            Some(id) => id,
+            None => o.get("task_id").and_then(Value::as_str).map(str::to_owned).unwrap_or_else(new_id),
         };
-        let expires = date_opt("expires", o.get("expires"))?;
+        let eta = match (given.eta, o.get("eta")) {
+            (Some(eta), _) => Some(eta),
+            (None, Some(v)) if !v.is_null() => date_opt("eta", Some(v))?,
+            _ => given.countdown.map(|d| d.as_secs_f64()).or_else(|| secs_opt(o.get("countdown"))).map(from_now),
+        };
+        let expires = match given.expires {
+            Some(Expires::In(d)) => Some(from_now(d.as_secs_f64())),
+            Some(Expires::At(at)) => Some(at),
+            None => date_opt("expires", o.get("expires"))?,
+        };
         let task_opts = self.task_options(&sig.task);
-        let queue = match o.get("queue") {
-            Some(Value::String(q)) => q.clone(),
-            Some(Value::Object(q)) => {
+        let queue = match (given.queue.take(), o.get("queue")) {
+            (Some(q), _) => q,
+            (None, Some(Value::String(q))) => q.clone(),
+            (None, Some(Value::Object(q))) => {
                 q.get("name").and_then(Value::as_str).map(str::to_owned).unwrap_or_else(|| self.route(&sig.task))
             }
             _ => {
                 o.get("routing_key").and_then(Value::as_str).map(str::to_owned).unwrap_or_else(|| self.route(&sig.task))
             }
         };
-        let priority = o.get("priority").and_then(Value::as_u64).map(|p| p.min(255) as u8).unwrap_or(0);
-        let content_type = match o.get("serializer").and_then(Value::as_str) {
-            Some(s) => ContentType::from_mime(s)?,
-            None => self.config().task_serializer,
+        let priority = given
+            .priority
+            .unwrap_or_else(|| o.get("priority").and_then(Value::as_u64).map(|p| p.min(255) as u8).unwrap_or(0));
+        let content_type = match (given.serializer, o.get("serializer").and_then(Value::as_str)) {
+            (Some(ct), _) => ct,
+            (None, Some(s)) => ContentType::from_mime(s)?,
+            (None, None) => self.config().task_serializer,
         };
-        let limit = |k: &str, d: Option<std::time::Duration>| secs_opt(o.get(k)).or(d.map(|d| d.as_secs_f64()));
+        let limit = |given: Option<std::time::Duration>, k: &str, default: Option<std::time::Duration>| {
+            given.map(|d| d.as_secs_f64()).or_else(|| secs_opt(o.get(k))).or(default.map(|d| d.as_secs_f64()))
+        };
         let timelimit = TimeLimit {
-            hard: limit("time_limit", task_opts.time_limit),
-            soft: limit("soft_time_limit", task_opts.soft_time_limit),
+            hard: limit(given.time_limit, "time_limit", task_opts.time_limit),
+            soft: limit(given.soft_time_limit, "soft_time_limit", task_opts.soft_time_limit),
         };
-        let ignore_result = o.get("ignore_result").and_then(Value::as_bool).unwrap_or(task_opts.ignore_result);
-        let extra_headers = match o.get("headers") {
-            Some(Value::Object(h)) => h.clone(),
+        let ignore_result = given
+            .ignore_result
+            .or_else(|| o.get("ignore_result").and_then(Value::as_bool))
+            .unwrap_or(task_opts.ignore_result);
+        let extra_headers = match (given.headers.take(), o.get("headers")) {
+            (Some(h), _) => h,
+            (None, Some(Value::Object(h))) => h.clone(),
             _ => Map::new(),
         };
         let embed = Embed {
-            callbacks: sigs_of(o.get("link"))?,
-            errbacks: sigs_of(o.get("link_error"))?,
+            callbacks: with_given(sigs_of(o.get("link"))?, std::mem::take(&mut given.link)),
+            errbacks: with_given(sigs_of(o.get("link_error"))?, std::mem::take(&mut given.link_error)),
             chain: match o.get("chain") {
                 Some(Value::Array(a)) => Some(
                     a.iter()
@@ -214,7 +258,7 @@ impl App {
             timelimit,
             root_id,
             parent_id,
-            shadow: o.get("shadow").and_then(Value::as_str).map(str::to_owned),
+            shadow: given.shadow.take().or_else(|| o.get("shadow").and_then(Value::as_str).map(str::to_owned)),
             origin: self.origin().to_string(),
             ignore_result,
             extra_headers,
@@ -328,7 +372,7 @@ impl App {
         let members = header.tasks();
         if members.is_empty() {
             let p = Parent { result: Some(Value::Array(Vec::new())), ..parent.unwrap_or_default() };
-            let id = self.send_task_signature(body, Some(&p), sink).await?;
+            let id = self.send_task_signature(body, SendOptions::default(), Some(&p), sink).await?;
             return Ok(AsyncResult::new(self.clone(), id));
         }
         backend.chord_init(&gid, members.len() as u64, Some(self.config().result_expires)).await?;

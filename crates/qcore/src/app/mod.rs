@@ -17,6 +17,7 @@ use crate::backend::ResultBackend;
 use crate::broker::Broker;
 use crate::config::Config;
 use crate::error::Error;
+use crate::message::Message;
 use crate::result::ResultMeta;
 use crate::signature::Signature;
 use crate::task::{RequestInfo, Task, TaskOptions};
@@ -132,7 +133,7 @@ impl AppBuilder {
     /// Build the app.
     pub fn build(self) -> Result<App, Error> {
         let broker = self.broker.ok_or_else(|| Error::Config("an App needs a broker".into()))?;
-        let host = hostname();
+        let host = crate::node::hostname();
         Ok(App {
             inner: Arc::new(Inner {
                 config: self.config.unwrap_or_default(),
@@ -149,16 +150,6 @@ impl AppBuilder {
             }),
         })
     }
-}
-
-/// This machine's host name (from `HOSTNAME` or `/etc/hostname`).
-pub fn hostname() -> String {
-    std::env::var("HOSTNAME")
-        .ok()
-        .filter(|h| !h.is_empty())
-        .or_else(|| std::fs::read_to_string("/etc/hostname").ok().map(|s| s.trim().to_string()))
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "localhost".into())
 }
 
 impl App {
@@ -239,9 +230,7 @@ impl App {
         sig: S,
         options: SendOptions,
     ) -> Result<AsyncResult<S::Output>, Error> {
-        let mut sig = sig.into_signature();
-        options.apply_to(&mut sig);
-        let res = self.apply_signature(sig, None).await?;
+        let res = self.apply_with(sig.into_signature(), options, None, None).await?;
         Ok(res.typed())
     }
 
@@ -274,6 +263,17 @@ impl App {
         self.inner.broker.declare_queue(queue).await?;
         self.inner.declared.lock().unwrap_or_else(|p| p.into_inner()).insert(queue.to_string());
         Ok(())
+    }
+
+    /// Publish a built message to `queue`, or run it here in eager mode.
+    pub async fn dispatch(&self, queue: &str, msg: Message) -> Result<(), Error> {
+        if self.config().task_always_eager {
+            Box::pin(crate::run::run_eager(self, msg, queue)).await
+        } else {
+            self.ensure_queue(queue).await?;
+            self.broker().publish(queue, &msg).await?;
+            Ok(())
+        }
     }
 
     /// Fill the `result_extended` fields of a document from a request.

@@ -8,10 +8,8 @@ use qcore::{Acker, BrokerError};
 
 use super::consumer::ConsumerState;
 use super::maintenance::{dead_record, settle};
-use super::{now_secs, Inner};
-use crate::conn::with_conn;
+use super::Inner;
 use crate::envelope;
-use crate::scripts;
 
 pub(crate) struct RedisAcker {
     inner: Arc<Inner>,
@@ -92,22 +90,6 @@ impl Acker for RedisAcker {
         let score = until.timestamp_micros() as f64 / 1e6;
         let dest = self.inner.keys.delayed();
         self.once("defer", self.settle_to("zadd", &dest, &member, score)).await
-    }
-
-    async fn touch(&self) -> Result<(), BrokerError> {
-        if *self.settled.lock().await {
-            return Ok(());
-        }
-        let k = &self.inner.keys;
-        let mut inv = scripts::REFRESH.prepare_invoke();
-        inv.key(k.unacked_index()).key(k.owner()).arg(now_secs()).arg(&self.state.token).arg(&self.tag);
-        let flags: Vec<i64> =
-            with_conn!(self.inner.conn, BrokerError, "touch delivery", |c| inv.invoke_async::<Vec<i64>>(c))?;
-        if flags.first() != Some(&1) {
-            tracing::warn!(delivery_tag = %self.tag, "touch: delivery no longer held by this consumer");
-            self.state.release(&self.tag);
-        }
-        Ok(())
     }
 }
 

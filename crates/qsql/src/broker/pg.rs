@@ -38,7 +38,6 @@ struct Sql {
     requeue: String,
     defer: String,
     dead_letter: String,
-    touch: String,
     renew: String,
     queue_len: String,
     purge: String,
@@ -91,9 +90,6 @@ impl Sql {
                 "WITH d AS (DELETE FROM {m} WHERE id = $1 AND consumer = $2 RETURNING *) \
                  INSERT INTO {dl} (queue, headers, properties, body, reason, delivered_count, original_id) \
                  SELECT queue, headers::text, properties::text, body, $3, delivered_count, id FROM d"
-            ),
-            touch: format!(
-                "UPDATE {m} SET lease_until = {lease}, available_at = {lease} WHERE id = $1 AND consumer = $2"
             ),
             renew: format!(
                 "UPDATE {m} m SET lease_until = {lease}, available_at = {lease} \
@@ -739,20 +735,6 @@ impl Acker for PgAcker {
             .await
             .map_err(|e| db_err("defer", e))?;
         self.lease.settle();
-        Ok(())
-    }
-
-    async fn touch(&self) -> Result<(), BrokerError> {
-        if self.lease.is_settled() {
-            return Ok(());
-        }
-        sqlx::query(&self.shared.sql.touch)
-            .bind(self.lease.id)
-            .bind(&self.lease.token)
-            .bind(self.shared.vis_secs())
-            .execute(&self.shared.fast)
-            .await
-            .map_err(|e| db_err("touch", e))?;
         Ok(())
     }
 }

@@ -610,17 +610,4 @@ impl Acker for SqliteAcker {
         self.shared.hub.poke();
         Ok(())
     }
-
-    async fn touch(&self) -> Result<(), BrokerError> {
-        if self.lease.is_settled() {
-            return Ok(());
-        }
-        self.exec(
-            "touch",
-            "UPDATE qtask_messages SET lease_until = ?3, available_at = ?3 WHERE id = ?1 AND consumer = ?2",
-            Some(now_ms() + self.shared.visibility_ms),
-        )
-        .await?;
-        Ok(())
-    }
 }

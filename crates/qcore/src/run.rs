@@ -1,10 +1,20 @@
-//! What happens around a task run, shared by the worker and eager mode:
-//! storing states, retries, callbacks, chain steps and the chord join.
+//! What a task run *means* in Celery's protocol, shared by the worker and
+//! eager mode: starting the task on a tokio task of its own (a panic becomes
+//! a FAILURE), STARTED, SUCCESS/FAILURE/RETRY storage, autoretry with
+//! Celery's backoff, the retry message, callbacks, the next chain step,
+//! errbacks, the chord join, REVOKED, and FAILURE `NotRegistered` for a task
+//! the app does not know.
 //!
-//! The worker decides *when* to run (prefetch, ETA, limits, acks); this module
-//! decides *what a run means* in Celery's protocol.
+//! This module is the worker's and eager mode's shared surface, not user
+//! API: it is public only so that `qworker` can reach it, and it may change
+//! in any release. The worker decides *when* and *under which limits* a run
+//! happens (prefetch, ETA, rate and time limits, terminate, acks); this
+//! module decides what the run means.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -17,7 +27,7 @@ use crate::message::{Message, TaskMessage};
 use crate::result::{ExceptionInfo, ResultMeta};
 use crate::signature::{CanvasKind, Signature};
 use crate::state::State;
-use crate::task::{RequestInfo, Retry, SoftLimit, TaskContext, TaskError, TaskOptions, TaskResult};
+use crate::task::{RequestInfo, Retry, SoftLimit, Task, TaskContext, TaskError, TaskOptions, TaskResult};
 
 /// How a run ended, for acks and events.
 #[derive(Debug, Clone, PartialEq)]
@@ -52,8 +62,15 @@ pub enum Finished {
     Ignored,
 }
 
-/// The request info a run sees, from a decoded message.
-pub fn request_info(msg: &TaskMessage, hostname: &str, queue: &str, redelivered: bool) -> RequestInfo {
+/// The request info a run sees, from a decoded message and the `reply_to`
+/// property of the message it came in.
+pub fn request_info(
+    msg: &TaskMessage,
+    reply_to: Option<String>,
+    hostname: &str,
+    queue: &str,
+    redelivered: bool,
+) -> RequestInfo {
     RequestInfo {
         id: msg.id.clone(),
         task: msg.task.clone(),
@@ -70,7 +87,7 @@ pub fn request_info(msg: &TaskMessage, hostname: &str, queue: &str, redelivered:
         kwargs: msg.kwargs.clone(),
         ignore_result: msg.ignore_result,
         redelivered,
-        reply_to: None,
+        reply_to,
     }
 }
 
@@ -314,42 +331,51 @@ async fn chord_part(
     Ok(())
 }
 
-/// Run a task in the calling process (`task_always_eager`): the message is
-/// serialized and decoded exactly as a worker would see it.
-pub async fn run_eager(app: &App, msg: Message, queue: &str) -> Result<(), Error> {
-    let tm = msg.decode_task()?;
-    let mut req = request_info(&tm, "eager@localhost", queue, false);
-    req.reply_to = msg.properties.reply_to.clone();
-    let Some(task) = app.task(&tm.task) else {
-        let exc = ExceptionInfo::not_registered(&tm.task);
-        store(app, req.reply_to.as_deref(), &meta_for(app, &req, State::Failure, exc.to_value())).await?;
-        return Ok(());
-    };
-    let opts = task.options();
-    mark_started(app, &opts, &req).await?;
-    let outcome = run_catching(task, app.clone(), Arc::new(req.clone()), Arc::new(SoftLimit::default()), &tm).await;
-    Box::pin(finish(app, &opts, &tm, &req, outcome)).await?;
-    Ok(())
+/// Store FAILURE `NotRegistered` for a message naming a task this app does
+/// not know (the worker then dead-letters the message).
+pub async fn not_registered(app: &App, req: &RequestInfo) -> Result<(), Error> {
+    let exc = ExceptionInfo::not_registered(&req.task);
+    let mut meta = ResultMeta::new(req.id.clone(), State::Failure, exc.to_value());
+    meta.group_id = req.group.clone();
+    meta.parent_id = req.parent_id.clone();
+    store(app, req.reply_to.as_deref(), &meta).await
 }
 
-/// Run a task on its own tokio task so a panic becomes a FAILURE.
-pub async fn run_catching(
-    task: Arc<dyn crate::task::Task>,
-    app: App,
-    req: Arc<RequestInfo>,
-    soft: Arc<SoftLimit>,
-    msg: &TaskMessage,
-) -> TaskResult {
+/// A task run started by [`spawn`]: resolves to the task's outcome, a panic
+/// as FAILURE `Panic(<message>)` and an abort as FAILURE `Cancelled`.
+#[derive(Debug)]
+pub struct Running {
+    handle: tokio::task::JoinHandle<TaskResult>,
+}
+
+impl Running {
+    /// Stops the run where it awaits next (hard time limit, terminate, cold
+    /// shutdown).
+    pub fn abort_handle(&self) -> tokio::task::AbortHandle {
+        self.handle.abort_handle()
+    }
+}
+
+impl Future for Running {
+    type Output = TaskResult;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<TaskResult> {
+        Pin::new(&mut self.get_mut().handle).poll(cx).map(|r| r.unwrap_or_else(|e| Err(join_failure(e))))
+    }
+}
+
+/// Start `task` with the arguments of `msg` on a tokio task of its own, so
+/// that a panic becomes a FAILURE instead of taking the caller down.
+pub fn spawn(task: Arc<dyn Task>, app: App, req: Arc<RequestInfo>, soft: Arc<SoftLimit>, msg: &TaskMessage) -> Running {
     let ctx = TaskContext::new(req, app, soft);
     let args = msg.args.clone();
     let kwargs = msg.kwargs.clone();
-    let handle = tokio::spawn(async move { task.run(ctx, args, kwargs).await });
-    handle.await.unwrap_or_else(|e| Err(join_failure(e)))
+    Running { handle: tokio::spawn(async move { task.run(ctx, args, kwargs).await }) }
 }
 
 /// The FAILURE for a task whose tokio task did not return: a panic becomes
 /// `Panic(<message>)`, a cancellation `Cancelled`.
-pub fn join_failure(e: tokio::task::JoinError) -> TaskError {
+fn join_failure(e: tokio::task::JoinError) -> TaskError {
     if !e.is_panic() {
         return TaskError::Failure {
             exc: ExceptionInfo::new("Cancelled", "task was cancelled").module("rust"),
@@ -365,15 +391,17 @@ pub fn join_failure(e: tokio::task::JoinError) -> TaskError {
     TaskError::Failure { exc: ExceptionInfo::new("Panic", text).module("rust"), traceback: None }
 }
 
-impl App {
-    /// Publish a built message to `queue`, or run it here in eager mode.
-    pub async fn dispatch(&self, queue: &str, msg: Message) -> Result<(), Error> {
-        if self.config().task_always_eager {
-            Box::pin(run_eager(self, msg, queue)).await
-        } else {
-            self.ensure_queue(queue).await?;
-            self.broker().publish(queue, &msg).await?;
-            Ok(())
-        }
-    }
+/// Run a task in the calling process (`task_always_eager`): the message is
+/// serialized and decoded exactly as a worker would see it.
+pub(crate) async fn run_eager(app: &App, msg: Message, queue: &str) -> Result<(), Error> {
+    let tm = msg.decode_task()?;
+    let req = request_info(&tm, msg.properties.reply_to.clone(), "eager@localhost", queue, false);
+    let Some(task) = app.task(&tm.task) else {
+        return not_registered(app, &req).await;
+    };
+    let opts = task.options();
+    mark_started(app, &opts, &req).await?;
+    let outcome = spawn(task, app.clone(), Arc::new(req.clone()), Arc::new(SoftLimit::default()), &tm).await;
+    Box::pin(finish(app, &opts, &tm, &req, outcome)).await?;
+    Ok(())
 }
