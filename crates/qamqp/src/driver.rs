@@ -42,7 +42,8 @@ impl AmqpOptions {
         }
         if let Some(h) = &cfg.worker_hostname {
             // Also the connections' `connection_name`, so operators can tell workers apart.
-            o = o.node_name(h.clone()).connection_name(format!("qtask {h}"));
+            let node = qcore::node_name(Some(h));
+            o = o.node_name(node.clone()).connection_name(format!("qtask {node}"));
         }
         Ok(o)
     }
@@ -116,7 +117,7 @@ mod tests {
     use std::path::PathBuf;
 
     fn temp_dir() -> PathBuf {
-        let d = std::env::temp_dir().join(format!("qamqp-driver-{}-{}", std::process::id(), fastrand::u64(..)));
+        let d = std::env::temp_dir().join(format!("qamqp-driver-{}-{}", std::process::id(), std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)));
         std::fs::create_dir_all(&d).unwrap();
         d
     }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{TimeZone, Utc};
 use qcore::{
-    App, Broker, BrokerError, ConsumeOptions, Consumer, ContentType, DeadLetter, ErrorKind, Message, SendOptions,
+    App, Broker, BrokerError, ConsumeOptions, Consumer, ContentType, ErrorKind, Message, SendOptions,
     Signature, Subscription,
 };
 use serde_json::{json, Value};
@@ -34,9 +34,6 @@ impl Broker for Unused {
         unused()
     }
     async fn purge(&self, _: &str) -> Result<u64, BrokerError> {
-        unused()
-    }
-    async fn dead_letters(&self, _: &str, _: usize) -> Result<Vec<DeadLetter>, BrokerError> {
         unused()
     }
     async fn publish_fanout(&self, _: &str, _: &str, _: &Message) -> Result<(), BrokerError> {
