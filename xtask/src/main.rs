@@ -3,6 +3,10 @@
 //! * `cargo xtask test` — start the services the tests need if they are down
 //!   (Redis, RabbitMQ, PostgreSQL), create the Python venv for interop tests,
 //!   then run `cargo test --workspace`. This is the README's test command.
+//! * `cargo xtask tidy` — the dependency direction of ARCHITECTURE.md on the
+//!   manifests of `crates/*`: no adapter depends on another adapter or on
+//!   qworker/qtask, qworker knows no adapter, qmacros uses proc-macro crates
+//!   only, qcore does no I/O (rules in `tidy.rs`, one line per crate).
 //! * `cargo xtask services` — only make sure the services are up.
 //! * `cargo xtask venv` — only create the Python venv (`.venv`, celery==5.7.0).
 //! * `cargo xtask e2e` — the full stack: services, venv, release build of the
@@ -16,6 +20,7 @@
 mod bench;
 mod bench_sql;
 mod services;
+mod tidy;
 mod venv;
 
 use std::process::Command;
@@ -47,6 +52,7 @@ fn main() -> Result<()> {
             cmd.current_dir(&root).env("QTASK_PYTHON", &python).args(["test", "--workspace"]).args(&args[1..]);
             run(&mut cmd)
         }
+        Some("tidy") => tidy::tidy(&root),
         Some("services") => services::ensure_all(),
         Some("venv") => {
             let python = venv::ensure(&root)?;
@@ -88,7 +94,7 @@ fn main() -> Result<()> {
             _ => bail!("usage: cargo xtask bench redis|amqp|postgres|sqlite [--n N] [--calls M]"),
         },
         _ => {
-            eprintln!("usage: cargo xtask <test|services|venv|e2e|bench redis|amqp|postgres|sqlite> [args...]");
+            eprintln!("usage: cargo xtask <test|tidy|services|venv|e2e|bench redis|amqp|postgres|sqlite> [args...]");
             std::process::exit(2);
         }
     }
