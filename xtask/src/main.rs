@@ -3,6 +3,16 @@
 //! * `cargo xtask test` — start the services the tests need if they are down
 //!   (Redis, RabbitMQ, PostgreSQL), create the Python venv for interop tests,
 //!   then run `cargo test --workspace`. This is the README's test command.
+//! * `cargo xtask ci` — what CI (`.ci/run`) runs, in order, stopping at the
+//!   first failure: `fmt` (`cargo fmt --all -- --check`), `tidy`, `clippy`
+//!   (`--workspace --all-targets -D warnings`), `doc` (rustdoc, warnings
+//!   denied), `features` (`cargo check -p qtask --no-default-features`, then
+//!   with each of its features alone) and `test` (as `cargo xtask test`).
+//!   `cargo xtask fmt|tidy|clippy|doc|features` runs one step alone.
+//! * `cargo xtask tidy` — the dependency direction of ARCHITECTURE.md on the
+//!   manifests of `crates/*`: no adapter depends on another adapter or on
+//!   qworker/qtask, qworker knows no adapter, qmacros uses proc-macro crates
+//!   only, qcore does no I/O (rules in `tidy.rs`, one line per crate).
 //! * `cargo xtask services` — only make sure the services are up.
 //! * `cargo xtask venv` — only create the Python venv (`.venv`, celery==5.7.0).
 //! * `cargo xtask e2e` — the full stack: services, venv, release build of the
@@ -15,7 +25,9 @@
 
 mod bench;
 mod bench_sql;
+mod ci;
 mod services;
+mod tidy;
 mod venv;
 
 use std::process::Command;
@@ -40,13 +52,8 @@ fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let root = workspace_root();
     match args.first().map(String::as_str) {
-        Some("test") => {
-            services::ensure_all()?;
-            let python = venv::ensure(&root)?;
-            let mut cmd = Command::new(env!("CARGO"));
-            cmd.current_dir(&root).env("QTASK_PYTHON", &python).args(["test", "--workspace"]).args(&args[1..]);
-            run(&mut cmd)
-        }
+        Some("test") => ci::test(&root, &args[1..]),
+        Some("ci") if args.len() == 1 => ci::all(&root),
         Some("services") => services::ensure_all(),
         Some("venv") => {
             let python = venv::ensure(&root)?;
@@ -87,8 +94,11 @@ fn main() -> Result<()> {
             }
             _ => bail!("usage: cargo xtask bench redis|amqp|postgres|sqlite [--n N] [--calls M]"),
         },
+        Some(step @ ("fmt" | "tidy" | "clippy" | "doc" | "features")) if args.len() == 1 => ci::step(&root, step),
         _ => {
-            eprintln!("usage: cargo xtask <test|services|venv|e2e|bench redis|amqp|postgres|sqlite> [args...]");
+            eprintln!(
+                "usage: cargo xtask <test|ci|fmt|tidy|clippy|doc|features|services|venv|e2e|bench redis|amqp|postgres|sqlite> [args...]"
+            );
             std::process::exit(2);
         }
     }

@@ -4,6 +4,9 @@
 //! cargo run --release -p qamqp --example throughput [amqp-url] [messages] [transient]
 //! ```
 //!
+//! Without a URL it uses the tests' server: `QTASK_TEST_AMQP_URL`, else
+//! `amqp://guest:guest@127.0.0.1:5672/%2f`.
+//!
 //! Uses a fresh queue and deletes it at the end.
 
 use std::sync::Arc;
@@ -33,7 +36,9 @@ fn rate(n: usize, since: Instant) -> String {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
-    let url = args.next().unwrap_or_else(|| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
+    let url = args.next().unwrap_or_else(|| {
+        std::env::var("QTASK_TEST_AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_string())
+    });
     let n: usize = args.next().map(|s| s.parse()).transpose()?.unwrap_or(20_000);
     // `transient`: delivery_mode 1 (no fsync before the confirm), to see
     // what persistence costs.

@@ -665,18 +665,21 @@ mod tests {
         AmqpUrl::parse(s).expect("url")
     }
 
-    const LOCAL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+    /// The shared RabbitMQ of the tests: `QTASK_TEST_AMQP_URL`, else
+    /// `amqp://guest:guest@127.0.0.1:5672/%2f` (as in integration-tests).
+    fn shared() -> AmqpUrl {
+        url(&std::env::var("QTASK_TEST_AMQP_URL")
+            .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_string()))
+    }
 
     #[tokio::test]
     async fn handshake_refusals_are_config_errors() {
-        let e = DirectConn::open(&url("amqp://guest:wrong@127.0.0.1:5672/%2f"), &TlsOptions::default(), "qamqp-unit")
-            .await
-            .err()
-            .expect("refused");
+        let wrong = AmqpUrl { password: "wrong".to_string(), ..shared() };
+        let e = DirectConn::open(&wrong, &TlsOptions::default(), "qamqp-unit").await.err().expect("refused");
         assert_eq!(e.kind(), ErrorKind::Config, "{e}");
         assert!(e.to_string().contains("ACCESS_REFUSED"), "{e}");
-        let vhost = format!("amqp://guest:guest@127.0.0.1:5672/no-such-vhost-{}", uuid::Uuid::new_v4().simple());
-        let e = DirectConn::open(&url(&vhost), &TlsOptions::default(), "qamqp-unit").await.err().expect("refused");
+        let vhost = AmqpUrl { vhost: format!("no-such-vhost-{}", uuid::Uuid::new_v4().simple()), ..shared() };
+        let e = DirectConn::open(&vhost, &TlsOptions::default(), "qamqp-unit").await.err().expect("refused");
         assert_eq!(e.kind(), ErrorKind::Config, "{e}");
         let e = DirectConn::open(&url("amqp://guest:guest@127.0.0.1:1/%2f"), &TlsOptions::default(), "qamqp-unit")
             .await
@@ -687,7 +690,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_channel_error_from_the_broker_ends_the_session_with_its_reason() {
-        let mut conn = DirectConn::open(&url(LOCAL), &TlsOptions::default(), "qamqp-unit").await.expect("open");
+        let mut conn = DirectConn::open(&shared(), &TlsOptions::default(), "qamqp-unit").await.expect("open");
         conn.qos(4, false).await.expect("qos");
         // An ack of a tag never delivered: RabbitMQ closes the channel.
         conn.out().acks([(999, false)].into_iter()).await.expect("written");

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{broker, list, row, unique, url};
+use common::{broker, list, row, unique, url, with_password};
 use qamqp::{AmqpBroker, AmqpOptions};
 use qcore::{Broker, ConsumeOptions, ErrorKind, Message, Properties};
 use serde_json::{json, Value};
@@ -184,9 +184,8 @@ async fn invalid_urls_and_unreachable_servers() {
         assert_eq!(e.kind(), ErrorKind::Config, "{bad}: {e}");
         assert!(!e.to_string().contains("secret"));
     }
-    let e = AmqpBroker::connect("amqp://guest:wrong-password@127.0.0.1:5672/", AmqpOptions::default())
-        .await
-        .expect_err("bad password");
+    let e =
+        AmqpBroker::connect(&with_password("wrong-password"), AmqpOptions::default()).await.expect_err("bad password");
     assert_eq!(e.kind(), ErrorKind::Config, "{e}");
     let e = AmqpBroker::connect("amqp://guest:guest@127.0.0.1:1/?connection_timeout=2000", AmqpOptions::default())
         .await

@@ -4,6 +4,9 @@
 //! cargo run -p qredis --release --example redis_throughput [redis://127.0.0.1:6379/0] [messages]
 //! ```
 //!
+//! Without a URL it uses the tests' server: `QTASK_TEST_REDIS_URL`, else
+//! `redis://127.0.0.1:6379/0`.
+//!
 //! Measures `publish_many` (pipelined), concurrent single publishes, and
 //! consume + ack (acks sequential, and concurrent as a worker runs them).
 //! Uses a key prefix of its own and deletes its keys at the end.
@@ -55,7 +58,9 @@ async fn consume_ack(broker: &RedisBroker, queue: &str, n: usize, concurrent: bo
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
-    let url = args.next().unwrap_or_else(|| "redis://127.0.0.1:6379/0".into());
+    let url = args.next().unwrap_or_else(|| {
+        std::env::var("QTASK_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/0".to_string())
+    });
     let n: usize = args.next().and_then(|s| s.parse().ok()).unwrap_or(50_000);
     let prefix = format!("qredis-bench.{}:", uuid::Uuid::new_v4().simple());
     let broker = RedisBroker::connect(&url, RedisOptions::default().global_keyprefix(&prefix)).await?;

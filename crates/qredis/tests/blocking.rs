@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{prefix, raw, redis, URL};
+use common::{prefix, raw, redis, redis_url};
 use qcore::{Broker, ConsumeOptions, Message, TaskMessageBuilder};
 use qredis::{RedisBroker, RedisOptions};
 
@@ -21,7 +21,7 @@ fn task(id: &str, priority: u8) -> Message {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_consumer_wakes_at_once_on_any_key() {
     let p = prefix("wake");
-    let b = RedisBroker::connect(URL, RedisOptions::default().global_keyprefix(&p)).await.unwrap();
+    let b = RedisBroker::connect(&redis_url(), RedisOptions::default().global_keyprefix(&p)).await.unwrap();
     let mut consumer = b.consume(&["a".into(), "b".into()], ConsumeOptions::new(4)).await.unwrap();
     for (queue, priority, id) in [("a", 0, "m1"), ("b", 0, "m2"), ("a", 9, "m3"), ("b", 5, "m4")] {
         let recv = tokio::spawn(async move {
@@ -45,7 +45,7 @@ async fn idle_consumer_wakes_at_once_on_any_key() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn coexists_with_kombu_brpop_consumers() {
     let p = prefix("brpop");
-    let b = RedisBroker::connect(URL, RedisOptions::default().global_keyprefix(&p)).await.unwrap();
+    let b = RedisBroker::connect(&redis_url(), RedisOptions::default().global_keyprefix(&p)).await.unwrap();
     let mut consumer = b.consume(&["q".into()], ConsumeOptions::new(1)).await.unwrap();
     let ours = tokio::spawn(async move {
         let d = consumer.recv().await.unwrap().unwrap();
@@ -54,7 +54,7 @@ async fn coexists_with_kombu_brpop_consumers() {
     });
     let key = format!("{p}q");
     let kombu = tokio::spawn(async move {
-        let mut c = raw(URL).await;
+        let mut c = raw(&redis_url()).await;
         let (_, env): (String, Vec<u8>) =
             redis::cmd("BRPOP").arg(&key).arg(format!("{key}\x06\x163")).arg(10).query_async(&mut c).await.unwrap();
         qredis::envelope::decode(&env).unwrap().message.task_id().unwrap_or_default().to_string()

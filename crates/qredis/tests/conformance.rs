@@ -1,5 +1,8 @@
-//! The shared Broker and ResultBackend conformance suites against the local
-//! Redis (127.0.0.1:6379), each case under its own key prefix.
+//! The shared Broker and ResultBackend conformance suites against the shared
+//! Redis (`QTASK_TEST_REDIS_URL`, else 127.0.0.1:6379), each case under its
+//! own key prefix.
+
+mod common;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,8 +13,6 @@ use qconformance::{
 };
 use qcore::{BackendError, Broker, BrokerError, ResultBackend};
 use qredis::{RedisBackend, RedisBackendOptions, RedisBroker, RedisOptions};
-
-const URL: &str = "redis://127.0.0.1:6379/0";
 
 /// One key prefix per case; every broker it makes shares it (two workers on one server).
 struct Redis {
@@ -39,7 +40,7 @@ impl BrokerFactory for Redis {
             .visibility_timeout(Duration::from_secs(1))
             .global_keyprefix(&self.prefix)
             .defer_poll_interval(Duration::from_millis(50));
-        Ok(Arc::new(RedisBroker::connect(URL, opts).await?))
+        Ok(Arc::new(RedisBroker::connect(&common::redis_url(), opts).await?))
     }
 }
 
@@ -51,7 +52,7 @@ impl BackendFactory for Redis {
 
     async fn backend(&self) -> Result<Arc<dyn ResultBackend>, BackendError> {
         let opts = RedisBackendOptions::default().global_keyprefix(&self.prefix);
-        Ok(Arc::new(RedisBackend::connect(URL, opts).await?))
+        Ok(Arc::new(RedisBackend::connect(&common::redis_url(), opts).await?))
     }
 }
 

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{eventually, fixture, prefix, raw, redis, URL};
+use common::{eventually, fixture, prefix, raw, redis, redis_url};
 use qcore::{
     Broker, ChordJoin, ChordPart, ConsumeOptions, ErrorKind, ResultBackend, ResultMeta, State, TaskMessageBuilder,
 };
@@ -25,7 +25,7 @@ fn replace(haystack: &[u8], from: &str, to: &str) -> Vec<u8> {
 }
 
 async fn broker(prefix: &str, opts: RedisOptions) -> RedisBroker {
-    RedisBroker::connect(URL, opts.global_keyprefix(prefix)).await.expect("connect to the local redis")
+    RedisBroker::connect(&redis_url(), opts.global_keyprefix(prefix)).await.expect("connect to the local redis")
 }
 
 #[test]
@@ -67,7 +67,7 @@ async fn publish_writes_kombu_bytes_and_bindings() {
     let captured = fixture("task-add-json.raw.json");
     let msg = envelope::decode(&captured).unwrap().message;
     b.publish("celery", &msg).await.unwrap();
-    let mut c = raw(URL).await;
+    let mut c = raw(&redis_url()).await;
     let stored: Vec<Vec<u8>> = c.lrange(format!("{p}celery"), 0, -1).await.unwrap();
     assert_eq!(stored.len(), 1);
     let tag = tag_of(&stored[0]);
@@ -100,7 +100,7 @@ async fn delivery_is_recorded_and_acked_as_kombu_does() {
     let text = String::from_utf8(unacked_value.clone()).unwrap();
     let env = text.strip_prefix('[').and_then(|t| t.strip_suffix(", \"\", \"celery\"]")).unwrap().to_string();
     let tag = tag_of(env.as_bytes());
-    let mut c = raw(URL).await;
+    let mut c = raw(&redis_url()).await;
     let _: i64 = c.lpush(format!("{p}celery"), &env).await.unwrap();
     let before = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
     let mut consumer = b.consume(&["celery".into()], ConsumeOptions::new(4)).await.unwrap();
@@ -137,7 +137,7 @@ async fn restores_a_kombu_delivery_with_kombus_bytes() {
     let original = restored.replace(", \"redelivered\": true}", "}");
     assert_ne!(original, restored);
     let tag = tag_of(original.as_bytes());
-    let mut c = raw(URL).await;
+    let mut c = raw(&redis_url()).await;
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
     let entry = format!("[{original}, \"\", \"celery\"]");
     // Delivered by kombu 10 s ago: older than qtask's timeout, younger than kombu's.
@@ -164,7 +164,7 @@ async fn restores_a_kombu_delivery_with_kombus_bytes() {
 async fn malformed_messages_are_dead_lettered_not_dropped() {
     let p = prefix("malformed");
     let b = broker(&p, RedisOptions::default()).await;
-    let mut c = raw(URL).await;
+    let mut c = raw(&redis_url()).await;
     let key = format!("{p}q");
     let good = envelope::decode(&fixture("task-add-json.raw.json")).unwrap().message;
     let _: i64 = c.lpush(&key, "not json at all").await.unwrap();
@@ -216,7 +216,7 @@ async fn poison_messages_are_dead_lettered_after_max_deliveries() {
     assert!(dead[0].reason.contains("max_deliveries"), "{}", dead[0].reason);
     assert_eq!(dead[0].message.task_id(), msg.task_id());
     assert_eq!(b.queue_len("q").await.unwrap(), 0);
-    let mut c = raw(URL).await;
+    let mut c = raw(&redis_url()).await;
     let parked: Vec<String> = c.lrange(format!("{p}qtask.dead.q"), 0, -1).await.unwrap();
     assert!(parked[0].contains("\"x-qtask-deliveries\": 1"), "{}", parked[0]);
     assert_eq!(b.dead_letters().expect("a dead-letter place").redrive("q", 10).await.unwrap(), 1);
@@ -286,7 +286,7 @@ async fn redrive_never_loses_or_duplicates_a_message() {
     const N: usize = 300;
     let p = prefix("redrive");
     let (b1, b2) = (broker(&p, RedisOptions::default()).await, broker(&p, RedisOptions::default()).await);
-    let mut c = raw(URL).await;
+    let mut c = raw(&redis_url()).await;
     let mut pipe = redis::pipe();
     let mut want: Vec<Vec<String>> = vec![Vec::new(), Vec::new(), Vec::new(), Vec::new()];
     for i in 0..N {
@@ -348,7 +348,7 @@ async fn redrive_keeps_unreadable_records_parked_in_place() {
     let p = prefix("redrive-raw");
     let b = broker(&p, RedisOptions::default()).await;
     let dead = b.dead_letters().expect("a dead-letter place");
-    let mut c = raw(URL).await;
+    let mut c = raw(&redis_url()).await;
     let dead_key = format!("{p}qtask.dead.q");
     let (raw1, raw2) = (raw_record("garbage one"), raw_record("garbage two"));
     let mut records = vec![raw1.clone()];
@@ -382,7 +382,7 @@ async fn fanout_uses_kombus_channels_and_bytes() {
     let b = broker(&p, RedisOptions::default()).await;
     let captured = fixture("worker-heartbeat.raw.json");
     let msg = envelope::decode(&captured).unwrap().message;
-    let client = redis::Client::open(URL).unwrap();
+    let client = redis::Client::open(redis_url()).unwrap();
     let mut ps = client.get_async_pubsub().await.unwrap();
     ps.psubscribe(format!("{p}/0.celeryev/*")).await.unwrap();
     let mut sub = b.subscribe("celeryev", "worker.#").await.unwrap();
@@ -405,8 +405,8 @@ async fn fanout_uses_kombus_channels_and_bytes() {
 #[tokio::test]
 async fn results_are_stored_as_celery_stores_them() {
     let p = prefix("results");
-    let be = RedisBackend::connect(URL, RedisBackendOptions::default().global_keyprefix(&p)).await.unwrap();
-    let mut c = raw(URL).await;
+    let be = RedisBackend::connect(&redis_url(), RedisBackendOptions::default().global_keyprefix(&p)).await.unwrap();
+    let mut c = raw(&redis_url()).await;
     for name in ["success-add.raw.json", "failure-valueerror.raw.json"] {
         let captured = fixture(name);
         let meta = ResultMeta::from_json(&captured).unwrap();
@@ -428,14 +428,14 @@ async fn results_are_stored_as_celery_stores_them() {
 #[tokio::test]
 async fn groups_are_saved_as_celery_saves_them() {
     let p = prefix("groups");
-    let be = RedisBackend::connect(URL, RedisBackendOptions::default().global_keyprefix(&p)).await.unwrap();
+    let be = RedisBackend::connect(&redis_url(), RedisBackendOptions::default().global_keyprefix(&p)).await.unwrap();
     let captured = fixture("group-saved-taskset-meta.raw.json");
     let v: Value = serde_json::from_slice(&captured).unwrap();
     let gid = v["result"][0][0].as_str().unwrap().to_string();
     let ids: Vec<String> =
         v["result"][1].as_array().unwrap().iter().map(|m| m[0][0].as_str().unwrap().to_string()).collect();
     be.save_group(&gid, &ids, Some(Duration::from_secs(86_400))).await.unwrap();
-    let mut c = raw(URL).await;
+    let mut c = raw(&redis_url()).await;
     let stored: Vec<u8> = c.get(format!("{p}celery-taskset-meta-{gid}")).await.unwrap();
     assert_eq!(String::from_utf8_lossy(&stored), String::from_utf8_lossy(&captured));
     assert_eq!(be.get_group(&gid).await.unwrap(), Some(ids));
@@ -447,11 +447,11 @@ async fn groups_are_saved_as_celery_saves_them() {
 #[tokio::test]
 async fn chord_join_interoperates_with_celerys_keys() {
     let p = prefix("chord");
-    let be = RedisBackend::connect(URL, RedisBackendOptions::default().global_keyprefix(&p)).await.unwrap();
+    let be = RedisBackend::connect(&redis_url(), RedisBackendOptions::default().global_keyprefix(&p)).await.unwrap();
     let gid = uuid::Uuid::new_v4().to_string();
     let base = format!("{p}celery-taskset-meta-{gid}");
     let ttl = Some(Duration::from_secs(86_400));
-    let mut c = raw(URL).await;
+    let mut c = raw(&redis_url()).await;
     let _: () = c.set(format!("{base}.c"), "stale-claim").await.unwrap();
     be.chord_init(&gid, 3, ttl).await.unwrap();
     let size: Option<String> = c.get(format!("{base}.s")).await.unwrap();
@@ -502,11 +502,11 @@ async fn chord_join_interoperates_with_celerys_keys() {
 #[tokio::test]
 async fn chord_claimed_by_python_is_not_completed_twice() {
     let p = prefix("chord-claim");
-    let be = RedisBackend::connect(URL, RedisBackendOptions::default().global_keyprefix(&p)).await.unwrap();
+    let be = RedisBackend::connect(&redis_url(), RedisBackendOptions::default().global_keyprefix(&p)).await.unwrap();
     let gid = uuid::Uuid::new_v4().to_string();
     let base = format!("{p}celery-taskset-meta-{gid}");
     be.chord_init(&gid, 1, None).await.unwrap();
-    let mut c = raw(URL).await;
+    let mut c = raw(&redis_url()).await;
     let _: () = c.set_ex(format!("{base}.c"), "python-token", 6).await.unwrap();
     let part = ChordPart { task_id: "t0".into(), index: 0, status: State::Success, result: json!(1) };
     assert!(matches!(be.chord_part(&gid, &part, None).await.unwrap(), ChordJoin::Waiting { .. }));
@@ -523,7 +523,7 @@ async fn bad_urls_and_unreachable_servers_are_errors() {
     assert_eq!(e.kind(), ErrorKind::Connection, "{e}");
     let e = RedisBackend::connect("redis://h/x", RedisBackendOptions::default()).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Config);
-    let b = RedisBroker::connect(URL, RedisOptions::default()).await.unwrap();
+    let b = RedisBroker::connect(&redis_url(), RedisOptions::default()).await.unwrap();
     assert!(b.ping().await.is_ok());
-    assert_eq!(b.describe(), "redis://127.0.0.1:6379/0");
+    assert_eq!(b.describe(), qcore::url::redact(&redis_url()), "describe is the URL as given, password hidden");
 }

@@ -4,8 +4,9 @@
 //! ```text
 //! cargo run --release -p qsql --example sql_throughput [N]
 //! ```
-//! Needs PostgreSQL at 127.0.0.1:5432 (user postgres, db test); uses its own
-//! schema and a temporary SQLite file, removed at the end.
+//! Needs the tests' PostgreSQL (`QTASK_TEST_PG_URL`, else
+//! `postgres://postgres@127.0.0.1:5432/test`); uses its own schema and a
+//! temporary SQLite file, removed at the end.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -82,7 +83,9 @@ async fn run(name: &str, broker: Arc<dyn Broker>, n: usize) -> anyhow::Result<()
 async fn main() -> anyhow::Result<()> {
     let n: usize = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(2000);
     let schema = format!("qtask_bench_{}", uuid::Uuid::new_v4().simple());
-    let url = format!("postgres://postgres@127.0.0.1:5432/test?schema={schema}");
+    let base =
+        std::env::var("QTASK_TEST_PG_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_string());
+    let url = format!("{base}{}schema={schema}", if base.contains('?') { '&' } else { '?' });
     let pg = PgBroker::connect(&url, SqlOptions::new()).await?;
     let pool = pg.pool().clone();
     run("postgres", Arc::new(pg), n).await?;

@@ -12,7 +12,9 @@ use serde_json::json;
 
 async fn backends() -> (PgSchema, TempDb, Vec<SqlBackend>) {
     let (schema, db) = (PgSchema::new(), TempDb::new());
-    let pg = SqlBackend::connect(&schema.url(), SqlOptions::new()).await.expect("PostgreSQL at 127.0.0.1:5432");
+    let pg = SqlBackend::connect(&schema.url(), SqlOptions::new())
+        .await
+        .expect("PostgreSQL at QTASK_TEST_PG_URL (default 127.0.0.1:5432)");
     let lite = SqlBackend::connect(&db.url(), SqlOptions::new()).await.unwrap();
     (schema, db, vec![pg, lite])
 }

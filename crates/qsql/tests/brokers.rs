@@ -140,7 +140,7 @@ fn sqlite_concurrent_consumers_each_message_exactly_once() {
 }
 
 async fn pg_broker(schema: &PgSchema, opts: SqlOptions) -> PgBroker {
-    PgBroker::connect(&schema.url(), opts).await.expect("PostgreSQL at 127.0.0.1:5432")
+    PgBroker::connect(&schema.url(), opts).await.expect("PostgreSQL at QTASK_TEST_PG_URL (default 127.0.0.1:5432)")
 }
 
 /// What a consumer holds unsettled, the delivery handed out (a running
@@ -227,7 +227,7 @@ async fn pg_publish_in_tx_is_sent_iff_committed() {
     assert_eq!(broker.queue_len("q").await.unwrap(), 0, "a rolled back message exists");
 
     // The caller's own connection and transaction, not the broker's pool.
-    let mut conn = sqlx::PgConnection::connect(common::PG_URL).await.unwrap();
+    let mut conn = sqlx::PgConnection::connect(&common::pg_url()).await.unwrap();
     let mut tx = conn.begin().await.unwrap();
     broker.publish_in_tx(&mut tx, "q", &message("committed")).await.unwrap();
     let mut c = broker.consume(&["q".into()], ConsumeOptions::new(5)).await.unwrap();

@@ -8,7 +8,7 @@ mod common;
 use std::time::Duration;
 
 use chrono::NaiveDateTime;
-use common::{PgSchema, TempDb, PG_URL};
+use common::{pg_url, PgSchema, TempDb};
 use qcore::{ResultBackend, ResultMeta, State};
 use qsql::{SqlBackend, SqlOptions};
 use serde_json::Value;
@@ -76,7 +76,9 @@ fn captured(row: &Value, col: &str) -> Value {
 }
 
 async fn pg() -> PgConnection {
-    PgConnection::connect(PG_URL).await.expect("PostgreSQL at 127.0.0.1:5432 (user postgres, db test)")
+    PgConnection::connect(&pg_url())
+        .await
+        .expect("PostgreSQL at QTASK_TEST_PG_URL (default postgres@127.0.0.1:5432/test)")
 }
 
 async fn pg_row(conn: &mut PgConnection, schema: &str, task_id: &str) -> (Vec<Value>, NaiveDateTime, i32) {

@@ -1,7 +1,8 @@
 //! Test support: a RabbitMQ vhost of this test run, `rabbitmqctl`, waits.
 //!
 //! Every test binary creates its own vhost `qamqp-test-<pid>-<random>` on the
-//! RabbitMQ at 127.0.0.1:5672 (guest/guest), so the durable queues the tests
+//! shared RabbitMQ ([`shared_url`]: `QTASK_TEST_AMQP_URL`, else
+//! 127.0.0.1:5672 as guest/guest), so the durable queues the tests
 //! declare never pile up in `/` and parallel runs do not meet. Vhosts left
 //! by earlier runs whose process is gone are deleted first. Needs
 //! `rabbitmqctl` (run as root locally and in CI); a missing server fails.
@@ -58,9 +59,40 @@ pub(crate) fn vhost() -> &'static str {
     })
 }
 
+/// The shared RabbitMQ of the tests: `QTASK_TEST_AMQP_URL`, else
+/// `amqp://guest:guest@127.0.0.1:5672/%2f` (as in integration-tests).
+pub(crate) fn shared_url() -> String {
+    std::env::var("QTASK_TEST_AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_string())
+}
+
+/// The shared server's URL with `vhost` (URL-encoded) in place of its vhost;
+/// its query is kept.
+pub(crate) fn on_vhost(vhost: &str) -> String {
+    let shared = shared_url();
+    let (base, query) = match shared.split_once('?') {
+        Some((base, query)) => (base, format!("?{query}")),
+        None => (shared.as_str(), String::new()),
+    };
+    let host = base.find("://").map_or(0, |i| i + 3);
+    let path = base[host..].find('/').map_or(base.len(), |i| host + i);
+    format!("{}/{vhost}{query}", &base[..path])
+}
+
+/// The shared server's URL (its user and vhost) with `password` in place of
+/// its password.
+pub(crate) fn with_password(password: &str) -> String {
+    let shared = shared_url();
+    let start = shared.find("://").map_or(0, |i| i + 3);
+    let (user, rest) = match shared[start..].split_once('@') {
+        Some((userinfo, rest)) => (userinfo.split(':').next().unwrap_or_default(), rest),
+        None => ("guest", &shared[start..]),
+    };
+    format!("{}{user}:{password}@{rest}", &shared[..start])
+}
+
 /// The URL of this run's vhost.
 pub(crate) fn url() -> String {
-    format!("amqp://guest:guest@127.0.0.1:5672/{}", vhost())
+    on_vhost(vhost())
 }
 
 /// A broker on this run's vhost.

@@ -10,8 +10,11 @@ use std::time::{Duration, Instant};
 
 pub(crate) use deadpool_redis::redis;
 
-/// The shared local Redis.
-pub(crate) const URL: &str = "redis://127.0.0.1:6379/0";
+/// The shared Redis of the tests: `QTASK_TEST_REDIS_URL`, else
+/// `redis://127.0.0.1:6379/0` (as in integration-tests).
+pub(crate) fn redis_url() -> String {
+    std::env::var("QTASK_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/0".to_string())
+}
 
 /// A key prefix no other test uses.
 pub(crate) fn prefix(name: &str) -> String {

@@ -3,8 +3,11 @@
 
 use std::path::PathBuf;
 
-/// The test server (trust auth).
-pub const PG_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+/// The shared PostgreSQL of the tests (trust auth): `QTASK_TEST_PG_URL`,
+/// else `postgres://postgres@127.0.0.1:5432/test` (as in integration-tests).
+pub fn pg_url() -> String {
+    std::env::var("QTASK_TEST_PG_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_string())
+}
 
 /// A fresh schema name, dropped when this value is dropped.
 #[derive(Debug)]
@@ -19,7 +22,8 @@ impl PgSchema {
 
     /// The server URL with `?schema=` for this schema.
     pub fn url(&self) -> String {
-        format!("{PG_URL}?schema={}", self.name)
+        let base = pg_url();
+        format!("{base}{}schema={}", if base.contains('?') { '&' } else { '?' }, self.name)
     }
 }
 
@@ -31,7 +35,7 @@ impl Drop for PgSchema {
             let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
             rt.block_on(async move {
                 use sqlx::Connection;
-                if let Ok(mut c) = sqlx::PgConnection::connect(PG_URL).await {
+                if let Ok(mut c) = sqlx::PgConnection::connect(&pg_url()).await {
                     let _ =
                         sqlx::raw_sql(&format!("SET lock_timeout = '5s'; DROP SCHEMA IF EXISTS \"{name}\" CASCADE"))
                             .execute(&mut c)
