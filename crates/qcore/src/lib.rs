@@ -24,6 +24,7 @@ pub mod config;
 pub mod control;
 pub mod driver;
 mod error;
+pub mod event;
 pub mod json;
 pub mod message;
 mod node;
