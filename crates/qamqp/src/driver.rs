@@ -117,7 +117,11 @@ mod tests {
     use std::path::PathBuf;
 
     fn temp_dir() -> PathBuf {
-        let d = std::env::temp_dir().join(format!("qamqp-driver-{}-{}", std::process::id(), std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)));
+        let d = std::env::temp_dir().join(format!(
+            "qamqp-driver-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
+        ));
         std::fs::create_dir_all(&d).unwrap();
         d
     }

@@ -2,9 +2,9 @@
 //! event message must decode, and encoding its events back must give Celery's
 //! body bytes, batches included.
 //!
-//! The vectors are read in place from the project's capture set,
-//! `../shared/celery-compat/vectors/` next to the repository (set
-//! `QTASK_CELERY_COMPAT` to its directory when it lives elsewhere). Each
+//! The vectors are a committed copy of the capture set's event files
+//! (`tests/fixtures/celery-compat/vectors/`, as captured; set
+//! `QTASK_CELERY_COMPAT` to read another copy). Each
 //! family test checks all of its vectors and fails once, listing every
 //! mismatch.
 
@@ -25,7 +25,7 @@ use serde_json::{json, Map, Value};
 fn compat() -> PathBuf {
     match std::env::var_os("QTASK_CELERY_COMPAT") {
         Some(dir) => dir.into(),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/celery-compat"),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/celery-compat"),
     }
 }
 

@@ -7,8 +7,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{TimeZone, Utc};
 use qcore::{
-    App, Broker, BrokerError, ConsumeOptions, Consumer, ContentType, ErrorKind, Message, SendOptions,
-    Signature, Subscription,
+    App, Broker, BrokerError, ConsumeOptions, Consumer, ContentType, ErrorKind, Message, SendOptions, Signature,
+    Subscription,
 };
 use serde_json::{json, Value};
 
