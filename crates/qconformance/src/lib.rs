@@ -72,7 +72,7 @@ pub struct BrokerCapabilities {
     /// which the factory should set short (around a second).
     pub redelivery_after: Duration,
     /// The priority order the broker must declare in
-    /// [`Broker::capabilities`](qcore::Broker::capabilities) (`None`: no expectation).
+    /// [`Broker::capabilities`] (`None`: no expectation).
     pub priorities: Option<Priorities>,
     /// Whether the broker must declare [`Acker::defer`](qcore::Acker::defer)
     /// (`None`: no expectation).

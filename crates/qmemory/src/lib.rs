@@ -1,7 +1,7 @@
 //! # qmemory
 //!
-//! An in-process [`Broker`](qcore::Broker) ([`MemoryBroker`]) and
-//! [`ResultBackend`](qcore::ResultBackend) ([`MemoryBackend`]) that keep the
+//! An in-process [`Broker`] ([`MemoryBroker`]) and
+//! [`ResultBackend`] ([`MemoryBackend`]) that keep the
 //! same contracts as the Redis, AMQP and SQL adapters (they pass the same
 //! `qconformance` suites), for unit tests, eager mode and single-process apps.
 //! Nothing survives the process: use a real broker when tasks must outlive it.
