@@ -96,11 +96,16 @@ fn is_transient(e: &qcore::Error) -> bool {
 pub(crate) async fn handle(shared: Arc<Shared>, delivery: Delivery, permit: OwnedSemaphorePermit) {
     let _reservation = Reservation(&shared);
     let Delivery { message, queue, redelivered, acker } = delivery;
-    let msg = match message.decode_task() {
+    let decoded = match (&shared.app.config().accept_content, message.content_type()) {
+        (Some(accepted), Ok(ct)) if !accepted.contains(&ct) => {
+            Err(format!("ContentDisallowed: refusing to deserialize content of type {} (accept_content)", ct.mime()))
+        }
+        _ => message.decode_task().map_err(|e| format!("malformed message: {e}")),
+    };
+    let msg = match decoded {
         Ok(m) => m,
-        Err(e) => {
+        Err(reason) => {
             let id = message.task_id().unwrap_or("?").to_string();
-            let reason = format!("malformed message: {e}");
             tracing::error!(task_id = %id, queue = %queue, %reason, "parking message in the dead-letter place");
             dead_letter(&acker, &id, &reason).await;
             shared.emit(Some(&id), || EventKind::TaskRejected { reason });

@@ -625,3 +625,30 @@ async fn chord_with_a_failed_member_never_runs_the_body_and_runs_the_errback_onc
     assert_eq!(errbacks.load(Ordering::SeqCst), 1);
     w.stop().await;
 }
+
+/// `accept_content`: a message in a serializer the app does not accept is
+/// parked with Celery's `ContentDisallowed` reason, not run; accepted ones run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accept_content_parks_other_serializers() {
+    let env = env_with(Config::from_toml_str("accept_content = [\"json\"]").unwrap());
+    env.app.register(add());
+    let w = start(&env.app, 1);
+    let refused = env
+        .app
+        .apply_async(Signature::new("tasks.add").arg(1).arg(1), SendOptions::new().serializer(ContentType::Msgpack))
+        .await
+        .unwrap();
+    let ok = env.app.delay(Signature::new("tasks.add").arg(2).arg(2)).await.unwrap();
+    assert_eq!(ok.get(T).await.unwrap(), json!(4));
+    let broker = env.app.broker().clone();
+    eventually("the msgpack message parked", || {
+        let b = broker.clone();
+        async move { b.dead_letters().expect("a dead-letter place").count("celery").await.unwrap() == 1 }
+    })
+    .await;
+    let dead = broker.dead_letters().expect("a dead-letter place").list("celery", 10).await.unwrap();
+    assert_eq!(dead[0].message.task_id(), Some(refused.id()));
+    assert!(dead[0].reason.starts_with("ContentDisallowed"), "{}", dead[0].reason);
+    assert_eq!(refused.state().await.unwrap(), State::Pending, "a refused message is not run");
+    w.stop().await;
+}
