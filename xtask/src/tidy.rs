@@ -87,6 +87,8 @@ const QCORE_DEPS: &[&str] = &[
     "uuid",
     "toml",
     "fastrand",
+    // "did you mean" for unknown setting names.
+    "strsim",
 ];
 
 /// Server clients and HTTP stacks: the I/O of the adapters and the facade.
