@@ -87,7 +87,7 @@ fn connect_broker<'a>(url: &'a str, cfg: &'a Config) -> BoxFuture<'a, Result<Arc
 }
 
 /// `rpc://` sends results as messages over the broker of `cfg.broker_url`
-/// (its own connection to it).
+/// (connections of its own, with the broker's settings: `broker_use_ssl`...).
 fn connect_backend<'a>(url: &'a str, cfg: &'a Config) -> BoxFuture<'a, Result<Arc<dyn ResultBackend>, Error>> {
     Box::pin(async move {
         if !url.trim_start().to_ascii_lowercase().starts_with("rpc:") {
@@ -99,7 +99,10 @@ fn connect_backend<'a>(url: &'a str, cfg: &'a Config) -> BoxFuture<'a, Result<Ar
         }
         match cfg.broker_url.as_deref() {
             Some(b) if is_amqp(b) => {
-                let backend = RpcBackend::connect(&tls_url(b, cfg), RpcOptions::from_config(cfg)).await?;
+                // Connections of its own, with the broker's settings (TLS files included).
+                let options = AmqpOptions::from_config(cfg)?.connection_name("qtask-rpc");
+                let link = AmqpBroker::connect(&tls_url(b, cfg), options).await?;
+                let backend: RpcBackend = link.rpc_backend(RpcOptions::from_config(cfg)).await?;
                 Ok(Arc::new(backend) as Arc<dyn ResultBackend>)
             }
             other => Err(Error::Config(format!(
