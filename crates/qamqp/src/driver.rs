@@ -34,9 +34,7 @@ impl AmqpOptions {
         if let Some(p) = cfg.task_queue_max_priority {
             o = o.queue_max_priority(p);
         }
-        if cfg.task_default_queue_type == qcore::config::QueueType::Quorum {
-            o = o.quorum();
-        }
+        o.queue_type = cfg.task_default_queue_type;
         if let Some(m) = cfg.max_deliveries {
             o = o.max_deliveries(Some(m));
         }

@@ -5,21 +5,8 @@ use std::time::Duration;
 use crate::tls::TlsOptions;
 
 /// The kind of queue [`declare_queue`](qcore::Broker::declare_queue) creates
-/// for tasks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[non_exhaustive]
-pub enum QueueType {
-    /// Classic durable queues, as Celery declares them by default.
-    #[default]
-    Classic,
-    /// Quorum queues (`x-queue-type: quorum`, Celery 5.5's
-    /// `task_default_queue_type = "quorum"`): replicated, with RabbitMQ's own
-    /// `x-delivery-count`. They take no `x-max-priority` (the option is
-    /// ignored with a warning) and no global QoS, so the prefetch applies per
-    /// queue consumed, not per consumer (Celery turns global QoS off for
-    /// them too).
-    Quorum,
-}
+/// for tasks: qcore's, the type of Celery's `task_default_queue_type`.
+pub use qcore::config::QueueType;
 
 /// Settings of an [`AmqpBroker`](crate::AmqpBroker).
 ///

@@ -216,10 +216,21 @@ fn check_declared(broker: &Arc<dyn Broker>, caps: &BrokerCapabilities) {
     }
 }
 
-/// The broker's dead-letter place; `None` (the case has nothing to check)
-/// when the broker declares none.
-fn dead_place(broker: &Arc<dyn Broker>) -> Option<&dyn DeadLetters> {
-    broker.dead_letters()
+/// The broker's dead-letter place. `None` (the case does not apply) only
+/// when the factory says outright that the broker has none
+/// (`.dead_letters(false)`); a broker without one whose factory says
+/// nothing fails the case, so a lost capability is never a silent pass.
+fn dead_place<'b>(broker: &'b Arc<dyn Broker>, caps: &BrokerCapabilities) -> Option<&'b dyn DeadLetters> {
+    let place = broker.dead_letters();
+    if place.is_none() {
+        assert_eq!(
+            caps.dead_letters,
+            Some(false),
+            "the broker offers no dead-letter place: its factory must declare `.dead_letters(false)` for the dead-letter \
+             cases not to apply"
+        );
+    }
+    place
 }
 
 /// Headers (known and unknown), properties and body bytes arrive exactly as
@@ -339,7 +350,7 @@ pub async fn reject_without_requeue_drops(f: &dyn BrokerFactory) {
 /// delivered. Brokers without a dead-letter place: not applicable.
 pub async fn dead_letter_parks_with_reason(f: &dyn BrokerFactory) {
     let (broker, q, caps) = declared(f, "dead").await;
-    let Some(dead) = dead_place(&broker) else { return };
+    let Some(dead) = dead_place(&broker, &caps) else { return };
     let first = sample_message(&unique("dead"));
     let second = sample_message(&unique("dead"));
     publish(&broker, &q, &first).await;
@@ -371,7 +382,7 @@ pub async fn dead_letter_parks_with_reason(f: &dyn BrokerFactory) {
 /// purges the rest; other queues' dead letters are untouched.
 pub async fn dead_letters_count_redrive_purge(f: &dyn BrokerFactory) {
     let (broker, q, caps) = declared(f, "redrive").await;
-    let Some(dead) = dead_place(&broker) else { return };
+    let Some(dead) = dead_place(&broker, &caps) else { return };
     let other = queue("redrive-other");
     ok(broker.declare_queue(&other).await, "declare_queue");
     assert_eq!(ok(dead.count(&q).await, "count of an empty place"), 0);

@@ -159,12 +159,16 @@ const KOMBU_TRANSPORT_OPTIONS: &[&str] = &[
 /// Celery's `task_default_queue_type`: the kind of queue a RabbitMQ broker
 /// declares for tasks (other brokers have one kind).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[non_exhaustive]
 pub enum QueueType {
-    /// Classic durable queues (Celery's default).
+    /// Classic durable queues, as Celery declares them by default.
     #[default]
     Classic,
-    /// Quorum queues (`x-queue-type: quorum`): replicated.
+    /// Quorum queues (`x-queue-type: quorum`, Celery 5.5's
+    /// `task_default_queue_type = "quorum"`): replicated, with RabbitMQ's own
+    /// `x-delivery-count`. They take no `x-max-priority` (the option is
+    /// ignored with a warning) and no global QoS, so the prefetch applies per
+    /// queue consumed, not per consumer (Celery turns global QoS off for
+    /// them too).
     Quorum,
 }
 
