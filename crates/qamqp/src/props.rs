@@ -15,6 +15,7 @@
 
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::BasicProperties;
+use qcore::message::PROTOCOL2_HEADERS;
 use qcore::{BrokerError, Message, Properties};
 use serde_json::{Map, Value};
 
@@ -30,29 +31,6 @@ pub(crate) const H_EXPIRATION: &str = "x-qtask-expiration";
 pub(crate) const H_DEAD_REASON: &str = "x-qtask-dead-reason";
 /// RabbitMQ's delivery counter on quorum queues.
 pub(crate) const H_DELIVERY_COUNT: &str = "x-delivery-count";
-
-/// Celery's protocol-2 header order.
-const CELERY_ORDER: [&str; 19] = [
-    "lang",
-    "task",
-    "id",
-    "shadow",
-    "eta",
-    "expires",
-    "group",
-    "group_index",
-    "retries",
-    "timelimit",
-    "root_id",
-    "parent_id",
-    "argsrepr",
-    "kwargsrepr",
-    "origin",
-    "ignore_result",
-    "replaced_task_nesting",
-    "stamped_headers",
-    "stamps",
-];
 
 /// What the consumer reads from qtask's own headers before they are removed.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -98,14 +76,14 @@ pub(crate) fn decode(props: &BasicProperties, body: Vec<u8>) -> (Message, Intern
         if let Some(AMQPValue::LongString(s)) = t.get(H_EXPIRATION) {
             expiration = std::str::from_utf8(s.as_bytes()).ok().map(str::to_owned);
         }
-        for k in CELERY_ORDER {
+        for k in PROTOCOL2_HEADERS {
             if let Some(v) = t.get(k) {
                 headers.insert(k.to_owned(), from_amqp(v));
             }
         }
         for (k, v) in t {
             let k = k.as_str();
-            if !CELERY_ORDER.contains(&k) && !is_internal(k, deferred) {
+            if !PROTOCOL2_HEADERS.contains(&k) && !is_internal(k, deferred) {
                 headers.insert(k.to_owned(), from_amqp(v));
             }
         }

@@ -470,7 +470,8 @@ pub struct TaskMessageBuilder {
     pub reply_to: Option<String>,
 }
 
-const KNOWN_HEADERS: [&str; 19] = [
+/// The headers Celery's protocol 2 defines, in the order Celery writes them.
+pub const PROTOCOL2_HEADERS: [&str; 19] = [
     "lang",
     "task",
     "id",
@@ -494,7 +495,7 @@ const KNOWN_HEADERS: [&str; 19] = [
 
 /// Whether `name` is one of the headers Celery's protocol 2 defines.
 pub fn is_known_header(name: &str) -> bool {
-    KNOWN_HEADERS.contains(&name)
+    PROTOCOL2_HEADERS.contains(&name)
 }
 
 fn opt_val<T: Into<Value>>(v: Option<T>) -> Value {
@@ -558,7 +559,7 @@ impl TaskMessageBuilder {
     /// exact header text (a naive `eta`, `[4, 4]` as `argsrepr`, `null` for
     /// `ignore_result`).
     pub fn build(self) -> Result<Message, ProtocolError> {
-        let mut h = Map::with_capacity(KNOWN_HEADERS.len() + self.extra_headers.len());
+        let mut h = Map::with_capacity(PROTOCOL2_HEADERS.len() + self.extra_headers.len());
         let root = self.root_id.clone().unwrap_or_else(|| self.id.clone());
         h.insert("lang".into(), "py".into());
         h.insert("task".into(), self.task.clone().into());
@@ -694,7 +695,7 @@ mod tests {
         assert_eq!(m.headers["argsrepr"], json!("[4, 4]"));
         assert_eq!(m.headers["ignore_result"], Value::Null);
         // Known headers used as spelling hints are not repeated at the end.
-        assert_eq!(m.headers.len(), KNOWN_HEADERS.len());
+        assert_eq!(m.headers.len(), PROTOCOL2_HEADERS.len());
     }
 
     #[test]
