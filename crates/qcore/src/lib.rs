@@ -51,7 +51,9 @@ pub use node::{hostname, node_name};
 pub use result::{ExceptionInfo, ResultMeta};
 pub use signature::{chain, chord, group, CanvasKind, Signature};
 pub use state::State;
-pub use task::{Args, RateLimit, RequestInfo, Retry, Task, TaskContext, TaskError, TaskOptions, TaskResult};
+pub use task::{
+    Args, MaxRetries, RateLimit, RequestInfo, Retry, Task, TaskContext, TaskError, TaskOptions, TaskResult,
+};
 
 /// Re-exports used by code that `#[task]` generates.
 #[doc(hidden)]

@@ -126,9 +126,9 @@ pub async fn mark_started(app: &App, opts: &TaskOptions, req: &RequestInfo) -> R
 }
 
 /// Celery's `get_exponential_backoff_interval`.
-fn backoff(opts: &TaskOptions, retries: u32) -> Duration {
+fn backoff(app: &App, opts: &TaskOptions, retries: u32) -> Duration {
     let Some(factor) = opts.retry_backoff else {
-        return opts.default_retry_delay;
+        return retry_delay(app, opts);
     };
     let secs = factor.as_secs_f64() * 2f64.powi(retries.min(62) as i32);
     let capped = secs.min(opts.retry_backoff_max.as_secs_f64());
@@ -137,6 +137,11 @@ fn backoff(opts: &TaskOptions, retries: u32) -> Duration {
     } else {
         Duration::from_secs_f64(capped)
     }
+}
+
+/// The countdown of a retry that names none.
+fn retry_delay(app: &App, opts: &TaskOptions) -> Duration {
+    opts.default_retry_delay.unwrap_or(app.config().task_default_retry_delay)
 }
 
 fn autoretries(opts: &TaskOptions, exc: &ExceptionInfo) -> bool {
@@ -153,7 +158,7 @@ pub async fn finish(
 ) -> Result<Finished, Error> {
     let outcome = match outcome {
         Err(TaskError::Failure { exc, .. }) if autoretries(opts, &exc) => Err(TaskError::Retry(Retry {
-            countdown: Some(backoff(opts, req.retries)),
+            countdown: Some(backoff(app, opts, req.retries)),
             exc: Some(exc),
             ..Retry::default()
         })),
@@ -252,7 +257,7 @@ async fn on_retry(
     req: &RequestInfo,
     r: Retry,
 ) -> Result<Finished, Error> {
-    let max = r.max_retries.or(opts.max_retries);
+    let max = r.max_retries.or(opts.max_retries.resolve(app.config().task_max_retries));
     if max.is_some_and(|m| req.retries >= m) {
         let exc = r.exc.unwrap_or_else(|| {
             ExceptionInfo::celery(
@@ -262,7 +267,7 @@ async fn on_retry(
         });
         return on_failure(app, opts, msg, req, exc, None).await;
     }
-    let countdown = r.countdown.unwrap_or(opts.default_retry_delay);
+    let countdown = r.countdown.unwrap_or_else(|| retry_delay(app, opts));
     let eta = r.eta.unwrap_or_else(|| Utc::now() + chrono::Duration::from_std(countdown).unwrap_or_default());
     let exc = r
         .exc

@@ -258,10 +258,13 @@ fn options_fn(attr: &TaskAttr, root: &TokenStream) -> TokenStream {
         sets.push(quote!(#o.#field = #value;));
     };
     if let Some(v) = attr.max_retries {
-        set("max_retries", v.map_or_else(|| none.clone(), |n| some(quote!(#n))));
+        set(
+            "max_retries",
+            v.map_or_else(|| quote!(#root::MaxRetries::Unlimited), |n| quote!(#root::MaxRetries::Limit(#n))),
+        );
     }
     if let Some(v) = attr.default_retry_delay {
-        set("default_retry_delay", secs(v));
+        set("default_retry_delay", some(secs(v)));
     }
     if let Some(v) = attr.retry_backoff {
         set("retry_backoff", v.map_or_else(|| none.clone(), |d| some(secs(d))));

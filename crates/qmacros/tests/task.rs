@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use qcore::task::SoftLimit;
 use qcore::{
-    App, Broker, BrokerError, ConsumeOptions, Consumer, ErrorKind, Message, RateLimit, RequestInfo, Signature,
-    Subscription, Task, TaskContext, TaskError, TaskOptions, TaskResult, TypedSignature,
+    App, Broker, BrokerError, ConsumeOptions, Consumer, ErrorKind, MaxRetries, Message, RateLimit, RequestInfo,
+    Signature, Subscription, Task, TaskContext, TaskError, TaskOptions, TaskResult, TypedSignature,
 };
 use qmacros::task;
 use serde_json::{json, Value};
@@ -328,8 +328,8 @@ fn options_reflect_every_attribute() {
     assert_eq!(
         progress.options(),
         TaskOptions {
-            max_retries: Some(5),
-            default_retry_delay: Duration::from_secs(2),
+            max_retries: MaxRetries::Limit(5),
+            default_retry_delay: Some(Duration::from_secs(2)),
             retry_backoff: Some(Duration::from_secs(1)),
             retry_backoff_max: Duration::from_secs(60),
             retry_jitter: false,
@@ -347,7 +347,7 @@ fn options_reflect_every_attribute() {
     assert_eq!(
         forever.options(),
         TaskOptions {
-            max_retries: None,
+            max_retries: MaxRetries::Unlimited,
             retry_backoff: Some(Duration::from_millis(2500)),
             soft_time_limit: Some(Duration::from_millis(250)),
             rate_limit: None,

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use common::*;
 use qcore::{
-    chain, chord, group, Config, ContentType, Error, Message, Properties, SendOptions, Signature, State, TaskError,
-    TaskOptions,
+    chain, chord, group, Config, ContentType, Error, MaxRetries, Message, Properties, SendOptions, Signature, State,
+    TaskError, TaskOptions,
 };
 use qworker::EventKind;
 use serde_json::{json, Value};
@@ -153,12 +153,12 @@ async fn retry_resends_same_id_with_retries_plus_one_until_success() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_retries_exceeded_fails_with_the_cause_and_autoretry_backs_off() {
     let env = env();
-    let opts = TaskOptions { max_retries: Some(2), ..TaskOptions::default() };
+    let opts = TaskOptions { max_retries: MaxRetries::Limit(2), ..TaskOptions::default() };
     env.app.register(task("tasks.always", opts, |ctx, _a, _k| async move {
         Err(ctx.retry().countdown(Duration::from_millis(5)).exc(qcore::ExceptionInfo::new("IOError", "down")).into())
     }));
     let auto = TaskOptions {
-        max_retries: Some(3),
+        max_retries: MaxRetries::Limit(3),
         autoretry_for: vec!["ConnectionError".into()],
         retry_backoff: Some(Duration::from_millis(10)),
         retry_jitter: false,
@@ -185,6 +185,37 @@ async fn max_retries_exceeded_fails_with_the_cause_and_autoretry_backs_off() {
     let r = env.app.delay(Signature::new("tasks.auto")).await.unwrap();
     assert_eq!(r.get(T).await.unwrap(), json!("ok"));
     assert_eq!(calls.load(Ordering::SeqCst), 4);
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn app_settings_give_retry_limit_and_delay_to_tasks_that_set_none() {
+    let mut cfg = Config::default();
+    cfg.set("task_max_retries", 2).unwrap();
+    cfg.set("task_default_retry_delay", 0.01).unwrap();
+    let env = env_with(cfg);
+    let calls = Arc::new(AtomicU32::new(0));
+    let c = calls.clone();
+    env.app.register(task("tasks.retries", TaskOptions::default(), move |ctx, _a, _k| {
+        c.fetch_add(1, Ordering::SeqCst);
+        // No countdown: the app's task_default_retry_delay (Celery's 180 s otherwise).
+        async move { Err(ctx.retry().into()) }
+    }));
+    let own = TaskOptions { max_retries: MaxRetries::Limit(0), ..TaskOptions::default() };
+    env.app.register(task("tasks.own_limit", own, |ctx, _a, _k| async move { Err(ctx.retry().into()) }));
+    let w = start(&env.app, 2);
+    let r = env.app.delay(Signature::new("tasks.retries")).await.unwrap();
+    match r.get(T).await.unwrap_err() {
+        Error::TaskFailed { exc, .. } => assert_eq!(exc.exc_type, "MaxRetriesExceededError"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 3, "the first run and task_max_retries = 2 retries");
+    // A task's own max_retries wins over the setting.
+    let r = env.app.delay(Signature::new("tasks.own_limit")).await.unwrap();
+    match r.get(T).await.unwrap_err() {
+        Error::TaskFailed { exc, .. } => assert_eq!(exc.exc_type, "MaxRetriesExceededError"),
+        other => panic!("{other:?}"),
+    }
     w.stop().await;
 }
 

@@ -37,7 +37,9 @@ use axum::{Form, Json, Router};
 use lettre::message::header::ContentType;
 use lettre::message::Mailbox;
 use lettre::{Address, AsyncFileTransport, AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
-use qtask::{App, Args, ExceptionInfo, Signature, State, Task, TaskContext, TaskError, TaskOptions, TaskResult};
+use qtask::{
+    App, Args, ExceptionInfo, MaxRetries, Signature, State, Task, TaskContext, TaskError, TaskOptions, TaskResult,
+};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -192,7 +194,7 @@ impl Task for SendFeedbackEmail {
         TaskOptions {
             autoretry_for: vec!["SmtpError".into()],
             retry_backoff: Some(Duration::from_secs(2)),
-            max_retries: Some(3),
+            max_retries: MaxRetries::Limit(3),
             ..TaskOptions::default()
         }
     }

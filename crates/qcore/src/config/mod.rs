@@ -243,6 +243,15 @@ pub struct Config {
     pub task_soft_time_limit: Option<Duration>,
     /// Default per-task rate limit.
     pub task_default_rate_limit: Option<RateLimit>,
+    /// `task_max_retries`: retries allowed to a task that does not set its
+    /// own `max_retries` (default 3, Celery's task default; `None` = retry
+    /// forever). Not a Celery 5.7 setting (Celery ignores it): qtask
+    /// honours it because users write it.
+    pub task_max_retries: Option<u32>,
+    /// `task_default_retry_delay`: countdown of a retry of a task that does
+    /// not set its own `default_retry_delay` (default 180 s, Celery's task
+    /// default). Not a Celery 5.7 setting; honoured as for `task_max_retries`.
+    pub task_default_retry_delay: Duration,
     /// Do not store results by default.
     pub task_ignore_result: bool,
     /// Run tasks in the caller at `apply_async` (tests, single process).
@@ -292,6 +301,8 @@ impl Default for Config {
             task_time_limit: None,
             task_soft_time_limit: None,
             task_default_rate_limit: None,
+            task_max_retries: Some(3),
+            task_default_retry_delay: Duration::from_secs(180),
             task_ignore_result: false,
             task_always_eager: false,
             worker_send_task_events: false,
@@ -332,6 +343,8 @@ pub const KNOWN_SETTINGS: &[&str] = &[
     "task_time_limit",
     "task_soft_time_limit",
     "task_default_rate_limit",
+    "task_max_retries",
+    "task_default_retry_delay",
     "task_ignore_result",
     "task_always_eager",
     "worker_send_task_events",
@@ -592,6 +605,13 @@ impl Config {
                 };
                 self.task_default_rate_limit = RateLimit::parse(&s).map_err(|e| cfg_err(key, e))?;
             }
+            "task_max_retries" => {
+                self.task_max_retries = match v {
+                    Value::Str(s) if s.trim().eq_ignore_ascii_case("none") => None,
+                    _ => Some(u32::try_from(as_usize(key, v)?).map_err(|_| cfg_err(key, "too large"))?),
+                }
+            }
+            "task_default_retry_delay" => self.task_default_retry_delay = as_secs(key, v)?,
             "task_ignore_result" => self.task_ignore_result = as_bool(key, v)?,
             "task_always_eager" => self.task_always_eager = as_bool(key, v)?,
             "worker_send_task_events" => self.worker_send_task_events = as_bool(key, v)?,

@@ -142,6 +142,16 @@ fn seed_tutorial_settings() {
     assert!(e.contains("accept_content"), "{e}");
     let e = Config::from_toml_str("task_default_queue_type = \"stream\"").unwrap_err().to_string();
     assert!(e.contains("quorum"), "{e}");
+    // Seed 003 writes these two; Celery 5.7 ignores them, qtask honours them.
+    let c = Config::from_toml_str("task_default_retry_delay = 300\ntask_max_retries = 5\n").unwrap();
+    assert_eq!((c.task_default_retry_delay, c.task_max_retries), (Duration::from_secs(300), Some(5)));
+    assert!(c.unsupported().is_empty());
+    let d = Config::default();
+    assert_eq!((d.task_default_retry_delay, d.task_max_retries), (Duration::from_secs(180), Some(3)));
+    let c = Config::from_vars(vars(&[("QTASK_TASK_MAX_RETRIES", "None")])).unwrap();
+    assert_eq!(c.task_max_retries, None, "None = retry forever, as Celery's max_retries=None");
+    let e = Config::from_toml_str("task_max_retries = 1.5").unwrap_err().to_string();
+    assert!(e.contains("task_max_retries") && e.contains("whole number"), "{e}");
 }
 
 #[test]

@@ -47,13 +47,50 @@ impl RateLimit {
     }
 }
 
+/// How many times a task may be retried (Celery's `max_retries`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MaxRetries {
+    /// The app's `task_max_retries` setting (default 3, as Celery's tasks).
+    #[default]
+    Setting,
+    /// At most this many retries.
+    Limit(u32),
+    /// Retry forever (Celery's `max_retries=None`).
+    Unlimited,
+}
+
+impl MaxRetries {
+    /// The limit, given the app's `task_max_retries` (`None`: no limit).
+    pub fn resolve(self, setting: Option<u32>) -> Option<u32> {
+        match self {
+            MaxRetries::Setting => setting,
+            MaxRetries::Limit(n) => Some(n),
+            MaxRetries::Unlimited => None,
+        }
+    }
+}
+
+impl From<u32> for MaxRetries {
+    fn from(n: u32) -> Self {
+        MaxRetries::Limit(n)
+    }
+}
+
+impl From<Option<u32>> for MaxRetries {
+    /// `None` is Celery's `max_retries=None`: retry forever.
+    fn from(n: Option<u32>) -> Self {
+        n.map_or(MaxRetries::Unlimited, MaxRetries::Limit)
+    }
+}
+
 /// Per-task options, with Celery's names and defaults.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TaskOptions {
-    /// Maximum retries (`None`: retry forever). Celery's default is 3.
-    pub max_retries: Option<u32>,
-    /// Countdown used by `retry()` when none is given (Celery: 180 s).
-    pub default_retry_delay: Duration,
+    /// Maximum retries (default: the app's `task_max_retries`, 3).
+    pub max_retries: MaxRetries,
+    /// Countdown used by `retry()` when none is given (`None`: the app's
+    /// `task_default_retry_delay`, 180 s).
+    pub default_retry_delay: Option<Duration>,
     /// Exponential backoff for autoretries: `None` off, else the factor in seconds.
     pub retry_backoff: Option<Duration>,
     /// Upper bound of the backoff (Celery: 600 s).
@@ -81,8 +118,8 @@ pub struct TaskOptions {
 impl Default for TaskOptions {
     fn default() -> Self {
         TaskOptions {
-            max_retries: Some(3),
-            default_retry_delay: Duration::from_secs(180),
+            max_retries: MaxRetries::Setting,
+            default_retry_delay: None,
             retry_backoff: None,
             retry_backoff_max: Duration::from_secs(600),
             retry_jitter: true,
