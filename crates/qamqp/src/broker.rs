@@ -79,8 +79,10 @@ impl Broker for AmqpBroker {
     }
 
     async fn publish(&self, queue: &str, message: &Message) -> Result<(), BrokerError> {
-        // Celery publishes tasks to the default exchange, routing key = queue.
-        self.core.publish("", queue, &message.body, &Self::props_for(message)).await
+        // Celery publishes tasks to the default exchange, routing key = queue
+        // (or to a topic/fanout exchange `task_queues` binds the queue to).
+        let (exchange, key) = self.core.task_route(queue);
+        self.core.publish(exchange, key, &message.body, &Self::props_for(message)).await
     }
 
     async fn publish_many(&self, items: &[(String, Message)]) -> Result<(), BrokerError> {
@@ -88,7 +90,10 @@ impl Broker for AmqpBroker {
         let batch: Vec<(String, String, &[u8], MakeProps<'_>)> = items
             .iter()
             .zip(&makers)
-            .map(|((q, m), make)| (String::new(), q.clone(), m.body.as_slice(), make as MakeProps<'_>))
+            .map(|((q, m), make)| {
+                let (exchange, key) = self.core.task_route(q);
+                (exchange.to_string(), key.to_string(), m.body.as_slice(), make as MakeProps<'_>)
+            })
             .collect();
         self.core.publish_batch(&batch).await
     }

@@ -12,6 +12,7 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind};
+use qcore::config::ExchangeType;
 use qcore::{BrokerError, ErrorKind};
 use tokio::sync::Mutex;
 
@@ -372,11 +373,17 @@ impl Core {
     }
 
     /// Celery's declarations for a task queue `q`: exchange `q` (direct,
-    /// durable), queue `q` (durable) and the binding with routing key `q`.
+    /// durable), queue `q` (durable) and the binding with routing key `q`;
+    /// for a queue listed in `task_queues`, its exchange (of its type,
+    /// durable) and routing key instead.
     pub(crate) async fn declare_task_queue(&self, ch: &Channel, q: &ShortString) -> Result<(), lapin::Error> {
+        let (exchange, kind, key) = match self.opts.task_queues.iter().find(|d| d.name == q.as_str()) {
+            Some(d) => (ShortString::from(d.exchange.as_str()), exchange_kind(d.exchange_type), d.routing_key.as_str()),
+            None => (q.clone(), ExchangeKind::Direct, q.as_str()),
+        };
         ch.exchange_declare(
-            q.clone(),
-            ExchangeKind::Direct,
+            exchange.clone(),
+            kind,
             ExchangeDeclareOptions { durable: true, ..Default::default() },
             FieldTable::default(),
         )
@@ -387,7 +394,17 @@ impl Core {
             self.task_queue_args(),
         )
         .await?;
-        ch.queue_bind(q.clone(), q.clone(), q.clone(), QueueBindOptions::default(), FieldTable::default()).await
+        ch.queue_bind(q.clone(), exchange, key.into(), QueueBindOptions::default(), FieldTable::default()).await
+    }
+
+    /// Where a task for `queue` is published: the default exchange with the
+    /// queue's name (Celery's rule for direct exchanges), or the topic or
+    /// fanout exchange `task_queues` binds it to, with its routing key.
+    pub(crate) fn task_route<'a>(&'a self, queue: &'a str) -> (&'a str, &'a str) {
+        match self.opts.task_queues.iter().find(|d| d.name == queue) {
+            Some(d) if d.exchange_type != ExchangeType::Direct => (&d.exchange, &d.routing_key),
+            _ => ("", queue),
+        }
     }
 
     pub(crate) async fn ensure_task_queue(&self, q: &str) -> Result<(), BrokerError> {
@@ -465,5 +482,14 @@ impl ExchangeSpec {
             FieldTable::default(),
         )
         .await
+    }
+}
+
+/// lapin's name for a `task_queues` exchange type.
+fn exchange_kind(t: ExchangeType) -> ExchangeKind {
+    match t {
+        ExchangeType::Direct => ExchangeKind::Direct,
+        ExchangeType::Topic => ExchangeKind::Topic,
+        ExchangeType::Fanout => ExchangeKind::Fanout,
     }
 }

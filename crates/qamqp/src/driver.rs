@@ -35,6 +35,7 @@ impl AmqpOptions {
             o = o.queue_max_priority(p);
         }
         o.queue_type = cfg.task_default_queue_type;
+        o.task_queues = cfg.task_queues.clone();
         if let Some(m) = cfg.max_deliveries {
             o = o.max_deliveries(Some(m));
         }

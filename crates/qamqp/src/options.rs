@@ -7,6 +7,7 @@ use crate::tls::TlsOptions;
 /// The kind of queue [`declare_queue`](qcore::Broker::declare_queue) creates
 /// for tasks: qcore's, the type of Celery's `task_default_queue_type`.
 pub use qcore::config::QueueType;
+use qcore::config::TaskQueue;
 
 /// Settings of an [`AmqpBroker`](crate::AmqpBroker).
 ///
@@ -47,6 +48,13 @@ pub struct AmqpOptions {
     /// Certificates of `amqps://` connections (Celery's `broker_use_ssl`):
     /// by default the system's roots and no client certificate.
     pub tls: TlsOptions,
+    /// Celery's `task_queues`: a listed queue is bound to its exchange
+    /// (declared with its type) with its routing key instead of to the
+    /// direct exchange of its own name; tasks for a queue on a topic or
+    /// fanout exchange are published to that exchange with the queue's
+    /// routing key (on a direct exchange, through the default exchange as
+    /// Celery does).
+    pub task_queues: Vec<TaskQueue>,
 }
 
 impl Default for AmqpOptions {
@@ -60,6 +68,7 @@ impl Default for AmqpOptions {
             reconnect_max_delay: Duration::from_secs(5),
             confirm_timeout: Duration::from_secs(30),
             tls: TlsOptions::default(),
+            task_queues: Vec::new(),
         }
     }
 }
@@ -99,6 +108,12 @@ impl AmqpOptions {
     /// Set the longest reconnection backoff.
     pub fn reconnect_max_delay(mut self, d: Duration) -> Self {
         self.reconnect_max_delay = d;
+        self
+    }
+
+    /// Declare these queues with their exchange and routing key.
+    pub fn task_queues(mut self, queues: Vec<TaskQueue>) -> Self {
+        self.task_queues = queues;
         self
     }
 

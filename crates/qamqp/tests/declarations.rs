@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use common::{broker, list, row, unique, url, with_password};
 use qamqp::{AmqpBroker, AmqpOptions};
+use qcore::config::{ExchangeType, TaskQueue};
 use qcore::{Broker, ConsumeOptions, ErrorKind, Message, Properties};
 use serde_json::{json, Value};
 
@@ -49,6 +50,40 @@ async fn task_queue_is_declared_as_celery_declares_it() {
     // Tasks go to the default exchange with routing key = queue.
     b.publish(&q, &Message { body: b"[[], {}, {}]".to_vec(), ..Message::default() }).await.unwrap();
     assert_eq!(b.queue_len(&q).await.unwrap(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn task_queues_bind_to_their_exchange_with_their_routing_key() {
+    // Seed 004: Queue('celery', Exchange('default'), routing_key='celery'),
+    // Queue('high', Exchange('default'), routing_key='high'); and a queue on
+    // a topic exchange.
+    let (ex, high, low, topic_ex, topical) =
+        (unique("decl.default"), unique("decl.high"), unique("decl.low"), unique("decl.tx"), unique("decl.topical"));
+    let queues = vec![
+        TaskQueue::new(high.clone()).exchange(ex.clone(), ExchangeType::Direct).routing_key("high"),
+        TaskQueue::new(low.clone()).exchange(ex.clone(), ExchangeType::Direct).routing_key("low"),
+        TaskQueue::new(topical.clone()).exchange(topic_ex.clone(), ExchangeType::Topic).routing_key("jobs.#"),
+    ];
+    let b = broker(AmqpOptions::default().task_queues(queues)).await;
+    for q in [&high, &low, &topical] {
+        b.declare_queue(q).await.unwrap();
+    }
+    let exchanges = list("list_exchanges", &["name", "type", "durable"]);
+    assert_eq!((&row(&exchanges, &ex)["type"], &row(&exchanges, &ex)["durable"]), (&json!("direct"), &json!(true)));
+    assert_eq!(row(&exchanges, &topic_ex)["type"], json!("topic"));
+    assert!(binding_exists(&ex, &high, "high"), "{ex} -> {high} with routing key high");
+    assert!(binding_exists(&ex, &low, "low"));
+    assert!(binding_exists(&topic_ex, &topical, "jobs.#"));
+    assert!(!binding_exists(&high, &high, &high), "no exchange of the queue's own name");
+    // A direct-exchange queue is sent to through the default exchange (as
+    // Celery does); a topic one through its exchange and routing key.
+    let task = || Message { body: b"[[], {}, {}]".to_vec(), ..Message::default() };
+    b.publish(&high, &task()).await.unwrap();
+    b.publish(&topical, &task()).await.unwrap();
+    assert_eq!(
+        (b.queue_len(&high).await.unwrap(), b.queue_len(&low).await.unwrap(), b.queue_len(&topical).await.unwrap()),
+        (1, 0, 1)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

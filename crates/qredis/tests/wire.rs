@@ -93,6 +93,33 @@ async fn publish_writes_kombu_bytes_and_bindings() {
 }
 
 #[tokio::test]
+async fn task_queues_bindings_are_written_under_their_exchange() {
+    // Seed 004's Queue('high', Exchange('default'), routing_key='high'): kombu
+    // finds the queue of a message published to `default`/`high` through
+    // `_kombu.binding.default`.
+    let p = prefix("task-queues");
+    let decl = qcore::config::TaskQueue::new("high")
+        .exchange("default", qcore::config::ExchangeType::Direct)
+        .routing_key("hi");
+    let mut opts = RedisOptions::default();
+    opts.task_queues = vec![decl];
+    let b = broker(&p, opts).await;
+    b.declare_queue("high").await.unwrap();
+    b.declare_queue("other").await.unwrap();
+    let mut c = raw(&redis_url()).await;
+    for (set, want) in [
+        ("_kombu.binding.default", "hi\x06\x16\x06\x16high"),
+        ("_kombu.binding_permanent.default", "hi\x06\x16\x06\x16high"),
+        ("_kombu.binding.other", "other\x06\x16\x06\x16other"),
+    ] {
+        let members: Vec<String> = c.smembers(format!("{p}{set}")).await.unwrap();
+        assert_eq!(members, vec![want.to_string()], "{set}");
+    }
+    let own: Vec<String> = c.smembers(format!("{p}_kombu.binding.high")).await.unwrap();
+    assert!(own.is_empty(), "no binding under the queue's own name: {own:?}");
+}
+
+#[tokio::test]
 async fn delivery_is_recorded_and_acked_as_kombu_does() {
     let p = prefix("unacked");
     let b = broker(&p, RedisOptions::default()).await;

@@ -207,7 +207,8 @@ pub struct WorkerBuilder {
 }
 
 impl WorkerBuilder {
-    /// Queues to consume (default: the app's `task_default_queue`).
+    /// Queues to consume (default: every queue of the app's `task_queues`,
+    /// else its `task_default_queue`).
     pub fn queues<I, S>(mut self, queues: I) -> Self
     where
         I: IntoIterator<Item = S>,
@@ -251,7 +252,13 @@ impl WorkerBuilder {
         let multiplier = self.prefetch_multiplier.unwrap_or(cfg.worker_prefetch_multiplier);
         let prefetch = if multiplier == 0 { concurrency * 64 } else { concurrency * multiplier }.max(concurrency);
         let hostname = qcore::node_name(self.hostname.as_deref().or(cfg.worker_hostname.as_deref()));
-        let queues = if self.queues.is_empty() { vec![cfg.task_default_queue.clone()] } else { self.queues };
+        // No queues given: every queue of `task_queues`, else the default
+        // queue (Celery's rule).
+        let queues = match (self.queues.is_empty(), cfg.task_queues.is_empty()) {
+            (false, _) => self.queues,
+            (true, false) => cfg.task_queues.iter().map(|q| q.name.clone()).collect(),
+            (true, true) => vec![cfg.task_default_queue.clone()],
+        };
         let shutdown_timeout = self.shutdown_timeout.unwrap_or(cfg.worker_shutdown_timeout);
         let (events, _) = broadcast::channel(1024);
         let (phase, _) = watch::channel(Phase::Running);

@@ -525,6 +525,18 @@ async fn consumes_several_queues_and_routes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_given_no_queues_consumes_every_task_queue() {
+    let env = env_with(Config::from_toml_str("task_queues = [\"high\", \"low\"]").unwrap());
+    env.app.register(add());
+    let w = start(&env.app, 2);
+    let to = |q: &str| SendOptions::new().queue(q);
+    let hi = env.app.apply_async(Signature::new("tasks.add").arg(1).arg(1), to("high")).await.unwrap();
+    let lo = env.app.apply_async(Signature::new("tasks.add").arg(2).arg(2), to("low")).await.unwrap();
+    assert_eq!((hi.get(T).await.unwrap(), lo.get(T).await.unwrap()), (json!(2), json!(4)));
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn msgpack_messages_run_too() {
     let env = env();
     env.app.register(add());

@@ -172,6 +172,90 @@ pub enum QueueType {
     Quorum,
 }
 
+/// The kind of exchange a declared task queue is bound to (kombu's
+/// `Exchange(type=...)`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ExchangeType {
+    /// Routes by exact routing key (Celery's default).
+    #[default]
+    Direct,
+    /// Routes by pattern (`a.*`, `a.#`).
+    Topic,
+    /// Routes to every bound queue.
+    Fanout,
+}
+
+impl ExchangeType {
+    /// The AMQP name: `direct`, `topic`, `fanout`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExchangeType::Direct => "direct",
+            ExchangeType::Topic => "topic",
+            ExchangeType::Fanout => "fanout",
+        }
+    }
+}
+
+/// One entry of Celery's `task_queues`: a queue bound to an exchange with a
+/// routing key (`Queue('high', Exchange('default'), routing_key='high')`).
+///
+/// Brokers with exchanges declare the exchange and the binding, so a
+/// producer that publishes to `exchange` with `routing_key` (as a Python
+/// one configured alike may) reaches the queue. qtask itself sends to a
+/// queue on a direct exchange through the default exchange, routing key =
+/// queue name, as Celery does; to a topic or fanout exchange it publishes
+/// to the exchange with the queue's routing key. A worker started without
+/// queues consumes every queue listed here, as Celery's does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TaskQueue {
+    /// Queue name.
+    pub name: String,
+    /// Exchange the queue is bound to (default: the queue's name, as
+    /// Celery's automatic queues).
+    pub exchange: String,
+    /// Kind of the exchange (default direct).
+    pub exchange_type: ExchangeType,
+    /// Binding routing key (default: the queue's name).
+    pub routing_key: String,
+}
+
+impl TaskQueue {
+    /// A queue bound to the exchange of its own name with its name as key.
+    pub fn new(name: impl Into<String>) -> Self {
+        let name = name.into();
+        TaskQueue { exchange: name.clone(), routing_key: name.clone(), exchange_type: ExchangeType::Direct, name }
+    }
+
+    /// Bind to `exchange` instead.
+    pub fn exchange(mut self, exchange: impl Into<String>, kind: ExchangeType) -> Self {
+        self.exchange = exchange.into();
+        self.exchange_type = kind;
+        self
+    }
+
+    /// Bind with `routing_key` instead.
+    pub fn routing_key(mut self, routing_key: impl Into<String>) -> Self {
+        self.routing_key = routing_key.into();
+        self
+    }
+}
+
+/// Keys of kombu's `Queue` that qtask knows but does not use.
+const KOMBU_QUEUE_OPTIONS: &[&str] = &[
+    "auto_delete",
+    "consumer_arguments",
+    "durable",
+    "exclusive",
+    "expires",
+    "max_length",
+    "max_length_bytes",
+    "max_priority",
+    "message_ttl",
+    "no_ack",
+    "queue_arguments",
+];
+
 /// Celery's `database_table_schemas` (database result backend): the
 /// PostgreSQL schema of `celery_taskmeta` (`task`) and `celery_tasksetmeta`
 /// (`group`).
@@ -237,6 +321,9 @@ pub struct Config {
     pub result_extended: bool,
     /// Routing rules, first match wins (in the order written).
     pub task_routes: Vec<Route>,
+    /// `task_queues`: declared queues with their exchange and routing key,
+    /// in the order written (see [`TaskQueue`]).
+    pub task_queues: Vec<TaskQueue>,
     /// Default hard time limit.
     pub task_time_limit: Option<Duration>,
     /// Default soft time limit.
@@ -298,6 +385,7 @@ impl Default for Config {
             task_track_started: false,
             result_extended: false,
             task_routes: Vec::new(),
+            task_queues: Vec::new(),
             task_time_limit: None,
             task_soft_time_limit: None,
             task_default_rate_limit: None,
@@ -340,6 +428,7 @@ pub const KNOWN_SETTINGS: &[&str] = &[
     "task_track_started",
     "result_extended",
     "task_routes",
+    "task_queues",
     "task_time_limit",
     "task_soft_time_limit",
     "task_default_rate_limit",
@@ -596,6 +685,7 @@ impl Config {
             "task_track_started" => self.task_track_started = as_bool(key, v)?,
             "result_extended" => self.result_extended = as_bool(key, v)?,
             "task_routes" => self.task_routes = self.routes(v)?,
+            "task_queues" => self.task_queues = self.queues(v)?,
             "task_time_limit" => self.task_time_limit = as_opt_secs(key, v)?,
             "task_soft_time_limit" => self.task_soft_time_limit = as_opt_secs(key, v)?,
             "task_default_rate_limit" => {
@@ -716,6 +806,84 @@ impl Config {
             routes.push(Route { pattern, queue });
         }
         Ok(routes)
+    }
+
+    fn queues(&mut self, v: &Value) -> Result<Vec<TaskQueue>, Error> {
+        const KEY: &str = "task_queues";
+        // A table of name = {exchange, ...}, or a list of names or of tables
+        // with a `name`, or (environment) `a,b`.
+        let entries: Vec<(String, Option<Vec<(String, Value)>>)> = match v {
+            Value::Table(t) => t
+                .iter()
+                .map(|(name, decl)| match decl {
+                    Value::Table(d) => Ok((name.clone(), Some(d.clone()))),
+                    other => Err(cfg_err(KEY, format!("queue {name:?}: expected a table, got {}", other.kind()))),
+                })
+                .collect::<Result<_, _>>()?,
+            Value::List(items) => items
+                .iter()
+                .map(|item| match item {
+                    Value::Str(name) => Ok((name.clone(), None)),
+                    Value::Table(d) => {
+                        let name = d
+                            .iter()
+                            .find(|(k, _)| k == "name")
+                            .map(|(_, n)| as_string(&format!("{KEY}.name"), n))
+                            .transpose()?
+                            .ok_or_else(|| cfg_err(KEY, "a queue in the list has no `name`"))?;
+                        Ok((name, Some(d.iter().filter(|(k, _)| k != "name").cloned().collect())))
+                    }
+                    other => Err(cfg_err(KEY, format!("expected a queue name or table, got {}", other.kind()))),
+                })
+                .collect::<Result<_, _>>()?,
+            Value::Str(s) => {
+                s.split(',').map(|n| n.trim()).filter(|n| !n.is_empty()).map(|n| (n.into(), None)).collect()
+            }
+            other => return Err(cfg_err(KEY, format!("expected a table or a list of queues, got {}", other.kind()))),
+        };
+        let mut queues: Vec<TaskQueue> = Vec::with_capacity(entries.len());
+        for (name, decl) in entries {
+            if name.trim().is_empty() {
+                return Err(cfg_err(KEY, "a queue name is empty"));
+            }
+            if queues.iter().any(|q| q.name == name) {
+                return Err(cfg_err(KEY, format!("queue {name:?} is listed twice")));
+            }
+            let mut q = TaskQueue::new(name.clone());
+            for (k, v) in decl.unwrap_or_default() {
+                let field = format!("{KEY}.{name}.{k}");
+                match k.as_str() {
+                    "exchange" => q.exchange = as_string(&field, &v)?,
+                    "routing_key" => q.routing_key = as_string(&field, &v)?,
+                    "exchange_type" => {
+                        q.exchange_type = match as_string(&field, &v)?.as_str() {
+                            "direct" => ExchangeType::Direct,
+                            "topic" => ExchangeType::Topic,
+                            "fanout" => ExchangeType::Fanout,
+                            other => {
+                                return Err(cfg_err(&field, format!("{other:?}: expected direct, topic or fanout")))
+                            }
+                        }
+                    }
+                    other if KOMBU_QUEUE_OPTIONS.contains(&other) => self.note_unsupported(&field),
+                    other => {
+                        return Err(cfg_err(
+                            KEY,
+                            format!(
+                                "queue {name:?}: unknown key `{other}` (known: exchange, exchange_type, routing_key)"
+                            ),
+                        ))
+                    }
+                }
+            }
+            queues.push(q);
+        }
+        Ok(queues)
+    }
+
+    /// The declaration of `queue` in `task_queues`, if listed.
+    pub fn task_queue(&self, queue: &str) -> Option<&TaskQueue> {
+        self.task_queues.iter().find(|q| q.name == queue)
     }
 
     /// The visibility timeout of Redis/SQL brokers: qtask's

@@ -255,3 +255,41 @@ fn globs() {
     assert!(!glob_match("a.*", "b.c"));
     assert!(glob_match("exact", "exact"));
 }
+
+#[test]
+fn task_queues_with_exchange_and_routing_key() {
+    // Seed 004: Queue('celery', Exchange('default'), routing_key='celery'),
+    // Queue('high', Exchange('default'), routing_key='high').
+    let c = Config::from_toml_str(
+        r#"
+        [task_queues]
+        high = { exchange = "default", routing_key = "high" }
+        celery = { exchange = "default", routing_key = "celery", queue_arguments = { "x-max-priority" = 10 } }
+        events = { exchange = "ev", exchange_type = "topic", routing_key = "ev.#" }
+        "#,
+    )
+    .unwrap();
+    let names: Vec<_> = c.task_queues.iter().map(|q| q.name.as_str()).collect();
+    assert_eq!(names, ["high", "celery", "events"], "the order written");
+    assert_eq!(c.task_queue("high"), Some(&TaskQueue::new("high").exchange("default", ExchangeType::Direct)));
+    assert_eq!(
+        c.task_queue("events"),
+        Some(&TaskQueue::new("events").exchange("ev", ExchangeType::Topic).routing_key("ev.#"))
+    );
+    assert_eq!(c.unsupported(), ["task_queues.celery.queue_arguments"]);
+    // A list of names, of tables, and the environment's `a,b`.
+    let c = Config::from_toml_str(r#"task_queues = ["a", { name = "b", routing_key = "bee" }]"#).unwrap();
+    assert_eq!(c.task_queues, [TaskQueue::new("a"), TaskQueue::new("b").routing_key("bee")]);
+    let c = Config::from_vars(vars(&[("CELERY_TASK_QUEUES", "a, b")])).unwrap();
+    assert_eq!(c.task_queues, [TaskQueue::new("a"), TaskQueue::new("b")]);
+    for (bad, says) in [
+        (r#"task_queues = { a = { exchange_type = "headers" } }"#, "expected direct, topic or fanout"),
+        (r#"task_queues = { a = { exchnage = "x" } }"#, "unknown key `exchnage`"),
+        (r#"task_queues = ["a", "a"]"#, "listed twice"),
+        (r#"task_queues = [{ exchange = "x" }]"#, "has no `name`"),
+        ("task_queues = 3", "expected a table or a list"),
+    ] {
+        let e = Config::from_toml_str(bad).unwrap_err().to_string();
+        assert!(e.contains(says), "{bad}: {e}");
+    }
+}

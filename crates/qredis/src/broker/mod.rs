@@ -55,6 +55,11 @@ pub struct RedisOptions {
     /// How long an idle consumer blocks waiting for a message before it
     /// checks again anyway. Default 5 s.
     pub idle_block: Duration,
+    /// Celery's `task_queues`: a listed queue's binding is written, as
+    /// kombu writes it, under its exchange with its routing key (so a
+    /// Python producer that publishes to that exchange finds the queue);
+    /// tasks still go straight to the queue's list.
+    pub task_queues: Vec<qcore::config::TaskQueue>,
 }
 
 impl Default for RedisOptions {
@@ -69,6 +74,7 @@ impl Default for RedisOptions {
             response_timeout: Duration::from_secs(30),
             defer_poll_interval: Duration::from_secs(1),
             idle_block: Duration::from_secs(5),
+            task_queues: Vec::new(),
         }
     }
 }
@@ -113,9 +119,11 @@ impl RedisOptions {
     /// Options from a qtask [`Config`](qcore::Config), the one place the
     /// broker's settings are read: the visibility timeout (qtask's
     /// `visibility_timeout`, else `broker_transport_options.visibility_timeout`),
-    /// `max_deliveries`, and `broker_transport_options.global_keyprefix`.
+    /// `max_deliveries`, `broker_transport_options.global_keyprefix` and
+    /// `task_queues`.
     pub fn from_config(config: &qcore::Config) -> Self {
         let mut o = RedisOptions::default();
+        o.task_queues = config.task_queues.clone();
         if let Some(p) = &config.broker_transport_options.global_keyprefix {
             o.global_keyprefix = p.clone();
         }
@@ -282,9 +290,13 @@ impl RedisBroker {
     }
 
     fn binding_cmds(&self, pipe: &mut redis::Pipeline, queue: &str) {
-        let member = binding_member(queue, "", queue);
-        pipe.cmd("SADD").arg(self.inner.keys.binding(queue)).arg(&member).ignore();
-        pipe.cmd("SADD").arg(self.inner.keys.binding_permanent(queue)).arg(&member).ignore();
+        let (exchange, key) = match self.inner.opts.task_queues.iter().find(|d| d.name == queue) {
+            Some(d) => (d.exchange.as_str(), d.routing_key.as_str()),
+            None => (queue, queue),
+        };
+        let member = binding_member(key, "", queue);
+        pipe.cmd("SADD").arg(self.inner.keys.binding(exchange)).arg(&member).ignore();
+        pipe.cmd("SADD").arg(self.inner.keys.binding_permanent(exchange)).arg(&member).ignore();
     }
 
     fn needs_binding(&self, queue: &str) -> bool {
