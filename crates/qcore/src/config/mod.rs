@@ -809,10 +809,11 @@ impl Config {
     }
 
     fn queues(&mut self, v: &Value) -> Result<Vec<TaskQueue>, Error> {
+        type Table = Vec<(String, Value)>;
         const KEY: &str = "task_queues";
         // A table of name = {exchange, ...}, or a list of names or of tables
         // with a `name`, or (environment) `a,b`.
-        let entries: Vec<(String, Option<Vec<(String, Value)>>)> = match v {
+        let entries: Vec<(String, Option<Table>)> = match v {
             Value::Table(t) => t
                 .iter()
                 .map(|(name, decl)| match decl {
