@@ -122,8 +122,7 @@ impl RedisOptions {
     /// `max_deliveries`, `broker_transport_options.global_keyprefix` and
     /// `task_queues`.
     pub fn from_config(config: &qcore::Config) -> Self {
-        let mut o = RedisOptions::default();
-        o.task_queues = config.task_queues.clone();
+        let mut o = RedisOptions { task_queues: config.task_queues.clone(), ..RedisOptions::default() };
         if let Some(p) = &config.broker_transport_options.global_keyprefix {
             o.global_keyprefix = p.clone();
         }
