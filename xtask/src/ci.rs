@@ -71,10 +71,11 @@ fn features(root: &Path) -> Result<()> {
     Ok(())
 }
 
-/// `cargo xtask test`: start the services, create the Python venv, then
-/// `cargo test --workspace` with `args`.
+/// `cargo xtask test`: start the services, install the browser of the page
+/// tests, create the Python venv, then `cargo test --workspace` with `args`.
 pub(crate) fn test(root: &Path, args: &[String]) -> Result<()> {
     services::ensure_all()?;
+    services::ensure_browser()?;
     let python = venv::ensure(root)?;
     run(cargo(root).env("QTASK_PYTHON", &python).args(["test", "--workspace"]).args(args))
 }

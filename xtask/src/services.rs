@@ -53,3 +53,27 @@ pub(crate) fn ensure_all() -> Result<()> {
     }
     Ok(())
 }
+
+fn on_path(name: &str) -> bool {
+    std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(name).exists()))
+}
+
+/// Make sure Debian's `chromium` and `chromedriver` are installed: the page
+/// tests drive a real headless browser (integration-tests/src/browser.rs).
+pub(crate) fn ensure_browser() -> Result<()> {
+    if on_path("chromium") && on_path("chromedriver") {
+        return Ok(());
+    }
+    eprintln!("xtask: installing chromium and chromium-driver (apt) for the page tests");
+    let install = "DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver";
+    let ok = |cmd: &str| Command::new("sh").arg("-c").arg(cmd).status().is_ok_and(|s| s.success());
+    // The package lists may be missing or old on a new machine: update once and retry.
+    let installed = ok(install) || (ok("apt-get update -qq") && ok(install));
+    if !installed {
+        bail!("cannot install the browser of the page tests: run `apt-get install chromium chromium-driver` as root");
+    }
+    if !(on_path("chromium") && on_path("chromedriver")) {
+        bail!("chromium or chromedriver is still missing after apt-get install");
+    }
+    Ok(())
+}
