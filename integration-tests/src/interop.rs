@@ -87,6 +87,8 @@ pub struct Interop {
     pub worker_bin: PathBuf,
     /// How the checks start the `interop-worker` (its `backend` is `results`).
     pub worker: WorkerOpts,
+    /// More `PYAPP_*` variables of every Python process the checks start.
+    pub py_vars: Vec<(String, String)>,
 }
 
 impl Interop {
@@ -97,7 +99,21 @@ impl Interop {
 
     /// The Python app's environment: JSON, default queue `queue`.
     pub fn py_env(&self, queue: &str) -> PyEnv {
-        PyEnv::with_backend(&self.broker, &self.results, queue)
+        let mut env = PyEnv::with_backend(&self.broker, &self.results, queue);
+        env.vars.extend(self.py_vars.iter().cloned());
+        env
+    }
+
+    /// Python stores its results with `serializer` (`result_serializer`).
+    pub fn python_results(mut self, serializer: &str) -> Interop {
+        self.py_vars.push(("PYAPP_RESULT_SERIALIZER".into(), serializer.into()));
+        self
+    }
+
+    /// The `interop-worker` stores its results with `serializer`.
+    pub fn qtask_worker_results(mut self, serializer: &str) -> Interop {
+        self.worker.env.push(("QTASK_RESULT_SERIALIZER".into(), serializer.into()));
+        self
     }
 
     /// A qtask app on the broker, results in `results`, default queue `queue`.

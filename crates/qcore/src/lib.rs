@@ -48,7 +48,7 @@ pub use config::Config;
 pub use error::{BackendError, BrokerError, Error, ErrorKind, ProtocolError};
 pub use message::{ContentType, Embed, Message, Properties, TaskMessage, TaskMessageBuilder};
 pub use node::{hostname, node_name};
-pub use result::{ExceptionInfo, ResultMeta};
+pub use result::{ExceptionInfo, ResultCodec, ResultMeta};
 pub use signature::{chain, chord, group, CanvasKind, Signature};
 pub use state::State;
 pub use task::{Args, RateLimit, RequestInfo, Retry, Task, TaskContext, TaskError, TaskOptions, TaskResult};
