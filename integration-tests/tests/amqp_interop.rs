@@ -33,6 +33,7 @@ fn amqp() -> Interop {
         worker_bin: interop_worker_bin!().to_path_buf(),
         worker: WorkerOpts { backend: Some(redis_url()), threads: Some(1), ..Default::default() },
         py_vars: Vec::new(),
+        qtask_results: None,
     }
 }
 

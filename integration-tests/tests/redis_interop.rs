@@ -21,6 +21,7 @@ fn redis() -> Interop {
         worker_bin: interop_worker_bin!().to_path_buf(),
         worker: WorkerOpts { backend: Some(url), ..Default::default() },
         py_vars: Vec::new(),
+        qtask_results: None,
     }
 }
 

@@ -1,9 +1,11 @@
 //! Results shared with Python Celery through Celery's database result
 //! backend on PostgreSQL: qtask stores SUCCESS / FAILURE / PROGRESS and
 //! `AsyncResult(id, backend=DatabaseBackend(url))` reads them; Python
-//! stores and qtask reads. Each test owns a schema; Python reaches it
-//! through `?options=-csearch_path%3D<schema>` because Celery's SQLAlchemy
-//! backend uses the connection's default schema.
+//! stores and qtask reads; Python and qtask workers (Redis broker) with the
+//! other side's producer and the `qtask` CLI, JSON and msgpack results.
+//! Each test owns a schema; Python reaches it through
+//! `?options=-csearch_path%3D<schema>` because Celery's SQLAlchemy backend
+//! uses the connection's default schema.
 
 mod sql_common;
 
@@ -12,8 +14,11 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use integration_tests::{python, python_dir, unique, wait_for};
-use qtask::{task, Config, Error, State, TaskContext, TaskError, Worker};
+use integration_tests::cli::{cli, lines, run};
+use integration_tests::{
+    interop_worker_bin, python, python_dir, redis_url, spawn_python_worker, unique, wait_for, Interop, WorkerOpts,
+};
+use qtask::{task, Config, ContentType, Error, State, TaskContext, TaskError, Worker};
 use serde_json::{json, Value};
 use sql_common::PgSchema;
 use tokio::sync::Notify;
@@ -125,5 +130,103 @@ async fn qtask_reads_results_python_stored_in_postgres() -> Result<()> {
     let progress = app.result::<Value>(id("progress")).meta().await?;
     assert_eq!(progress.status, State::Custom("PROGRESS".into()));
     assert_eq!(progress.result, json!({"current": 2, "total": 4}));
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Workers and producers of both sides on Celery's database backend
+
+/// Redis broker, results in `schema` (Celery's `db+postgresql` URL for
+/// Python, qsql's for qtask); both sides store results with `serializer`.
+async fn pg_interop(schema: &PgSchema, serializer: &str) -> Result<Interop> {
+    // qtask creates the schema and Celery's tables; Python then finds them.
+    qtask::connect_backend(&schema.url()).await?;
+    Ok(Interop {
+        broker: redis_url(),
+        results: format!("db+{}", schema.sqlalchemy_url()),
+        prefix: "pg_",
+        worker_bin: interop_worker_bin!().to_path_buf(),
+        worker: WorkerOpts { backend: Some(schema.url()), ..Default::default() },
+        py_vars: Vec::new(),
+        qtask_results: Some(schema.url()),
+    }
+    .python_results(serializer)
+    .qtask_worker_results(serializer))
+}
+
+/// A qtask producer (its `result_serializer` left at JSON) reads what a
+/// Python worker stores in `celery_taskmeta` — values, failures, PROGRESS,
+/// retries, the extended columns — although Python sends no notification.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qtask_producer_reads_python_worker_results_in_postgres() -> Result<()> {
+    for serializer in ["json", "msgpack"] {
+        let schema = PgSchema::new("rs2py");
+        pg_interop(&schema, serializer).await?.qtask_to_python_messages(ContentType::Json).await?;
+    }
+    Ok(())
+}
+
+/// A Python producer reads what the `interop-worker` stores in
+/// `celery_taskmeta`, JSON or msgpack (Celery decodes with its own
+/// `result_serializer` only).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_producer_reads_qtask_worker_results_in_postgres() -> Result<()> {
+    for serializer in ["json", "msgpack"] {
+        let schema = PgSchema::new("py2rs");
+        let interop = pg_interop(&schema, serializer).await?;
+        tokio::task::spawn_blocking(move || interop.python_to_qtask_messages("json")).await??;
+    }
+    Ok(())
+}
+
+/// `qtask call --wait` and `qtask result` with a Python worker storing its
+/// results in PostgreSQL (JSON, then msgpack); a pickled result fails at
+/// once with the setting to change, not with a time-out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_call_wait_and_result_with_python_worker_on_postgres() -> Result<()> {
+    for serializer in ["json", "msgpack", "pickle"] {
+        let schema = PgSchema::new("cli");
+        let interop = pg_interop(&schema, serializer).await?;
+        let queue = unique("pg_cli");
+        let _worker = spawn_python_worker(&interop.py_env(&queue), &[&queue], None)?;
+        let backend = schema.url();
+        let flags = ["--broker", interop.broker.as_str(), "--backend", backend.as_str()];
+        let call = |args: &[&str]| -> Result<std::process::Output> {
+            run(cli()?.args(flags).arg("call").args(args).args(["--queue", &queue, "--wait", "30"]))
+        };
+
+        let out = call(&["tasks.add", "--args", "[2, 3]"])?;
+        let l = lines(&out);
+        if serializer == "pickle" {
+            assert!(!out.status.success(), "{serializer}: {l:?}");
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                stderr.contains("pickle") && stderr.contains("result_serializer = 'json'"),
+                "the error names the setting: {stderr}"
+            );
+            assert!(!stderr.contains("timed out"), "failed by time-out: {stderr}");
+            let out = run(cli()?.args(flags).args(["result", &l[0]]))?;
+            assert!(!out.status.success());
+            assert!(String::from_utf8_lossy(&out.stderr).contains("pickle"));
+            continue;
+        }
+        assert!(out.status.success(), "{serializer}: {l:?}");
+        assert_eq!(l.get(1).map(String::as_str), Some("5"), "{serializer}: {l:?}");
+        let out = run(cli()?.args(flags).args(["result", &l[0]]))?;
+        assert!(out.status.success());
+        assert_eq!(lines(&out), vec!["5".to_string()], "{serializer}");
+
+        let out = call(&["tasks.xsum", "--args", "[[1, 2, 3]]"])?;
+        assert_eq!(lines(&out).get(1).map(String::as_str), Some("6"), "{serializer}");
+
+        let out = call(&["tasks.fail", "--args", r#"["boom"]"#])?;
+        assert_eq!(out.status.code(), Some(1), "{serializer}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("ValueError") && stderr.contains("boom"), "{serializer}: {stderr}");
+        let failed_id = lines(&out).first().cloned().unwrap_or_default();
+        let out = run(cli()?.args(flags).args(["result", &failed_id]))?;
+        assert_eq!(out.status.code(), Some(1));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("ValueError"), "{serializer}");
+    }
     Ok(())
 }

@@ -302,14 +302,14 @@ impl ResultCodec {
             }
         }
         if is_pickle(bytes) {
-            return Err(ProtocolError::Invalid(format!(
+            return Err(ProtocolError::Unreadable(format!(
                 "{what} was written with Python's pickle serializer, which qtask cannot read: set \
                  result_serializer = 'json' (or 'msgpack') in the Python app that stores results"
             )));
         }
         for ct in [self.serializer, other] {
             if !self.accepts(ct) && ct.decode::<T>(bytes).is_ok() {
-                return Err(ProtocolError::Invalid(format!(
+                return Err(ProtocolError::Unreadable(format!(
                     "{what} is {}, which result_accept_content does not allow (it falls back to accept_content)",
                     ct.mime()
                 )));
@@ -317,10 +317,10 @@ impl ResultCodec {
         }
         Err(match first_err {
             Some(ProtocolError::Decode { reason, .. }) => {
-                ProtocolError::Invalid(format!("cannot decode {what} as JSON or msgpack: {reason}"))
+                ProtocolError::Unreadable(format!("cannot decode {what} as JSON or msgpack: {reason}"))
             }
             Some(e) => e,
-            None => ProtocolError::Invalid(format!("cannot decode {what}: result_accept_content allows nothing")),
+            None => ProtocolError::Unreadable(format!("cannot decode {what}: result_accept_content allows nothing")),
         })
     }
 }

@@ -248,7 +248,7 @@ impl RedisBackend {
     }
 
     fn decode(&self, doc: &[u8]) -> Result<ResultMeta, BackendError> {
-        Ok(self.inner.opts.codec.decode_meta(doc)?)
+        self.inner.opts.codec.decode_meta(doc).map_err(|e| BackendError::new(ErrorKind::Serialization, e.to_string()))
     }
 
     async fn get_ready(&self, task_id: &str) -> Result<Option<ResultMeta>, BackendError> {

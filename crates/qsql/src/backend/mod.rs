@@ -27,8 +27,10 @@ enum Inner {
 ///
 /// Results live in `celery_taskmeta` and groups in `celery_tasksetmeta`,
 /// with exactly the columns, types and bytes Python Celery's database
-/// backend uses (JSON serializer), so Python and Rust read each other's
-/// results. Tables found in the database (created by Python Celery, with or
+/// backend uses, so Python and Rust read each other's results: stored
+/// values are written with `result_serializer` and read in JSON or msgpack
+/// ([`SqlOptions::codec`]); a pickled value (Python's
+/// `result_serializer = 'pickle'`) is an error naming that setting. Tables found in the database (created by Python Celery, with or
 /// without the `result_extended` columns) are used as they are; missing ones
 /// are created as Celery creates them.
 ///
@@ -42,11 +44,13 @@ enum Inner {
 ///   [`cleanup_interval`](SqlOptions::cleanup_interval)); rows written by
 ///   Python never expire this way (Celery's `celery.backend_cleanup` task, or
 ///   [`SqlBackend::cleanup`], deletes them).
-/// * **Waiting:** on PostgreSQL every ready state is announced with
-///   `NOTIFY` and [`wait`](ResultBackend::wait) is woken at once by `LISTEN`;
-///   on SQLite it polls (1 ms growing to 100 ms).
+/// * **Waiting:** on PostgreSQL every ready state qtask stores is announced
+///   with `NOTIFY` and [`wait`](ResultBackend::wait) is woken at once by
+///   `LISTEN`; rows written by Python Celery (no notification) are found by
+///   reading again every 50 ms growing to 500 ms. On SQLite it polls (1 ms
+///   growing to 100 ms).
 /// * **Row details, as Celery:** `result`, `args`, `kwargs` and `children`
-///   hold Python-`json.dumps` bytes; an empty `children` list is stored as
+///   hold the serializer's bytes (Python-`json.dumps` bytes for JSON); an empty `children` list is stored as
 ///   NULL (read back as an empty list); `date_done` is naive UTC and is
 ///   stamped for every state (reported only for ready states); the row is
 ///   updated in place, and the UPDATE skips rows whose status is SUCCESS.
@@ -87,7 +91,13 @@ impl SqlBackend {
                     .map_err(|e| db_err("creating tables", e))?;
                 check_layout(&layout)?;
                 Ok(SqlBackend {
-                    inner: Inner::Pg(Box::new(pg::PgBackend::new(pool, &names, &layout, opts.cleanup_interval))),
+                    inner: Inner::Pg(Box::new(pg::PgBackend::new(
+                        pool,
+                        &names,
+                        &layout,
+                        opts.cleanup_interval,
+                        opts.codec.clone(),
+                    ))),
                     display,
                 })
             }
@@ -108,7 +118,7 @@ impl SqlBackend {
         let layout = schema::migrate_sqlite(&pool, true).await.map_err(|e| db_err("creating tables", e))?;
         check_layout(&layout)?;
         Ok(SqlBackend {
-            inner: Inner::Sqlite(sqlite::SqliteBackend::new(pool, &layout, opts.cleanup_interval)),
+            inner: Inner::Sqlite(sqlite::SqliteBackend::new(pool, &layout, opts.cleanup_interval, opts.codec.clone())),
             display,
         })
     }
