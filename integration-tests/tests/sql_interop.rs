@@ -9,16 +9,19 @@
 
 mod sql_common;
 
+use std::collections::HashMap;
 use std::process::Command;
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use integration_tests::cli::{cli, lines, run};
+use integration_tests::interop::T;
 use integration_tests::{
-    interop_worker_bin, python, python_dir, redis_url, spawn_python_worker, unique, wait_for, Interop, WorkerOpts,
+    interop_worker_bin, py_producer, python, python_dir, redis_cmd, redis_url, spawn_python_worker, unique, wait_for,
+    Interop, WorkerOpts,
 };
-use qtask::{task, Config, ContentType, Error, State, TaskContext, TaskError, Worker};
+use qtask::{chord, task, Config, ContentType, Error, SendOptions, Signature, State, TaskContext, TaskError, Worker};
 use serde_json::{json, Value};
 use sql_common::PgSchema;
 use tokio::sync::Notify;
@@ -228,5 +231,140 @@ async fn cli_call_wait_and_result_with_python_worker_on_postgres() -> Result<()>
         assert_eq!(out.status.code(), Some(1));
         assert!(String::from_utf8_lossy(&out.stderr).contains("ValueError"), "{serializer}");
     }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Chords on the database backend: no native join, `celery.chord_unlock`
+
+/// Python's `chord(...)` with the database backend, every task on the
+/// `interop-worker`: the `celery.chord_unlock` task Celery sends is run by
+/// qtask (and the rest of the canvas checks).
+#[test]
+fn python_canvas_on_qtask_worker_on_postgres() -> Result<()> {
+    let rt = tokio::runtime::Runtime::new()?;
+    let schema = PgSchema::new("pycanvas");
+    let interop = rt.block_on(pg_interop(&schema, "json"))?;
+    interop.python_canvas_on_qtask("json")
+}
+
+/// qtask's chords (and the rest of the canvas checks) on a Python worker
+/// with the database backend: qtask sends `celery.chord_unlock` as Celery
+/// does, and the Python worker joins the chord with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qtask_canvas_on_python_worker_on_postgres() -> Result<()> {
+    let schema = PgSchema::new("rscanvas");
+    pg_interop(&schema, "json").await?.qtask_canvas_on_python(ContentType::Json).await
+}
+
+#[task(name = "tasks.sleep")]
+async fn sleep(seconds: f64) -> f64 {
+    // The workload of a slow header task, not a synchronisation.
+    tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
+    seconds
+}
+
+fn body_runs() -> &'static Mutex<HashMap<String, u64>> {
+    static RUNS: OnceLock<Mutex<HashMap<String, u64>>> = OnceLock::new();
+    RUNS.get_or_init(Default::default)
+}
+
+/// Chord body run by qtask: counts its runs under `counter`, returns the sum.
+#[task(name = "tasks.count_body")]
+async fn count_body(numbers: Vec<f64>, counter: String) -> f64 {
+    *body_runs().lock().unwrap_or_else(|p| p.into_inner()).entry(counter).or_default() += 1;
+    numbers.iter().sum()
+}
+
+/// A chord whose header runs partly on a Python worker and partly on a
+/// qtask worker, with the database backend, completes exactly once — sent
+/// by Python and by qtask, with the body (and so `celery.chord_unlock`,
+/// which goes to the body's queue) on each side.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chords_on_postgres_split_between_python_and_qtask_complete_once() -> Result<()> {
+    let schema = PgSchema::new("mixchord");
+    let interop = pg_interop(&schema, "json").await?;
+    let shared = unique("pg_mixed");
+    let (q_py, q_rs) = (format!("{shared}_py"), format!("{shared}_rs"));
+    let env = interop.py_env(&shared);
+    let _py = spawn_python_worker(&env, &[&shared, &q_py], None)?;
+    let mut cfg = Config::default();
+    cfg.broker_url = Some(interop.broker.clone());
+    cfg.result_backend = Some(schema.url());
+    cfg.task_default_queue = shared.clone();
+    cfg.result_extended = true;
+    let app = qtask::app_from_config(cfg).await?;
+    app.register(add).register(sleep).register(count_body);
+    // One at a time, in queue order, like the solo Python worker: a second
+    // dispatch of a body would run before the marker task sent after it.
+    let worker = Worker::builder(app.clone()).queues([shared.clone(), q_rs.clone()]).concurrency(1).build();
+    let stop = worker.handle();
+    let running = tokio::spawn(worker.run());
+
+    let mut header = Vec::new();
+    let mut expected = 0.0;
+    for i in 0..3 {
+        header.push(json!({"task": "tasks.sleep", "args": [0.1], "queue": q_py}));
+        header.push(json!({"task": "tasks.add", "args": [i, i], "queue": q_rs}));
+        expected += 0.1 + 2.0 * f64::from(i);
+    }
+    for i in 0..4 {
+        header.push(json!({"task": "tasks.add", "args": [i, i], "queue": shared}));
+        expected += 2.0 * f64::from(i);
+    }
+    for python_sends in [true, false] {
+        for python_body in [true, false] {
+            let case = format!("python_sends={python_sends} python_body={python_body}");
+            let counter = unique("chord_body_runs");
+            let (body_task, body_queue) =
+                if python_body { ("tasks.count_sum", &q_py) } else { ("tasks.count_body", &q_rs) };
+            let body = json!({"task": body_task, "kwargs": {"counter": counter}, "queue": body_queue});
+            let (result, header_ids) = if python_sends {
+                let spec = json!({"header": header, "body": body}).to_string();
+                let env = env.clone();
+                let out = tokio::task::spawn_blocking(move || py_producer(&env, "chord", &[&spec])).await??;
+                let ids = out["header_ids"].as_array().cloned().unwrap_or_default();
+                (out["result"].clone(), ids.iter().filter_map(Value::as_str).map(str::to_owned).collect::<Vec<_>>())
+            } else {
+                let ids: Vec<String> = header.iter().map(|_| unique("h")).collect();
+                let sigs = header
+                    .iter()
+                    .zip(&ids)
+                    .map(|(h, id)| {
+                        let mut s = Signature::new(h["task"].as_str().unwrap_or_default())
+                            .queue(h["queue"].as_str().unwrap_or_default());
+                        s.args = h["args"].as_array().cloned().unwrap_or_default();
+                        s.task_id(id.clone())
+                    })
+                    .collect::<Vec<_>>();
+                let body = Signature::new(body_task).kwarg("counter", counter.clone()).queue(body_queue);
+                (app.delay(chord(sigs, body)).await?.get(T).await?, ids)
+            };
+            let sum = result.as_f64().unwrap_or(f64::NAN);
+            assert!((sum - expected).abs() < 1e-9, "{case}: chord result {result}, expected {expected}");
+
+            let mut workers = Vec::new();
+            for id in &header_ids {
+                let meta = app.result::<Value>(id.clone()).meta().await?;
+                assert_eq!(meta.status, State::Success, "{case}: {id}");
+                workers.push(meta.worker.unwrap_or_default());
+            }
+            assert!(workers.iter().any(|w| w.starts_with("py_")), "{case}: no header task ran on Python: {workers:?}");
+            assert!(workers.iter().any(|w| w.starts_with("qtask")), "{case}: no header task ran on qtask: {workers:?}");
+
+            // Exactly once: a marker task queued behind any second dispatch of
+            // the body has run (each worker takes its queue in order).
+            let marker = app.apply_async(add::s(0, 0), SendOptions::new().queue(body_queue.clone())).await?;
+            marker.get(T).await?;
+            let runs = if python_body {
+                redis_cmd(&interop.broker, &["GET", &counter])?.int()
+            } else {
+                body_runs().lock().unwrap_or_else(|p| p.into_inner()).get(&counter).copied().unwrap_or(0) as i64
+            };
+            assert_eq!(runs, 1, "{case}: chord body runs");
+        }
+    }
+    stop.shutdown();
+    running.await??;
     Ok(())
 }

@@ -20,6 +20,7 @@ mod async_result;
 pub mod backend;
 pub mod backoff;
 pub mod broker;
+pub mod chord_unlock;
 pub mod config;
 pub mod control;
 pub mod driver;

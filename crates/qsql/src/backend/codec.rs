@@ -149,15 +149,6 @@ pub(crate) fn encode_group(c: &ResultCodec, group_id: &str, task_ids: &[String])
     encode_value(c, &tuple)
 }
 
-/// The id of one result tuple: `[[id, parent], nested]`, `[id, parent]` or `id`.
-pub(crate) fn tuple_id(v: &Value) -> Option<String> {
-    match v {
-        Value::String(s) => Some(s.clone()),
-        Value::Array(a) => a.first().and_then(tuple_id),
-        _ => None,
-    }
-}
-
 /// The member ids of a stored group tuple.
 pub(crate) fn decode_group(c: &ResultCodec, group_id: &str, bytes: &[u8]) -> Result<Vec<String>, BackendError> {
     let v = decode_value(c, group_id, "celery_tasksetmeta.result", bytes)?;
@@ -171,7 +162,7 @@ pub(crate) fn decode_group(c: &ResultCodec, group_id: &str, bytes: &[u8]) -> Res
     members
         .iter()
         .map(|m| {
-            tuple_id(m).ok_or_else(|| {
+            qcore::chord_unlock::result_tuple_id(m).ok_or_else(|| {
                 BackendError::new(
                     ErrorKind::Serialization,
                     format!("group {group_id}: member {m} is not a result tuple"),

@@ -15,8 +15,6 @@ use crate::options::{parse_url, DbUrl, SqlOptions};
 use crate::schema;
 use crate::util::Names;
 
-pub(crate) use codec::tuple_id;
-
 #[derive(Debug)]
 enum Inner {
     Pg(Box<pg::PgBackend>),
@@ -30,9 +28,10 @@ enum Inner {
 /// backend uses, so Python and Rust read each other's results: stored
 /// values are written with `result_serializer` and read in JSON or msgpack
 /// ([`SqlOptions::codec`]); a pickled value (Python's
-/// `result_serializer = 'pickle'`) is an error naming that setting. Tables found in the database (created by Python Celery, with or
-/// without the `result_extended` columns) are used as they are; missing ones
-/// are created as Celery creates them.
+/// `result_serializer = 'pickle'`) is an error naming that setting. Tables
+/// found in the database (created by Python Celery, with or without the
+/// `result_extended` columns) are used as they are; missing ones are
+/// created as Celery creates them.
 ///
 /// What Celery's tables cannot hold lives in qtask's own tables, created by
 /// embedded migrations: `qtask_result_ext` (expiry of each result, and
@@ -50,16 +49,20 @@ enum Inner {
 ///   reading again every 50 ms growing to 500 ms. On SQLite it polls (1 ms
 ///   growing to 100 ms).
 /// * **Row details, as Celery:** `result`, `args`, `kwargs` and `children`
-///   hold the serializer's bytes (Python-`json.dumps` bytes for JSON); an empty `children` list is stored as
-///   NULL (read back as an empty list); `date_done` is naive UTC and is
+///   hold the serializer's bytes (Python-`json.dumps` bytes for JSON); an
+///   empty `children` list is stored as NULL (read back as an empty list); `date_done` is naive UTC and is
 ///   stamped for every state (reported only for ready states); the row is
 ///   updated in place, and the UPDATE skips rows whose status is SUCCESS.
 ///   The extended columns are written when the document carries them and
 ///   the table has them.
-/// * **Chords:** joined by an atomic counter (see
-///   [`ResultBackend::chord_part`]); chords sent by Python Celery are joined
-///   by its `celery.chord_unlock` task instead, see
-///   [`chord_unlock_ready`](crate::chord_unlock_ready).
+/// * **Chords:** as in Celery, no native join
+///   ([`supports_native_join`](ResultBackend::supports_native_join) is
+///   false): a chord sent by qtask or by Python is joined by the
+///   `celery.chord_unlock` task its producer sends, which polls the header
+///   results (see [`qcore::chord_unlock`]), so a chord split across Python
+///   and qtask workers completes exactly once. The atomic counter behind
+///   [`ResultBackend::chord_part`] remains for callers that use the join
+///   directly.
 ///
 /// ```no_run
 /// # async fn demo() -> Result<(), qcore::BackendError> {
@@ -212,6 +215,10 @@ impl ResultBackend for SqlBackend {
             Inner::Pg(b) => b.chord_init(group_id, size, ttl).await,
             Inner::Sqlite(b) => b.chord_init(group_id, size, ttl).await,
         }
+    }
+
+    fn supports_native_join(&self) -> bool {
+        false
     }
 
     async fn chord_part(
