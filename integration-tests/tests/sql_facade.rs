@@ -178,7 +178,7 @@ async fn chords_are_joined_by_chord_unlock() -> Result<()> {
     let t = Duration::from_secs(30);
 
     let header: Vec<Signature> = (0..5).map(|i| add::s(i, i).into()).collect();
-    let r = app.delay(chord(header, xsum::sig().into())).await?;
+    let r = app.delay(chord(header, xsum::sig())).await?;
     assert_eq!(r.get(t).await?, serde_json::json!(20));
 
     let failing = Signature::from(fail::s("boom".to_string())).task_id(unique("bad"));
@@ -186,7 +186,7 @@ async fn chords_are_joined_by_chord_unlock() -> Result<()> {
     let mut errback = Signature::from(add::s(2, 2)).task_id(unique("eb"));
     errback.immutable = true;
     let eb_id = errback.id().unwrap_or_default().to_string();
-    let body = Signature::from(xsum::sig()).link_error(errback);
+    let body = xsum::sig().link_error(errback);
     let r = app.delay(chord(vec![add::s(1, 1).into(), failing], body)).await?;
     match r.get(t).await {
         Err(Error::TaskFailed { state, exc, .. }) => {

@@ -10,8 +10,8 @@
 //!   else its route) with its priority. No counter is registered and header
 //!   tasks do not count themselves, so the body is sent by the unlock task
 //!   only: exactly once whichever workers (Python or qtask) run the header.
-//! * **Worker:** every [`App`] knows the builtin task
-//!   `celery.chord_unlock` ([`App::task`] finds it unless the application
+//! * **Worker:** every [`App`](crate::App) knows the builtin task
+//!   `celery.chord_unlock` ([`App::task`](crate::App::task) finds it unless the application
 //!   registered its own). Like Celery's `unlock_chord`: when a header result
 //!   is not ready it retries itself after `interval` (default 1 s, Celery's
 //!   `result_chord_retry_interval`), up to `max_retries` (default: forever);
