@@ -108,8 +108,9 @@ impl App {
     /// inside a database transaction (enqueue on commit) with
     /// [`Broker::publish_many`](crate::Broker::publish_many) or an
     /// adapter's transactional publish. A chord still registers its size
-    /// with the result backend now (an unused counter expires with
-    /// `result_expires`).
+    /// with a backend that joins natively now (an unused counter expires
+    /// with `result_expires`); on one without, its `celery.chord_unlock`
+    /// message is among the prepared ones.
     pub async fn prepare<S: IntoSignature>(
         &self,
         sig: S,
