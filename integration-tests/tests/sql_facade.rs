@@ -196,6 +196,24 @@ async fn chords_are_joined_by_chord_unlock() -> Result<()> {
         other => panic!("expected ChordError, got {other:?}"),
     }
     assert_eq!(app.result::<i64>(eb_id).get(t).await?, 4, "the body's errback ran");
+
+    // A header that never finishes, with Celery's max_retries: the unlock
+    // task gives up after its retries and fails the body (not left PENDING).
+    let body = xsum::sig().task_id(unique("body"));
+    let body_id = body.id().unwrap_or_default().to_string();
+    let mut kwargs = serde_json::Map::new();
+    kwargs.insert("interval".into(), serde_json::json!(0.05));
+    kwargs.insert("max_retries".into(), serde_json::json!(2));
+    kwargs.insert("result".into(), serde_json::json!([[[unique("never-sent"), null], null]]));
+    let gid = unique("g");
+    app.send_task("celery.chord_unlock", vec![gid.into(), body.to_value()], kwargs, qtask::SendOptions::new()).await?;
+    match app.result::<serde_json::Value>(body_id).get(t).await {
+        Err(Error::TaskFailed { exc, .. }) => {
+            assert_eq!(exc.exc_type, "ChordError");
+            assert!(exc.message().starts_with("chord_unlock could not be retried"), "{exc}");
+        }
+        other => panic!("expected ChordError, got {other:?}"),
+    }
     stop.shutdown();
     running.await??;
     Ok(())
