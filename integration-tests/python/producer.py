@@ -156,6 +156,21 @@ def get(task_id):
         return {"state": r.state, **exc_view(e)}
 
 
+def chord_json(spec):
+    """Send a chord described in JSON and wait for it:
+    {"header": [{"task", "args", "queue"}, ...], "body": {"task", "kwargs", "queue"}}.
+    Prints {"result", "header_ids"}: the body's result and the header ids."""
+    spec = json.loads(spec)
+    header = [
+        app.signature(h["task"], args=h.get("args", []), queue=h["queue"]).set(task_id=str(uuid.uuid4()))
+        for h in spec["header"]
+    ]
+    b = spec["body"]
+    body = app.signature(b["task"], kwargs=b.get("kwargs", {}), queue=b["queue"])
+    r = chord(header, body).apply_async()
+    return {"result": r.get(timeout=TIMEOUT), "header_ids": [h.id for h in header]}
+
+
 def rpc():
     """With result_backend rpc:// (results as messages to this process's reply queue)."""
     out = {}
@@ -181,7 +196,7 @@ def rpc():
     return out
 
 
-SCENARIOS = {"messages": messages, "canvas": canvas, "retry": retry, "send": send, "get": get, "rpc": rpc}
+SCENARIOS = {"messages": messages, "canvas": canvas, "retry": retry, "send": send, "get": get, "rpc": rpc, "chord": chord_json}
 
 
 def main():

@@ -11,6 +11,7 @@ Configured from the environment so every test owns its names:
     PYAPP_BACKEND     result backend URL (optional)
     PYAPP_QUEUE       default queue (default "celery")
     PYAPP_SERIALIZER  task serializer: json | msgpack (default json)
+    PYAPP_RESULT_SERIALIZER  result serializer: json | msgpack | pickle (default json)
     PYAPP_IGNORE_RESULT  "1" to not store results (benchmarks)
 
 Worker: `python -m celery -A pyapp worker -P solo -Q <queue> --without-mingle --without-gossip`
@@ -25,13 +26,14 @@ BROKER = os.environ["PYAPP_BROKER"]
 BACKEND = os.environ.get("PYAPP_BACKEND") or None
 QUEUE = os.environ.get("PYAPP_QUEUE", "celery")
 SERIALIZER = os.environ.get("PYAPP_SERIALIZER", "json")
+RESULT_SERIALIZER = os.environ.get("PYAPP_RESULT_SERIALIZER", "json")
 
 app = Celery("pyapp", broker=BROKER, backend=BACKEND)
 app.conf.update(
     task_serializer=SERIALIZER,
     accept_content=["json", "msgpack"],
-    result_accept_content=["json", "msgpack"],
-    result_serializer="json",
+    result_accept_content=["json", "msgpack", "pickle"],
+    result_serializer=RESULT_SERIALIZER,
     task_default_queue=QUEUE,
     result_extended=True,
     task_ignore_result=os.environ.get("PYAPP_IGNORE_RESULT") == "1",

@@ -87,6 +87,11 @@ pub struct Interop {
     pub worker_bin: PathBuf,
     /// How the checks start the `interop-worker` (its `backend` is `results`).
     pub worker: WorkerOpts,
+    /// More `PYAPP_*` variables of every Python process the checks start.
+    pub py_vars: Vec<(String, String)>,
+    /// The qtask side's spelling of `results` when it differs (Celery's
+    /// SQLAlchemy URL against qsql's `postgres://…?schema=`); `None`: `results`.
+    pub qtask_results: Option<String>,
 }
 
 impl Interop {
@@ -97,12 +102,31 @@ impl Interop {
 
     /// The Python app's environment: JSON, default queue `queue`.
     pub fn py_env(&self, queue: &str) -> PyEnv {
-        PyEnv::with_backend(&self.broker, &self.results, queue)
+        let mut env = PyEnv::with_backend(&self.broker, &self.results, queue);
+        env.vars.extend(self.py_vars.iter().cloned());
+        env
+    }
+
+    /// The result backend URL of the qtask side.
+    pub fn qtask_results(&self) -> &str {
+        self.qtask_results.as_deref().unwrap_or(&self.results)
+    }
+
+    /// Python stores its results with `serializer` (`result_serializer`).
+    pub fn python_results(mut self, serializer: &str) -> Interop {
+        self.py_vars.push(("PYAPP_RESULT_SERIALIZER".into(), serializer.into()));
+        self
+    }
+
+    /// The `interop-worker` stores its results with `serializer`.
+    pub fn qtask_worker_results(mut self, serializer: &str) -> Interop {
+        self.worker.env.push(("QTASK_RESULT_SERIALIZER".into(), serializer.into()));
+        self
     }
 
     /// A qtask app on the broker, results in `results`, default queue `queue`.
     pub async fn app(&self, queue: &str, serializer: ContentType) -> Result<App> {
-        rust_app(&self.broker, &self.results, queue, serializer, None).await
+        rust_app(&self.broker, self.qtask_results(), queue, serializer, None).await
     }
 
     /// The Redis where `pyapp.py`'s `tasks.count_sum` counts its runs: the
@@ -215,7 +239,7 @@ impl Interop {
             ids.push(out["id"].as_str().unwrap_or_default().to_string());
         }
         let _worker = spawn_interop_worker(&self.worker_bin, &self.broker, &[&queue], &opts)?;
-        let app = rust_app(&self.broker, &self.results, &queue, ContentType::Json, max_priority).await?;
+        let app = rust_app(&self.broker, self.qtask_results(), &queue, ContentType::Json, max_priority).await?;
         check_run_order(&app, &ids, last_to_first).await
     }
 
@@ -354,7 +378,7 @@ impl Interop {
     /// that `x-max-priority`.
     pub async fn qtask_priorities_on_python(&self, last_to_first: [u8; 4], max_priority: Option<u8>) -> Result<()> {
         let queue = self.unique("rs2py_prio");
-        let app = rust_app(&self.broker, &self.results, &queue, ContentType::Json, max_priority).await?;
+        let app = rust_app(&self.broker, self.qtask_results(), &queue, ContentType::Json, max_priority).await?;
         let mut ids = Vec::new();
         for p in last_to_first {
             let r = app.apply_async(add::s(i64::from(p), 0), SendOptions::new().priority(p)).await?;

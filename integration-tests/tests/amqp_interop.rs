@@ -32,6 +32,8 @@ fn amqp() -> Interop {
         prefix: "amqp_",
         worker_bin: interop_worker_bin!().to_path_buf(),
         worker: WorkerOpts { backend: Some(redis_url()), threads: Some(1), ..Default::default() },
+        py_vars: Vec::new(),
+        qtask_results: None,
     }
 }
 

@@ -20,6 +20,8 @@ fn redis() -> Interop {
         prefix: "",
         worker_bin: interop_worker_bin!().to_path_buf(),
         worker: WorkerOpts { backend: Some(url), ..Default::default() },
+        py_vars: Vec::new(),
+        qtask_results: None,
     }
 }
 
@@ -105,4 +107,35 @@ async fn qtask_priorities_on_python_worker() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chord_split_between_python_and_qtask_workers_completes_once() -> Result<()> {
     redis().chord_split_between_python_and_qtask_completes_once().await
+}
+
+// ---------------------------------------------------------------------------
+// msgpack results (`result_serializer = "msgpack"`)
+
+/// Python producer and qtask worker both set `result_serializer = "msgpack"`:
+/// Python's `AsyncResult.get()` decodes with msgpack only, so every value,
+/// failure and PROGRESS state it reads was stored by qtask as msgpack.
+#[test]
+fn python_producer_reads_qtask_msgpack_results() -> Result<()> {
+    redis().python_results("msgpack").qtask_worker_results("msgpack").python_to_qtask_messages("msgpack")
+}
+
+/// A Python worker stores msgpack results; a qtask producer left at the
+/// default `result_serializer` (JSON) reads them (values, failures,
+/// PROGRESS, retries), as it reads JSON ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qtask_producer_reads_python_msgpack_results() -> Result<()> {
+    redis().python_results("msgpack").qtask_to_python_messages(ContentType::Json).await
+}
+
+/// The mixed chord of `chord_split_between_python_and_qtask_workers_completes_once`
+/// with both workers storing msgpack: the chord join's entries are msgpack
+/// on both sides and the body still runs exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chord_split_with_msgpack_results_completes_once() -> Result<()> {
+    redis()
+        .python_results("msgpack")
+        .qtask_worker_results("msgpack")
+        .chord_split_between_python_and_qtask_completes_once()
+        .await
 }

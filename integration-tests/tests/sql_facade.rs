@@ -1,7 +1,8 @@
 //! The SQL adapters through the facade on PostgreSQL: URLs (`postgres://`,
 //! `postgresql://`, Celery's `db+postgresql://`), and enqueue on commit:
 //! `app.send_in_tx` (the message is written in the caller's transaction)
-//! and `AfterCommit` (sent after the commit, dropped on rollback).
+//! and `AfterCommit` (sent after the commit, dropped on rollback); chords
+//! joined by `celery.chord_unlock` (the database backend has no native join).
 
 mod sql_common;
 
@@ -10,12 +11,22 @@ use std::time::Duration;
 use anyhow::Result;
 use integration_tests::unique;
 use qtask::sqlx;
-use qtask::{chain, task, AfterCommit, App, Config, Error, SendInTx, State, Worker};
+use qtask::{chain, chord, task, AfterCommit, App, Config, Error, SendInTx, Signature, State, TaskError, Worker};
 use sql_common::{pg_base, PgSchema};
 
 #[task(name = "tasks.add")]
 async fn add(x: i64, y: i64) -> i64 {
     x + y
+}
+
+#[task(name = "tasks.xsum")]
+async fn xsum(numbers: Vec<i64>) -> i64 {
+    numbers.iter().sum()
+}
+
+#[task(name = "tasks.fail")]
+async fn fail(message: String) -> Result<i64, TaskError> {
+    Err(TaskError::value_error(message))
 }
 
 async fn app_on(schema: &PgSchema, queue: &str) -> Result<App> {
@@ -24,7 +35,7 @@ async fn app_on(schema: &PgSchema, queue: &str) -> Result<App> {
     cfg.result_backend = Some(schema.url());
     cfg.task_default_queue = queue.to_string();
     let app = qtask::app_from_config(cfg).await?;
-    app.register(add);
+    app.register(add).register(xsum).register(fail);
     Ok(app)
 }
 
@@ -148,5 +159,62 @@ async fn send_in_tx_needs_the_postgres_broker() -> Result<()> {
         Err(Error::Config(m)) => assert!(m.contains("PostgreSQL broker") && m.contains("AfterCommit"), "{m}"),
         other => panic!("expected a configuration error, got {other:?}"),
     }
+    Ok(())
+}
+
+/// qtask alone on PostgreSQL: a chord is joined by the `celery.chord_unlock`
+/// task the producer sends (no counter is registered, header tasks do not
+/// count themselves); a failed header task fails the body with Celery's
+/// `ChordError` and calls the body's errback.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chords_are_joined_by_chord_unlock() -> Result<()> {
+    let schema = PgSchema::new("chordunlock");
+    let queue = unique("q");
+    let app = app_on(&schema, &queue).await?;
+    assert!(!app.backend().expect("a backend").supports_native_join());
+    let worker = Worker::builder(app.clone()).concurrency(4).build();
+    let stop = worker.handle();
+    let running = tokio::spawn(worker.run());
+    let t = Duration::from_secs(30);
+
+    let header: Vec<Signature> = (0..5).map(|i| add::s(i, i).into()).collect();
+    let r = app.delay(chord(header, xsum::sig())).await?;
+    assert_eq!(r.get(t).await?, serde_json::json!(20));
+
+    let failing = Signature::from(fail::s("boom".to_string())).task_id(unique("bad"));
+    let bad_id = failing.id().unwrap_or_default().to_string();
+    let mut errback = Signature::from(add::s(2, 2)).task_id(unique("eb"));
+    errback.immutable = true;
+    let eb_id = errback.id().unwrap_or_default().to_string();
+    let body = xsum::sig().link_error(errback);
+    let r = app.delay(chord(vec![add::s(1, 1).into(), failing], body)).await?;
+    match r.get(t).await {
+        Err(Error::TaskFailed { state, exc, .. }) => {
+            assert_eq!((state.as_str(), exc.exc_type.as_str()), ("FAILURE", "ChordError"));
+            assert_eq!(exc.message(), format!("Dependency {bad_id} raised ValueError('boom')"));
+        }
+        other => panic!("expected ChordError, got {other:?}"),
+    }
+    assert_eq!(app.result::<i64>(eb_id).get(t).await?, 4, "the body's errback ran");
+
+    // A header that never finishes, with Celery's max_retries: the unlock
+    // task gives up after its retries and fails the body (not left PENDING).
+    let body = xsum::sig().task_id(unique("body"));
+    let body_id = body.id().unwrap_or_default().to_string();
+    let mut kwargs = serde_json::Map::new();
+    kwargs.insert("interval".into(), serde_json::json!(0.05));
+    kwargs.insert("max_retries".into(), serde_json::json!(2));
+    kwargs.insert("result".into(), serde_json::json!([[[unique("never-sent"), null], null]]));
+    let gid = unique("g");
+    app.send_task("celery.chord_unlock", vec![gid.into(), body.to_value()], kwargs, qtask::SendOptions::new()).await?;
+    match app.result::<serde_json::Value>(body_id).get(t).await {
+        Err(Error::TaskFailed { exc, .. }) => {
+            assert_eq!(exc.exc_type, "ChordError");
+            assert!(exc.message().starts_with("chord_unlock could not be retried"), "{exc}");
+        }
+        other => panic!("expected ChordError, got {other:?}"),
+    }
+    stop.shutdown();
+    running.await??;
     Ok(())
 }

@@ -115,6 +115,15 @@ pub trait ResultBackend: Send + Sync + 'static {
     /// Prepare the join of a chord of `size` header tasks.
     async fn chord_init(&self, group_id: &str, size: u64, ttl: Option<Duration>) -> Result<(), BackendError>;
 
+    /// Whether the backend joins chords itself ([`chord_init`](Self::chord_init)
+    /// and [`chord_part`](Self::chord_part), default true). Celery's
+    /// database backend does not: a chord sent to a backend answering false
+    /// is joined by the `celery.chord_unlock` task instead, see
+    /// [`chord_unlock`](crate::chord_unlock).
+    fn supports_native_join(&self) -> bool {
+        true
+    }
+
     /// Record one finished header task; see [`ChordJoin`].
     async fn chord_part(
         &self,

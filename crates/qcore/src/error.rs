@@ -153,6 +153,10 @@ pub enum ProtocolError {
     /// A required field is missing or has the wrong type.
     #[error("invalid message: {0}")]
     Invalid(String),
+    /// A stored result cannot be read: written with a serializer qtask does
+    /// not read (pickle) or one `result_accept_content` refuses, or malformed.
+    #[error("{0}")]
+    Unreadable(String),
 }
 
 impl ProtocolError {

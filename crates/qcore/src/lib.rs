@@ -20,6 +20,7 @@ mod async_result;
 pub mod backend;
 pub mod backoff;
 pub mod broker;
+pub mod chord_unlock;
 pub mod config;
 pub mod control;
 pub mod driver;
@@ -48,7 +49,7 @@ pub use config::Config;
 pub use error::{BackendError, BrokerError, Error, ErrorKind, ProtocolError};
 pub use message::{ContentType, Embed, Message, Properties, TaskMessage, TaskMessageBuilder};
 pub use node::{hostname, node_name};
-pub use result::{ExceptionInfo, ResultMeta};
+pub use result::{ExceptionInfo, ResultCodec, ResultMeta};
 pub use signature::{chain, chord, group, CanvasKind, Signature};
 pub use state::State;
 pub use task::{

@@ -309,6 +309,11 @@ async fn chord_part(
         return Ok(());
     };
     let backend = app.backend().ok_or(Error::NoBackend)?;
+    if !backend.supports_native_join() {
+        // Joined by the `celery.chord_unlock` task the producer sent (as
+        // Celery's backends without a native join do nothing here).
+        return Ok(());
+    }
     let part = ChordPart { task_id: req.id.clone(), index: msg.group_index.unwrap_or(0), status, result };
     let join = backend.chord_part(gid, &part, Some(app.config().result_expires)).await?;
     let ChordJoin::Complete(parts) = join else {
@@ -317,23 +322,36 @@ async fn chord_part(
     let body = body.clone();
     if let Some(bad) = parts.iter().find(|p| p.status != State::Success) {
         let cause = ExceptionInfo::from_value(&bad.result)
-            .map(|e| format!("{}({:?})", e.exc_type, e.message()))
+            .map(|e| crate::chord_unlock::exc_repr(&e))
             .unwrap_or_else(|| bad.status.to_string());
-        let exc = ExceptionInfo::celery("ChordError", format!("Dependency {} raised {}", bad.task_id, cause));
-        let body_id = body.id().unwrap_or_default().to_string();
-        if !body_id.is_empty() {
-            let mut meta = ResultMeta::new(body_id.clone(), State::Failure, exc.to_value());
-            meta.group_id = Some(gid.clone());
-            store(app, None, &meta).await?;
-        }
-        let errbacks = body.option_signatures("link_error");
-        let body_req = RequestInfo { id: body_id.clone(), root_id: req.root_id.clone(), ..RequestInfo::default() };
-        run_errbacks(app, &errbacks, &body_req, &body_id).await?;
-        return Ok(());
+        let reason = format!("Dependency {} raised {}", bad.task_id, cause);
+        return fail_chord_body(app, &body, gid, reason, req.root_id.clone()).await;
     }
     let values: Vec<Value> = parts.into_iter().map(|p| p.result).collect();
     app.apply_signature(body, Some(parent_of(req, Some(Value::Array(values))))).await?;
     Ok(())
+}
+
+/// Fail a chord's body with `ChordError(reason)` (Celery's
+/// `chord_error_from_stack`): FAILURE stored under the body's id, then the
+/// body's errbacks called with that id.
+pub(crate) async fn fail_chord_body(
+    app: &App,
+    body: &Signature,
+    gid: &str,
+    reason: String,
+    root_id: Option<String>,
+) -> Result<(), Error> {
+    let exc = ExceptionInfo::celery("ChordError", reason);
+    let body_id = body.id().unwrap_or_default().to_string();
+    if !body_id.is_empty() {
+        let mut meta = ResultMeta::new(body_id.clone(), State::Failure, exc.to_value());
+        meta.group_id = Some(gid.to_string());
+        store(app, None, &meta).await?;
+    }
+    let errbacks = body.option_signatures("link_error");
+    let body_req = RequestInfo { id: body_id.clone(), root_id, ..RequestInfo::default() };
+    run_errbacks(app, &errbacks, &body_req, &body_id).await
 }
 
 /// Store FAILURE `NotRegistered` for a message naming a task this app does

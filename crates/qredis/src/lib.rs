@@ -46,7 +46,7 @@ pub use broker::{RedisBroker, RedisOptions};
 use std::sync::Arc;
 
 use qcore::driver::{BoxFuture, Driver};
-use qcore::{Broker, Config, ContentType, Error, ResultBackend};
+use qcore::{Broker, Config, Error, ResultBackend};
 
 /// The Redis driver: `redis://` and `rediss://` (TLS, feature `tls`) as
 /// broker ([`RedisOptions::from_config`]) and result backend
@@ -63,13 +63,6 @@ fn connect_broker<'a>(url: &'a str, cfg: &'a Config) -> BoxFuture<'a, Result<Arc
 
 fn connect_backend<'a>(url: &'a str, cfg: &'a Config) -> BoxFuture<'a, Result<Arc<dyn ResultBackend>, Error>> {
     Box::pin(async move {
-        if cfg.result_serializer != ContentType::Json {
-            return Err(Error::Config(format!(
-                "result_serializer = {:?}: the Redis result backend stores JSON documents only (set result_serializer \
-                 = \"json\")",
-                cfg.result_serializer.mime()
-            )));
-        }
         let backend = RedisBackend::connect(url, RedisBackendOptions::from_config(cfg)).await?;
         Ok(Arc::new(backend) as Arc<dyn ResultBackend>)
     })

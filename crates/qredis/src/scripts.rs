@@ -259,6 +259,7 @@ pub(crate) static STORE_RESULT: LazyLock<Script> = LazyLock::new(|| {
 local cur = redis.call('GET', KEYS[1])
 if cur then
   local ok, doc = pcall(cjson.decode, cur)
+  if not ok then ok, doc = pcall(cmsgpack.unpack, cur) end
   if ok and type(doc) == 'table' and doc.status == 'SUCCESS' then return 0 end
 end
 if ARGV[2] == 'ex' then

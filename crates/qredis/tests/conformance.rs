@@ -11,17 +11,23 @@ use qconformance::{
     backend_conformance, broker_conformance, BackendCapabilities, BackendFactory, BrokerCapabilities, BrokerFactory,
     Priorities,
 };
-use qcore::{BackendError, Broker, BrokerError, ResultBackend};
+use qcore::{BackendError, Broker, BrokerError, ContentType, ResultBackend, ResultCodec};
 use qredis::{RedisBackend, RedisBackendOptions, RedisBroker, RedisOptions};
 
 /// One key prefix per case; every broker it makes shares it (two workers on one server).
 struct Redis {
     prefix: String,
+    codec: ResultCodec,
 }
 
 impl Redis {
     fn new() -> Self {
-        Redis { prefix: format!("{}:", qconformance::unique("qredis-conf")) }
+        Redis { prefix: format!("{}:", qconformance::unique("qredis-conf")), codec: ResultCodec::default() }
+    }
+
+    /// Result documents (and chord parts, groups) written as msgpack.
+    fn msgpack() -> Self {
+        Redis { codec: ResultCodec::new(ContentType::Msgpack), ..Redis::new() }
     }
 }
 
@@ -51,10 +57,11 @@ impl BackendFactory for Redis {
     }
 
     async fn backend(&self) -> Result<Arc<dyn ResultBackend>, BackendError> {
-        let opts = RedisBackendOptions::default().global_keyprefix(&self.prefix);
+        let opts = RedisBackendOptions::default().global_keyprefix(&self.prefix).codec(self.codec.clone());
         Ok(Arc::new(RedisBackend::connect(&common::redis_url(), opts).await?))
     }
 }
 
 broker_conformance!(Redis::new());
 backend_conformance!(Redis::new());
+backend_conformance!(backend_conformance_msgpack, Redis::msgpack());

@@ -35,9 +35,11 @@ impl SqlOptions {
 
     /// Result backend options from an app [`Config`]: Celery's
     /// `database_table_schemas` as the PostgreSQL schema (qsql keeps both
-    /// tables in one schema, so `task` and `group` must agree).
+    /// tables in one schema, so `task` and `group` must agree), and
+    /// `result_serializer` / `result_accept_content`.
     pub fn backend_from_config(config: &Config) -> Result<Self, Error> {
         let mut o = Self::from_config(config);
+        o.codec = qcore::ResultCodec::from_config(config);
         let s = &config.database_table_schemas;
         match (&s.task, &s.group) {
             (Some(t), Some(g)) if t != g => {

@@ -12,8 +12,10 @@
 //!   fanout) with enqueue-on-commit ([`PgBroker::publish_in_tx`]).
 //! * [`SqliteBroker`]: a **SQLite broker** in one file, safe for several
 //!   processes on one machine: the zero-setup default.
-//! * [`chord_unlock_ready`]: what a worker needs to honour the
-//!   `celery.chord_unlock` task Python producers send with this backend.
+//! * [`chord_unlock_ready`] and friends, re-exported from
+//!   [`qcore::chord_unlock`]: the database backend has no native chord
+//!   join, so chords are joined by the `celery.chord_unlock` task, which
+//!   every qtask worker runs.
 //!
 //! URLs: `postgres://user@host/db?schema=name` (or `postgresql://`),
 //! `sqlite://path/to/file.db` (created if missing), and for the result

@@ -40,6 +40,10 @@ pub struct SqlOptions {
     /// Result backend: how often expired results and chord counters are
     /// deleted. Default 60 s.
     pub cleanup_interval: Duration,
+    /// Result backend: how stored values are written and read
+    /// (`result_serializer`, `result_accept_content`). Default: JSON,
+    /// reading JSON and msgpack.
+    pub codec: qcore::ResultCodec,
 }
 
 impl Default for SqlOptions {
@@ -51,6 +55,7 @@ impl Default for SqlOptions {
             max_connections: None,
             idle_poll: Duration::from_secs(5),
             cleanup_interval: Duration::from_secs(60),
+            codec: qcore::ResultCodec::default(),
         }
     }
 }
@@ -94,6 +99,12 @@ impl SqlOptions {
     /// Set how often expired results are deleted.
     pub fn cleanup_interval(mut self, d: Duration) -> Self {
         self.cleanup_interval = d;
+        self
+    }
+
+    /// Set how the result backend writes and reads stored values.
+    pub fn codec(mut self, codec: qcore::ResultCodec) -> Self {
+        self.codec = codec;
         self
     }
 }

@@ -51,6 +51,22 @@ impl BackendFactory for Pg {
     }
 }
 
+/// The PostgreSQL backend storing msgpack values (`result_serializer = "msgpack"`).
+struct PgMsgpack(PgSchema);
+
+#[async_trait]
+impl BackendFactory for PgMsgpack {
+    fn capabilities(&self) -> BackendCapabilities {
+        BackendCapabilities::new().push(true)
+    }
+    async fn backend(&self) -> Result<Arc<dyn ResultBackend>, BackendError> {
+        let opts = SqlOptions::new()
+            .cleanup_interval(Duration::from_millis(500))
+            .codec(qcore::ResultCodec::new(qcore::ContentType::Msgpack));
+        Ok(Arc::new(SqlBackend::connect(&self.0.url(), opts).await?))
+    }
+}
+
 struct Lite(TempDb);
 
 #[async_trait]
@@ -77,4 +93,5 @@ impl BackendFactory for Lite {
 broker_conformance!(pg_broker, Pg(PgSchema::new()));
 broker_conformance!(sqlite_broker, Lite(TempDb::new()));
 backend_conformance!(pg_backend, Pg(PgSchema::new()));
+backend_conformance!(pg_backend_msgpack, PgMsgpack(PgSchema::new()));
 backend_conformance!(sqlite_backend, Lite(TempDb::new()));

@@ -108,8 +108,9 @@ impl App {
     /// inside a database transaction (enqueue on commit) with
     /// [`Broker::publish_many`](crate::Broker::publish_many) or an
     /// adapter's transactional publish. A chord still registers its size
-    /// with the result backend now (an unused counter expires with
-    /// `result_expires`).
+    /// with a backend that joins natively now (an unused counter expires
+    /// with `result_expires`); on one without, its `celery.chord_unlock`
+    /// message is among the prepared ones.
     pub async fn prepare<S: IntoSignature>(
         &self,
         sig: S,
@@ -375,13 +376,57 @@ impl App {
             let id = self.send_task_signature(body, SendOptions::default(), Some(&p), sink).await?;
             return Ok(AsyncResult::new(self.clone(), id));
         }
-        backend.chord_init(&gid, members.len() as u64, Some(self.config().result_expires)).await?;
+        let native = backend.supports_native_join();
+        if native {
+            backend.chord_init(&gid, members.len() as u64, Some(self.config().result_expires)).await?;
+        }
         let body_value = body.to_value();
+        let mut header_ids = Vec::with_capacity(members.len());
         for (i, mut m) in members.into_iter().enumerate() {
+            freeze(&mut m, self.reply_to());
             set_group_membership(&mut m, &gid, i as u64, Some(&body_value), self.reply_to())?;
+            if let Some(h) = self.handle_for(&m) {
+                header_ids.push(h.id().to_string());
+            }
             self.apply_into(m, parent.clone(), sink).await?;
         }
+        if !native {
+            self.send_chord_unlock(&gid, &body, &header_ids, parent, sink).await?;
+        }
         Ok(AsyncResult::new(self.clone(), body_id))
+    }
+
+    /// Celery's `fallback_chord_unlock`: the `celery.chord_unlock` task that
+    /// joins a chord on a backend without a native join (see
+    /// [`chord_unlock`](crate::chord_unlock)): countdown 1 s, on the body's
+    /// queue with its priority.
+    async fn send_chord_unlock(
+        &self,
+        gid: &str,
+        body: &Signature,
+        header_ids: &[String],
+        parent: Option<Parent>,
+        sink: Option<&Sink>,
+    ) -> Result<(), Error> {
+        use crate::chord_unlock::{chord_unlock_kwargs, CHORD_UNLOCK, DEFAULT_INTERVAL};
+        let queue = match body.options.get("queue") {
+            Some(Value::String(q)) => q.clone(),
+            Some(Value::Object(q)) => {
+                q.get("name").and_then(Value::as_str).map(str::to_owned).unwrap_or_else(|| self.route(&body.task))
+            }
+            _ => self.route(&body.task),
+        };
+        let mut unlock = Signature::new(CHORD_UNLOCK).arg(gid).arg(body.to_value());
+        unlock.kwargs = chord_unlock_kwargs(header_ids);
+        // The parent's result (a chord sent as a chain step) goes to the
+        // body's header, not here.
+        unlock.immutable = true;
+        let mut options = SendOptions::new().queue(queue).countdown(DEFAULT_INTERVAL);
+        if let Some(p) = body.options.get("priority").and_then(Value::as_u64) {
+            options = options.priority(p.min(255) as u8);
+        }
+        self.send_task_signature(unlock, options, parent.as_ref(), sink).await?;
+        Ok(())
     }
 }
 

@@ -195,12 +195,14 @@ impl App {
         self
     }
 
-    /// The task registered as `name`.
+    /// The task registered as `name`, else the builtin of that name
+    /// (`celery.chord_unlock`, see [`chord_unlock`](crate::chord_unlock)).
     pub fn task(&self, name: &str) -> Option<Arc<dyn Task>> {
-        self.inner.tasks.read().unwrap_or_else(|p| p.into_inner()).get(name).cloned()
+        let registered = self.inner.tasks.read().unwrap_or_else(|p| p.into_inner()).get(name).cloned();
+        registered.or_else(|| crate::chord_unlock::builtin(name))
     }
 
-    /// Names of all registered tasks, sorted.
+    /// Names of all registered tasks, sorted (the builtins are not listed).
     pub fn registered(&self) -> Vec<String> {
         let mut v: Vec<String> = self.inner.tasks.read().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect();
         v.sort();

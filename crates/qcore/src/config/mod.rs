@@ -305,6 +305,10 @@ pub struct Config {
     /// `ContentDisallowed`). `None` (unset): every serializer qtask decodes
     /// (JSON and msgpack).
     pub accept_content: Option<Vec<ContentType>>,
+    /// `result_accept_content`: the serializers stored results may be read
+    /// in; `None` (unset): `accept_content` (Celery's rule). See
+    /// [`ResultCodec`](crate::ResultCodec).
+    pub result_accept_content: Option<Vec<ContentType>>,
     /// How long results are kept (Celery: 1 day).
     pub result_expires: Duration,
     /// Ack after the task ran (default false: ack just before running).
@@ -377,6 +381,7 @@ impl Default for Config {
             task_queue_max_priority: None,
             task_default_queue_type: QueueType::Classic,
             accept_content: None,
+            result_accept_content: None,
             result_expires: Duration::from_secs(86_400),
             task_acks_late: false,
             task_acks_on_failure_or_timeout: true,
@@ -420,6 +425,7 @@ pub const KNOWN_SETTINGS: &[&str] = &[
     "task_queue_max_priority",
     "task_default_queue_type",
     "accept_content",
+    "result_accept_content",
     "result_expires",
     "task_acks_late",
     "task_acks_on_failure_or_timeout",
@@ -671,6 +677,7 @@ impl Config {
                 }
             }
             "accept_content" => self.accept_content = Some(as_content_types(key, v)?),
+            "result_accept_content" => self.result_accept_content = Some(as_content_types(key, v)?),
             "result_expires" => self.result_expires = as_secs(key, v)?,
             "task_acks_late" => self.task_acks_late = as_bool(key, v)?,
             "task_acks_on_failure_or_timeout" => self.task_acks_on_failure_or_timeout = as_bool(key, v)?,

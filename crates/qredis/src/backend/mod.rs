@@ -8,7 +8,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use deadpool_redis::redis::{self, Value};
 use qcore::backend::poll_until_ready;
-use qcore::{BackendError, ChordJoin, ChordPart, ErrorKind, ResultBackend, ResultMeta, State};
+use qcore::{BackendError, ChordJoin, ChordPart, ErrorKind, ResultBackend, ResultCodec, ResultMeta, State};
 use serde_json::{json, Value as Json};
 use tokio::sync::{mpsc, oneshot, OnceCell};
 
@@ -29,6 +29,9 @@ pub struct RedisBackendOptions {
     pub connect_timeout: Duration,
     /// Time allowed for one command's reply. Default 30 s.
     pub response_timeout: Duration,
+    /// How documents are written and read (`result_serializer`,
+    /// `result_accept_content`). Default: JSON, reading JSON and msgpack.
+    pub codec: ResultCodec,
 }
 
 impl Default for RedisBackendOptions {
@@ -37,6 +40,7 @@ impl Default for RedisBackendOptions {
             global_keyprefix: String::new(),
             connect_timeout: Duration::from_secs(5),
             response_timeout: Duration::from_secs(30),
+            codec: ResultCodec::default(),
         }
     }
 }
@@ -48,10 +52,17 @@ impl RedisBackendOptions {
         self
     }
 
+    /// Set how documents are written and read.
+    pub fn codec(mut self, codec: ResultCodec) -> Self {
+        self.codec = codec;
+        self
+    }
+
     /// Options from a qtask [`Config`](qcore::Config), the one place the
-    /// backend's settings are read: `result_backend_transport_options.global_keyprefix`.
+    /// backend's settings are read: `result_backend_transport_options.global_keyprefix`,
+    /// `result_serializer` and `result_accept_content` (see [`ResultCodec::from_config`]).
     pub fn from_config(config: &qcore::Config) -> Self {
-        let mut o = RedisBackendOptions::default();
+        let mut o = RedisBackendOptions { codec: ResultCodec::from_config(config), ..Default::default() };
         if let Some(p) = &config.result_backend_transport_options.global_keyprefix {
             o.global_keyprefix = p.clone();
         }
@@ -162,9 +173,9 @@ fn ttl_secs(ttl: Option<Duration>) -> u64 {
     ttl.filter(|t| !t.is_zero()).map(|t| t.as_secs_f64().ceil().max(1.0) as u64).unwrap_or(0)
 }
 
-fn part_from(elem: &[u8], score: f64) -> ChordPart {
+fn part_from(codec: &ResultCodec, elem: &[u8], score: f64) -> ChordPart {
     let index = if score.is_finite() && score >= 0.0 { score as u64 } else { 0 };
-    match serde_json::from_slice::<Json>(elem) {
+    match codec.decode::<Json>("chord result", elem) {
         Ok(Json::Array(a)) if a.len() >= 4 => ChordPart {
             task_id: a[1].as_str().unwrap_or_default().to_string(),
             index,
@@ -236,6 +247,10 @@ impl RedisBackend {
             .clone()
     }
 
+    fn decode(&self, doc: &[u8]) -> Result<ResultMeta, BackendError> {
+        self.inner.opts.codec.decode_meta(doc).map_err(|e| BackendError::new(ErrorKind::Serialization, e.to_string()))
+    }
+
     async fn get_ready(&self, task_id: &str) -> Result<Option<ResultMeta>, BackendError> {
         Ok(self.get(task_id).await?.filter(|m| m.status.is_ready()))
     }
@@ -245,7 +260,7 @@ impl RedisBackend {
 impl ResultBackend for RedisBackend {
     async fn store(&self, meta: &ResultMeta, ttl: Option<Duration>) -> Result<(), BackendError> {
         let key = self.inner.keys.task_meta(&meta.task_id);
-        let doc = meta.to_json();
+        let doc = self.inner.opts.codec.encode_meta(meta)?;
         let (mode, value) = expiry(ttl);
         // The batcher is started by the first store, inside the caller's
         // runtime (again if that runtime is gone); it ends when the backend
@@ -277,7 +292,7 @@ impl ResultBackend for RedisBackend {
         let raw: Option<Vec<u8>> = with_conn_read!(self.inner.conn, BackendError, "get result", |c| redis::cmd("GET")
             .arg(&key)
             .query_async(c))?;
-        raw.map(|r| ResultMeta::from_json(&r).map_err(BackendError::from)).transpose()
+        raw.map(|r| self.decode(&r)).transpose()
     }
 
     async fn get_many(&self, task_ids: &[String]) -> Result<Vec<Option<ResultMeta>>, BackendError> {
@@ -290,7 +305,7 @@ impl ResultBackend for RedisBackend {
         }
         let raws: Vec<Option<Vec<u8>>> =
             with_conn_read!(self.inner.conn, BackendError, "get results", |c| cmd.query_async(c))?;
-        raws.into_iter().map(|r| r.map(|r| ResultMeta::from_json(&r).map_err(BackendError::from)).transpose()).collect()
+        raws.into_iter().map(|r| r.map(|r| self.decode(&r)).transpose()).collect()
     }
 
     async fn wait(&self, task_id: &str, timeout: Duration) -> Result<ResultMeta, BackendError> {
@@ -323,7 +338,7 @@ impl ResultBackend for RedisBackend {
                     let left = deadline.saturating_duration_since(tokio::time::Instant::now());
                     return poll_until_ready(self, task_id, left).await;
                 }
-                Ok(Some(Event::Payload(p))) => match ResultMeta::from_json(&p) {
+                Ok(Some(Event::Payload(p))) => match self.decode(&p) {
                     Ok(m) if m.status.is_ready() => return Ok(m),
                     Ok(_) => {}
                     Err(e) => tracing::warn!(task_id, error = %e, "unreadable result published"),
@@ -343,8 +358,7 @@ impl ResultBackend for RedisBackend {
 
     async fn save_group(&self, group_id: &str, task_ids: &[String], ttl: Option<Duration>) -> Result<(), BackendError> {
         let members: Vec<Json> = task_ids.iter().map(|id| json!([[id, null], null])).collect();
-        let doc = qcore::json::to_vec(&json!({"result": [[group_id, null], members]}))
-            .map_err(|e| BackendError::new(ErrorKind::Serialization, e.to_string()))?;
+        let doc = self.inner.opts.codec.encode(&json!({"result": [[group_id, null], members]}))?;
         let key = self.inner.keys.taskset_meta(group_id);
         let mut pipe = redis::pipe();
         pipe.atomic();
@@ -365,7 +379,7 @@ impl ResultBackend for RedisBackend {
             .query_async(c))?;
         let Some(raw) = raw else { return Ok(None) };
         let bad = || BackendError::new(ErrorKind::Serialization, format!("unreadable group document for {group_id}"));
-        let doc: Json = serde_json::from_slice(&raw).map_err(|_| bad())?;
+        let doc: Json = self.inner.opts.codec.decode("group document", &raw)?;
         let members = doc.get("result").and_then(|r| r.get(1)).and_then(Json::as_array).ok_or_else(bad)?;
         members
             .iter()
@@ -395,8 +409,7 @@ impl ResultBackend for RedisBackend {
         ttl: Option<Duration>,
     ) -> Result<ChordJoin, BackendError> {
         let base = self.inner.keys.taskset_meta(group_id);
-        let elem = qcore::json::to_vec(&json!([1, part.task_id, part.status.as_str(), part.result]))
-            .map_err(|e| BackendError::new(ErrorKind::Serialization, e.to_string()))?;
+        let elem = self.inner.opts.codec.encode(&json!([1, part.task_id, part.status.as_str(), part.result]))?;
         let mut inv = scripts::CHORD_JOIN.prepare_invoke();
         for suffix in ["j", "t", "s", "d", "c"] {
             inv.key(format!("{base}.{suffix}"));
@@ -415,7 +428,7 @@ impl ResultBackend for RedisBackend {
                         let elem = bulk(pair.first()?)?;
                         let score =
                             bulk(pair.get(1)?).and_then(|s| std::str::from_utf8(s).ok()?.parse::<f64>().ok())?;
-                        Some(part_from(elem, score))
+                        Some(part_from(&self.inner.opts.codec, elem, score))
                     })
                     .collect();
                 parts.sort_by_key(|p| p.index);
@@ -447,9 +460,13 @@ mod tests {
 
     #[test]
     fn unreadable_chord_results_become_failures() {
-        let p = part_from(b"[1, \"t\", \"SUCCESS\", 5]", 2.0);
+        let codec = ResultCodec::default();
+        let p = part_from(&codec, b"[1, \"t\", \"SUCCESS\", 5]", 2.0);
         assert_eq!((p.task_id.as_str(), p.index, p.status, p.result), ("t", 2, State::Success, json!(5)));
-        let bad = part_from(b"garbage", 1.0);
+        let bad = part_from(&codec, b"garbage", 1.0);
+        let packed = ResultCodec::new(qcore::ContentType::Msgpack).encode(&json!([1, "m", "SUCCESS", [1, 2]])).unwrap();
+        let p = part_from(&codec, &packed, 0.0);
+        assert_eq!((p.task_id.as_str(), p.status, p.result), ("m", State::Success, json!([1, 2])));
         assert_eq!(bad.status, State::Failure);
     }
 }

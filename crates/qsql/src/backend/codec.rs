@@ -1,8 +1,10 @@
 //! Result documents <-> the columns of `celery_taskmeta`, byte for byte as
-//! Celery's database backend writes them with the JSON serializer.
+//! Celery's database backend writes them: `result`, `children`, `args` and
+//! `kwargs` hold the bytes of the `result_serializer` (JSON or msgpack),
+//! read back in either encoding through [`ResultCodec`].
 
 use chrono::{NaiveDateTime, Utc};
-use qcore::{BackendError, ErrorKind, ResultMeta, State};
+use qcore::{BackendError, ErrorKind, ResultCodec, ResultMeta, State};
 use serde_json::{Map, Value};
 
 /// A document ready to be bound.
@@ -28,13 +30,14 @@ pub(crate) struct Encoded {
     pub(crate) ready: bool,
 }
 
-fn py_json(v: &Value) -> Result<Vec<u8>, BackendError> {
-    qcore::json::to_vec(v)
-        .map_err(|e| BackendError::with_source(ErrorKind::Serialization, "cannot encode result as JSON", e))
+/// The serializer's bytes of a stored value (`self.encode(value)` in Celery).
+pub(crate) fn encode_value(c: &ResultCodec, v: &Value) -> Result<Vec<u8>, BackendError> {
+    c.encode(v).map_err(|e| BackendError::with_source(ErrorKind::Serialization, "cannot encode result", e))
 }
 
 /// Encode `meta` as Celery's database backend would store it.
-pub(crate) fn encode(meta: &ResultMeta) -> Result<Encoded, BackendError> {
+pub(crate) fn encode(c: &ResultCodec, meta: &ResultMeta) -> Result<Encoded, BackendError> {
+    let py_json = |v: &Value| encode_value(c, v);
     let children = match &meta.children {
         Some(c) if !c.is_empty() => Some(py_json(&Value::Array(c.clone()))?),
         _ => None,
@@ -60,8 +63,8 @@ pub(crate) fn encode(meta: &ResultMeta) -> Result<Encoded, BackendError> {
         traceback: meta.traceback.clone(),
         children,
         name: meta.name.clone(),
-        args: meta.args.as_ref().map(py_json).transpose()?,
-        kwargs: meta.kwargs.as_ref().map(py_json).transpose()?,
+        args: meta.args.as_ref().map(&py_json).transpose()?,
+        kwargs: meta.kwargs.as_ref().map(&py_json).transpose()?,
         worker: meta.worker.clone(),
         retries: meta.retries.map(|r| i32::try_from(r).unwrap_or(i32::MAX)),
         queue: meta.queue.clone(),
@@ -87,18 +90,15 @@ pub(crate) struct Raw {
     pub(crate) side: Option<String>,
 }
 
-fn decode_json(task_id: &str, column: &str, bytes: &[u8]) -> Result<Value, BackendError> {
-    serde_json::from_slice(bytes).map_err(|e| {
-        BackendError::with_source(
-            ErrorKind::Serialization,
-            format!("column {column} of task {task_id} is not JSON (written with another serializer, e.g. pickle?)"),
-            e,
-        )
-    })
+/// A stored value, JSON or msgpack; a pickle is an error naming the setting.
+pub(crate) fn decode_value(c: &ResultCodec, task_id: &str, column: &str, bytes: &[u8]) -> Result<Value, BackendError> {
+    let what = format!("column {column} of {task_id}");
+    c.decode(&what, bytes).map_err(|e| BackendError::new(ErrorKind::Serialization, e.to_string()))
 }
 
 /// Decode a row into a document.
-pub(crate) fn decode(task_id: &str, raw: Raw) -> Result<ResultMeta, BackendError> {
+pub(crate) fn decode(c: &ResultCodec, task_id: &str, raw: Raw) -> Result<ResultMeta, BackendError> {
+    let decode_json = |task_id: &str, column: &str, bytes: &[u8]| decode_value(c, task_id, column, bytes);
     let status = State::parse(raw.status.as_deref().unwrap_or("PENDING"));
     let result = match &raw.result {
         Some(b) => decode_json(task_id, "result", b)?,
@@ -137,7 +137,7 @@ pub(crate) fn decode(task_id: &str, raw: Raw) -> Result<ResultMeta, BackendError
 
 /// `GroupResult.as_tuple()` as Python's JSON serializer writes it:
 /// `[["<gid>", null], [[["<id>", null], null], ...]]`.
-pub(crate) fn encode_group(group_id: &str, task_ids: &[String]) -> Result<Vec<u8>, BackendError> {
+pub(crate) fn encode_group(c: &ResultCodec, group_id: &str, task_ids: &[String]) -> Result<Vec<u8>, BackendError> {
     let children: Vec<Value> = task_ids
         .iter()
         .map(|id| Value::Array(vec![Value::Array(vec![Value::String(id.clone()), Value::Null]), Value::Null]))
@@ -146,21 +146,12 @@ pub(crate) fn encode_group(group_id: &str, task_ids: &[String]) -> Result<Vec<u8
         Value::Array(vec![Value::String(group_id.to_string()), Value::Null]),
         Value::Array(children),
     ]);
-    py_json(&tuple)
-}
-
-/// The id of one result tuple: `[[id, parent], nested]`, `[id, parent]` or `id`.
-pub(crate) fn tuple_id(v: &Value) -> Option<String> {
-    match v {
-        Value::String(s) => Some(s.clone()),
-        Value::Array(a) => a.first().and_then(tuple_id),
-        _ => None,
-    }
+    encode_value(c, &tuple)
 }
 
 /// The member ids of a stored group tuple.
-pub(crate) fn decode_group(group_id: &str, bytes: &[u8]) -> Result<Vec<String>, BackendError> {
-    let v = decode_json(group_id, "celery_tasksetmeta.result", bytes)?;
+pub(crate) fn decode_group(c: &ResultCodec, group_id: &str, bytes: &[u8]) -> Result<Vec<String>, BackendError> {
+    let v = decode_value(c, group_id, "celery_tasksetmeta.result", bytes)?;
     let members = match &v {
         Value::Array(a) if a.len() == 2 => a.get(1).and_then(Value::as_array),
         _ => None,
@@ -171,7 +162,7 @@ pub(crate) fn decode_group(group_id: &str, bytes: &[u8]) -> Result<Vec<String>, 
     members
         .iter()
         .map(|m| {
-            tuple_id(m).ok_or_else(|| {
+            qcore::chord_unlock::result_tuple_id(m).ok_or_else(|| {
                 BackendError::new(
                     ErrorKind::Serialization,
                     format!("group {group_id}: member {m} is not a result tuple"),
@@ -190,11 +181,12 @@ mod tests {
     #[test]
     fn results_are_encoded_like_python() {
         let meta = ResultMeta::new("t1", State::Success, json!(5));
-        let e = encode(&meta).unwrap();
+        let c = ResultCodec::default();
+        let e = encode(&c, &meta).unwrap();
         assert_eq!(e.result, b"5");
         assert_eq!(e.children, None);
         let exc = qcore::ExceptionInfo::new("ValueError", "boom").to_value();
-        let e = encode(&ResultMeta::new("t2", State::Failure, exc)).unwrap();
+        let e = encode(&c, &ResultMeta::new("t2", State::Failure, exc)).unwrap();
         assert_eq!(
             String::from_utf8(e.result).unwrap(),
             r#"{"exc_type": "ValueError", "exc_message": ["boom"], "exc_module": "builtins"}"#
@@ -203,7 +195,9 @@ mod tests {
 
     #[test]
     fn group_tuple_matches_captured_bytes() {
+        let c = ResultCodec::default();
         let bytes = encode_group(
+            &c,
             "93775cd5-89c8-4713-bcea-c11be62cdb01",
             &["2fe664c4-3b79-4ae0-92ae-a29b2ea48ebd".into(), "b9e7773f-a439-4e93-b283-7c6f5f3e7c75".into()],
         )
@@ -212,6 +206,6 @@ mod tests {
             String::from_utf8(bytes.clone()).unwrap(),
             r#"[["93775cd5-89c8-4713-bcea-c11be62cdb01", null], [[["2fe664c4-3b79-4ae0-92ae-a29b2ea48ebd", null], null], [["b9e7773f-a439-4e93-b283-7c6f5f3e7c75", null], null]]]"#
         );
-        assert_eq!(decode_group("g", &bytes).unwrap().len(), 2);
+        assert_eq!(decode_group(&c, "g", &bytes).unwrap().len(), 2);
     }
 }

@@ -15,8 +15,6 @@ use crate::options::{parse_url, DbUrl, SqlOptions};
 use crate::schema;
 use crate::util::Names;
 
-pub(crate) use codec::tuple_id;
-
 #[derive(Debug)]
 enum Inner {
     Pg(Box<pg::PgBackend>),
@@ -27,10 +25,13 @@ enum Inner {
 ///
 /// Results live in `celery_taskmeta` and groups in `celery_tasksetmeta`,
 /// with exactly the columns, types and bytes Python Celery's database
-/// backend uses (JSON serializer), so Python and Rust read each other's
-/// results. Tables found in the database (created by Python Celery, with or
-/// without the `result_extended` columns) are used as they are; missing ones
-/// are created as Celery creates them.
+/// backend uses, so Python and Rust read each other's results: stored
+/// values are written with `result_serializer` and read in JSON or msgpack
+/// ([`SqlOptions::codec`]); a pickled value (Python's
+/// `result_serializer = 'pickle'`) is an error naming that setting. Tables
+/// found in the database (created by Python Celery, with or without the
+/// `result_extended` columns) are used as they are; missing ones are
+/// created as Celery creates them.
 ///
 /// What Celery's tables cannot hold lives in qtask's own tables, created by
 /// embedded migrations: `qtask_result_ext` (expiry of each result, and
@@ -42,20 +43,26 @@ enum Inner {
 ///   [`cleanup_interval`](SqlOptions::cleanup_interval)); rows written by
 ///   Python never expire this way (Celery's `celery.backend_cleanup` task, or
 ///   [`SqlBackend::cleanup`], deletes them).
-/// * **Waiting:** on PostgreSQL every ready state is announced with
-///   `NOTIFY` and [`wait`](ResultBackend::wait) is woken at once by `LISTEN`;
-///   on SQLite it polls (1 ms growing to 100 ms).
+/// * **Waiting:** on PostgreSQL every ready state qtask stores is announced
+///   with `NOTIFY` and [`wait`](ResultBackend::wait) is woken at once by
+///   `LISTEN`; rows written by Python Celery (no notification) are found by
+///   reading again every 50 ms growing to 500 ms. On SQLite it polls (1 ms
+///   growing to 100 ms).
 /// * **Row details, as Celery:** `result`, `args`, `kwargs` and `children`
-///   hold Python-`json.dumps` bytes; an empty `children` list is stored as
-///   NULL (read back as an empty list); `date_done` is naive UTC and is
+///   hold the serializer's bytes (Python-`json.dumps` bytes for JSON); an
+///   empty `children` list is stored as NULL (read back as an empty list); `date_done` is naive UTC and is
 ///   stamped for every state (reported only for ready states); the row is
 ///   updated in place, and the UPDATE skips rows whose status is SUCCESS.
 ///   The extended columns are written when the document carries them and
 ///   the table has them.
-/// * **Chords:** joined by an atomic counter (see
-///   [`ResultBackend::chord_part`]); chords sent by Python Celery are joined
-///   by its `celery.chord_unlock` task instead, see
-///   [`chord_unlock_ready`](crate::chord_unlock_ready).
+/// * **Chords:** as in Celery, no native join
+///   ([`supports_native_join`](ResultBackend::supports_native_join) is
+///   false): a chord sent by qtask or by Python is joined by the
+///   `celery.chord_unlock` task its producer sends, which polls the header
+///   results (see [`qcore::chord_unlock`]), so a chord split across Python
+///   and qtask workers completes exactly once. The atomic counter behind
+///   [`ResultBackend::chord_part`] remains for callers that use the join
+///   directly.
 ///
 /// ```no_run
 /// # async fn demo() -> Result<(), qcore::BackendError> {
@@ -87,7 +94,13 @@ impl SqlBackend {
                     .map_err(|e| db_err("creating tables", e))?;
                 check_layout(&layout)?;
                 Ok(SqlBackend {
-                    inner: Inner::Pg(Box::new(pg::PgBackend::new(pool, &names, &layout, opts.cleanup_interval))),
+                    inner: Inner::Pg(Box::new(pg::PgBackend::new(
+                        pool,
+                        &names,
+                        &layout,
+                        opts.cleanup_interval,
+                        opts.codec.clone(),
+                    ))),
                     display,
                 })
             }
@@ -108,7 +121,7 @@ impl SqlBackend {
         let layout = schema::migrate_sqlite(&pool, true).await.map_err(|e| db_err("creating tables", e))?;
         check_layout(&layout)?;
         Ok(SqlBackend {
-            inner: Inner::Sqlite(sqlite::SqliteBackend::new(pool, &layout, opts.cleanup_interval)),
+            inner: Inner::Sqlite(sqlite::SqliteBackend::new(pool, &layout, opts.cleanup_interval, opts.codec.clone())),
             display,
         })
     }
@@ -202,6 +215,10 @@ impl ResultBackend for SqlBackend {
             Inner::Pg(b) => b.chord_init(group_id, size, ttl).await,
             Inner::Sqlite(b) => b.chord_init(group_id, size, ttl).await,
         }
+    }
+
+    fn supports_native_join(&self) -> bool {
+        false
     }
 
     async fn chord_part(

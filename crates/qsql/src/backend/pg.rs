@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use chrono::{DateTime, NaiveDateTime, Utc};
-use qcore::{BackendError, ChordJoin, ChordPart, ErrorKind, ResultMeta, State};
+use qcore::{BackendError, ChordJoin, ChordPart, ErrorKind, ResultCodec, ResultMeta, State};
 use sqlx::postgres::{PgListener, PgPool, PgRow};
 use sqlx::Row;
 use tokio::sync::{broadcast, watch, OnceCell};
@@ -152,11 +152,16 @@ impl Sql {
     }
 }
 
+/// Longest time between two reads of a result being waited for when no
+/// notification comes (rows written by Python Celery send none).
+const RESULT_POLL_MAX: Duration = Duration::from_millis(500);
+
 /// The PostgreSQL result backend.
 #[derive(Debug)]
 pub(crate) struct PgBackend {
     pool: PgPool,
     sql: Sql,
+    codec: ResultCodec,
     channel: String,
     listener: OnceCell<broadcast::Sender<String>>,
     shutdown_rx: watch::Receiver<()>,
@@ -201,13 +206,20 @@ fn raw_from(row: &PgRow) -> Result<(String, Raw), sqlx::Error> {
 }
 
 impl PgBackend {
-    pub(crate) fn new(pool: PgPool, names: &Names, layout: &CeleryLayout, cleanup_interval: Duration) -> Self {
+    pub(crate) fn new(
+        pool: PgPool,
+        names: &Names,
+        layout: &CeleryLayout,
+        cleanup_interval: Duration,
+        codec: ResultCodec,
+    ) -> Self {
         let (tx, rx) = watch::channel(());
         let sql = Sql::new(names, layout);
         let this = PgBackend {
             pool,
             channel: names.channel("result"),
             sql,
+            codec,
             listener: OnceCell::new(),
             shutdown_rx: rx,
             _shutdown: tx,
@@ -249,7 +261,7 @@ impl PgBackend {
     }
 
     pub(crate) async fn store(&self, meta: &ResultMeta, ttl: Option<Duration>) -> Result<(), BackendError> {
-        let e: Encoded = codec::encode(meta)?;
+        let e: Encoded = codec::encode(&self.codec, meta)?;
         sqlx::query(&self.sql.store)
             .bind(&meta.task_id)
             .bind(&e.status)
@@ -283,7 +295,7 @@ impl PgBackend {
             None => Ok(None),
             Some(row) => {
                 let (_, raw) = raw_from(&row).map_err(|e| db_err("decoding result row", e))?;
-                codec::decode(task_id, raw).map(Some)
+                codec::decode(&self.codec, task_id, raw).map(Some)
             }
         }
     }
@@ -297,7 +309,7 @@ impl PgBackend {
         let mut found = HashMap::with_capacity(rows.len());
         for row in rows {
             let (id, raw) = raw_from(&row).map_err(|e| db_err("decoding result row", e))?;
-            let meta = codec::decode(&id, raw)?;
+            let meta = codec::decode(&self.codec, &id, raw)?;
             found.insert(id, meta);
         }
         Ok(ids.iter().map(|id| found.get(id).cloned()).collect())
@@ -318,7 +330,7 @@ impl PgBackend {
         ids: &[String],
         ttl: Option<Duration>,
     ) -> Result<(), BackendError> {
-        let bytes = codec::encode_group(group_id, ids)?;
+        let bytes = codec::encode_group(&self.codec, group_id, ids)?;
         sqlx::query(&self.sql.save_group)
             .bind(group_id)
             .bind(bytes)
@@ -338,7 +350,7 @@ impl PgBackend {
             .map_err(|e| db_err("reading group", e))?;
         match row {
             None | Some(None) => Ok(None),
-            Some(Some(b)) => codec::decode_group(group_id, &b).map(Some),
+            Some(Some(b)) => codec::decode_group(&self.codec, group_id, &b).map(Some),
         }
     }
 
@@ -366,8 +378,7 @@ impl PgBackend {
         ttl: Option<Duration>,
     ) -> Result<ChordJoin, BackendError> {
         let err = |e| db_err("recording chord part", e);
-        let result = qcore::json::to_vec(&part.result)
-            .map_err(|e| BackendError::with_source(ErrorKind::Serialization, "chord part result", e))?;
+        let result = codec::encode_value(&self.codec, &part.result)?;
         let idx = i64::try_from(part.index).unwrap_or(i64::MAX);
         let mut tx = self.pool.begin().await.map_err(err)?;
         let inserted = sqlx::query(&self.sql.chord_part_insert)
@@ -404,7 +415,7 @@ impl PgBackend {
         let rows: Vec<(String, i64, String, Option<Vec<u8>>)> =
             sqlx::query_as(&self.sql.chord_parts).bind(group_id).fetch_all(&mut *tx).await.map_err(err)?;
         tx.commit().await.map_err(err)?;
-        parts_from(group_id, rows).map(ChordJoin::Complete)
+        parts_from(&self.codec, group_id, rows).map(ChordJoin::Complete)
     }
 
     /// The shared LISTEN connection, started on first use. Returns once the
@@ -451,15 +462,22 @@ impl PgBackend {
         let deadline = tokio::time::Instant::now() + timeout;
         let timed_out = || BackendError::new(ErrorKind::Timeout, format!("task {task_id} not ready after {timeout:?}"));
         let mut rx = tokio::time::timeout_at(deadline, self.listener()).await.map_err(|_| timed_out())??.subscribe();
+        // Only qtask writers NOTIFY: a result stored by a Python worker (or
+        // a notification lost while the LISTEN connection was away) is
+        // found by reading again, every 50 ms growing to RESULT_POLL_MAX.
+        let mut poll = Duration::from_millis(50);
         loop {
             if let Some(meta) = self.get(task_id).await? {
                 if meta.status.is_ready() {
                     return Ok(meta);
                 }
             }
+            let next_read = (tokio::time::Instant::now() + poll).min(deadline);
+            poll = (poll * 2).min(RESULT_POLL_MAX);
             loop {
-                match tokio::time::timeout_at(deadline, rx.recv()).await {
-                    Err(_) => return Err(timed_out()),
+                match tokio::time::timeout_at(next_read, rx.recv()).await {
+                    Err(_) if next_read >= deadline => return Err(timed_out()),
+                    Err(_) => break,
                     Ok(Ok(id)) if id == task_id || id.is_empty() => break,
                     Ok(Ok(_)) => continue,
                     Ok(Err(broadcast::error::RecvError::Lagged(_))) => break,
@@ -477,15 +495,14 @@ impl PgBackend {
 
 /// Parts rows into [`ChordPart`]s, ordered by index.
 pub(crate) fn parts_from(
+    c: &ResultCodec,
     group_id: &str,
     rows: Vec<(String, i64, String, Option<Vec<u8>>)>,
 ) -> Result<Vec<ChordPart>, BackendError> {
     rows.into_iter()
         .map(|(task_id, idx, status, result)| {
             let result = match result {
-                Some(b) => serde_json::from_slice(&b).map_err(|e| {
-                    BackendError::with_source(ErrorKind::Serialization, format!("chord {group_id} part {task_id}"), e)
-                })?,
+                Some(b) => codec::decode_value(c, group_id, &format!("result of chord part {task_id}"), &b)?,
                 None => serde_json::Value::Null,
             };
             Ok(ChordPart { task_id, index: idx.max(0) as u64, status: State::parse(&status), result })

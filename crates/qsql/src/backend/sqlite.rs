@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use chrono::NaiveDateTime;
-use qcore::{BackendError, ChordJoin, ChordPart, ErrorKind, ResultMeta};
+use qcore::{BackendError, ChordJoin, ChordPart, ErrorKind, ResultCodec, ResultMeta};
 use sqlx::sqlite::{SqlitePool, SqliteRow};
 use sqlx::Row;
 use tokio::sync::watch;
@@ -84,6 +84,7 @@ impl Sql {
 pub(crate) struct SqliteBackend {
     pool: SqlitePool,
     sql: Sql,
+    codec: ResultCodec,
     _shutdown: watch::Sender<()>,
 }
 
@@ -113,7 +114,7 @@ fn raw_from(row: &SqliteRow) -> Result<(String, Raw), sqlx::Error> {
 }
 
 impl SqliteBackend {
-    pub(crate) fn new(pool: SqlitePool, layout: &CeleryLayout, cleanup_interval: Duration) -> Self {
+    pub(crate) fn new(pool: SqlitePool, layout: &CeleryLayout, cleanup_interval: Duration, codec: ResultCodec) -> Self {
         let (tx, mut stop) = watch::channel(());
         let sql = Sql::new(layout);
         let (p, stmts) = (pool.clone(), sql.expire.clone());
@@ -128,7 +129,7 @@ impl SqliteBackend {
                 }
             }
         });
-        SqliteBackend { pool, sql, _shutdown: tx }
+        SqliteBackend { pool, sql, codec, _shutdown: tx }
     }
 
     pub(crate) async fn cleanup(&self, before: Option<NaiveDateTime>) -> Result<(), BackendError> {
@@ -146,7 +147,7 @@ impl SqliteBackend {
     }
 
     pub(crate) async fn store(&self, meta: &ResultMeta, ttl: Option<Duration>) -> Result<(), BackendError> {
-        let e = codec::encode(meta)?;
+        let e = codec::encode(&self.codec, meta)?;
         let err = |e| db_err("storing result", e);
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(err)?;
         let changed = sqlx::query(&self.sql.store)
@@ -190,7 +191,7 @@ impl SqliteBackend {
             None => Ok(None),
             Some(row) => {
                 let (_, raw) = raw_from(&row).map_err(|e| db_err("decoding result row", e))?;
-                codec::decode(task_id, raw).map(Some)
+                codec::decode(&self.codec, task_id, raw).map(Some)
             }
         }
     }
@@ -207,7 +208,7 @@ impl SqliteBackend {
             let rows = q.fetch_all(&self.pool).await.map_err(|e| db_err("reading results", e))?;
             for row in rows {
                 let (id, raw) = raw_from(&row).map_err(|e| db_err("decoding result row", e))?;
-                let meta = codec::decode(&id, raw)?;
+                let meta = codec::decode(&self.codec, &id, raw)?;
                 found.insert(id, meta);
             }
         }
@@ -236,7 +237,7 @@ impl SqliteBackend {
         ids: &[String],
         ttl: Option<Duration>,
     ) -> Result<(), BackendError> {
-        let bytes = codec::encode_group(group_id, ids)?;
+        let bytes = codec::encode_group(&self.codec, group_id, ids)?;
         let err = |e| db_err("saving group", e);
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(err)?;
         sqlx::query(
@@ -271,7 +272,7 @@ impl SqliteBackend {
         .map_err(|e| db_err("reading group", e))?;
         match row {
             None | Some(None) => Ok(None),
-            Some(Some(b)) => codec::decode_group(group_id, &b).map(Some),
+            Some(Some(b)) => codec::decode_group(&self.codec, group_id, &b).map(Some),
         }
     }
 
@@ -303,8 +304,7 @@ impl SqliteBackend {
         ttl: Option<Duration>,
     ) -> Result<ChordJoin, BackendError> {
         let err = |e| db_err("recording chord part", e);
-        let result = qcore::json::to_vec(&part.result)
-            .map_err(|e| BackendError::with_source(ErrorKind::Serialization, "chord part result", e))?;
+        let result = codec::encode_value(&self.codec, &part.result)?;
         let idx = i64::try_from(part.index).unwrap_or(i64::MAX);
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(err)?;
         let inserted = sqlx::query(
@@ -350,7 +350,7 @@ impl SqliteBackend {
         .await
         .map_err(err)?;
         tx.commit().await.map_err(err)?;
-        parts_from(group_id, rows).map(ChordJoin::Complete)
+        parts_from(&self.codec, group_id, rows).map(ChordJoin::Complete)
     }
 }
 
