@@ -193,8 +193,8 @@ impl Task for ChordUnlockTask {
 
     fn options(&self) -> TaskOptions {
         TaskOptions {
-            max_retries: None,
-            default_retry_delay: DEFAULT_INTERVAL,
+            max_retries: crate::task::MaxRetries::Unlimited,
+            default_retry_delay: Some(DEFAULT_INTERVAL),
             ignore_result: true,
             ..TaskOptions::default()
         }
