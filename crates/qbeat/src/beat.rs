@@ -344,7 +344,9 @@ impl Scheduler {
             Ok(changes) => {
                 self.cursor = changes.cursor;
                 for name in changes.removed {
-                    self.entries.remove(&name);
+                    if self.entries.remove(&name).is_some_and(|s| s.failed) {
+                        self.status.overdue -= 1;
+                    }
                 }
                 for stored in changes.upserted {
                     self.put(stored, now);
@@ -375,7 +377,10 @@ impl Scheduler {
             self.heap.push(Reverse((at, self.generation, entry.name.clone())));
         }
         let name = entry.name.clone();
-        self.entries.insert(name, Slotted { entry, state, next, generation: self.generation, failed: false });
+        let old = self.entries.insert(name, Slotted { entry, state, next, generation: self.generation, failed: false });
+        if old.is_some_and(|s| s.failed) {
+            self.status.overdue -= 1;
+        }
     }
 
     /// Send what is due at `now`; returns how long to sleep.
@@ -386,18 +391,17 @@ impl Scheduler {
             }
             self.heap.pop();
             let Some(slotted) = self.entries.get(&name) else { continue };
-            if slotted.generation != generation || slotted.next != Some(at) {
+            if slotted.generation != generation {
                 continue;
             }
-            self.fire(&name, at, now).await;
+            self.fire(&name, now).await;
         }
         self.status.last_tick = Some(now);
         self.status.ticks += 1;
-        self.status.overdue = self.entries.values().filter(|s| s.failed).count();
         // Drop stale heap heads so next_due names a live entry.
-        while let Some(Reverse((at, generation, name))) = self.heap.peek() {
+        while let Some(Reverse((_, generation, name))) = self.heap.peek() {
             match self.entries.get(name) {
-                Some(s) if s.generation == *generation && s.next == Some(*at) => break,
+                Some(s) if s.generation == *generation => break,
                 _ => {
                     self.heap.pop();
                 }
@@ -410,8 +414,9 @@ impl Scheduler {
         }
     }
 
-    async fn fire(&mut self, name: &str, next: DateTime<Utc>, now: DateTime<Utc>) {
+    async fn fire(&mut self, name: &str, now: DateTime<Utc>) {
         let Some(slotted) = self.entries.get(name) else { return };
+        let Some(next) = slotted.next else { return };
         let entry = slotted.entry.clone();
         let tz = self.tz(&entry);
         let (send, reached, dropped) = due_slots(&entry, tz, next, now);
@@ -451,23 +456,32 @@ impl Scheduler {
                 s.state.total_run_count += 1;
             }
         }
+        self.generation += 1;
+        let generation = self.generation;
         let Some(s) = self.entries.get_mut(name) else { return };
-        s.failed = failed;
-        if failed && send.is_empty() {
-            return;
+        if s.failed != failed {
+            if failed {
+                self.status.overdue += 1;
+            } else {
+                self.status.overdue -= 1;
+            }
         }
-        let retry_claim = failed && !sent_any && s.state.last_run_at.is_none_or(|l| l < next);
-        s.next = if retry_claim {
-            // The store could not be reached: try the same slot again soon.
-            Some(now + chrono::TimeDelta::seconds(1))
-        } else if entry.schedule.is_one_off() && !send.is_empty() {
-            None
+        s.failed = failed;
+        s.generation = generation;
+        let claimed_none = failed && !sent_any && s.state.last_run_at.is_none_or(|l| l < next);
+        let (next, wake) = if claimed_none {
+            // The store could not be reached: the same slot, tried again soon.
+            (Some(next), Some(now + chrono::TimeDelta::seconds(1)))
+        } else if entry.schedule.is_one_off() {
+            (None, None)
         } else {
-            entry.schedule.after(reached, tz)
+            let after = entry.schedule.after(reached, tz);
+            (after, after)
         };
-        if let Some(at) = s.next {
-            self.heap.push(Reverse((at, s.generation, name.to_string())));
-        } else if entry.schedule.is_one_off() && !send.is_empty() {
+        s.next = next;
+        if let Some(at) = wake {
+            self.heap.push(Reverse((at, generation, name.to_string())));
+        } else if entry.schedule.is_one_off() {
             s.entry.enabled = false;
             if let Err(e) = self.store.set_enabled(name, false).await {
                 tracing::warn!(entry = name, error = %e, "beat: cannot disable a one-off entry");
