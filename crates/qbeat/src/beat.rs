@@ -495,9 +495,8 @@ impl Scheduler {
 /// custom headers at the top level); `argsrepr` as beat's list form.
 pub async fn send_entry(app: &App, entry: &Entry) -> Result<String, Error> {
     let o = &entry.options;
-    let mut opts = SendOptions::new()
-        .header("argsrepr", qcore::repr::list_repr(&entry.args))
-        .header("celery_beat_task", true);
+    let mut opts =
+        SendOptions::new().header("argsrepr", qcore::repr::list_repr(&entry.args)).header("celery_beat_task", true);
     for (k, v) in &o.headers {
         opts = opts.header(k.clone(), v.clone());
     }

@@ -167,8 +167,9 @@ fn parse_entry(name: &str, v: &Value, default_tz: Tz) -> Result<Entry, Error> {
         None => false,
     };
     let schedule = match v.get("schedule") {
-        Some(s) => parse_schedule_value(s, timezone.unwrap_or(default_tz), relative)
-            .map_err(|e| err(name, "schedule", e))?,
+        Some(s) => {
+            parse_schedule_value(s, timezone.unwrap_or(default_tz), relative).map_err(|e| err(name, "schedule", e))?
+        }
         None => return Err(err(name, "schedule", "missing")),
     };
     let args = match v.get("args") {
@@ -216,7 +217,7 @@ fn secs(v: &Value) -> Result<Duration, String> {
         Value::Str(s) => s.trim().parse().map_err(|_| format!("expected seconds, got {s:?}"))?,
         other => return Err(format!("expected seconds, got {}", other.kind())),
     };
-    if !f.is_finite() || f < 0.0 || f > 1e10 {
+    if !f.is_finite() || !(0.0..=1e10).contains(&f) {
         return Err(format!("expected a non-negative number of seconds, got {f}"));
     }
     Ok(Duration::from_secs_f64(f))
@@ -243,9 +244,9 @@ fn parse_options(name: &str, v: &Value) -> Result<EntryOptions, Error> {
             },
             "expires" => {
                 o.expires = Some(match v {
-                    Value::Str(s) if s.parse::<f64>().is_err() => Expires::At(
-                        parse_instant(s, Tz::UTC).map_err(|e| err(name, &field, e))?,
-                    ),
+                    Value::Str(s) if s.parse::<f64>().is_err() => {
+                        Expires::At(parse_instant(s, Tz::UTC).map_err(|e| err(name, &field, e))?)
+                    }
                     other => Expires::In(secs(other).map_err(|e| err(name, &field, e))?),
                 })
             }
@@ -312,9 +313,9 @@ fn parse_schedule_value(v: &Value, tz: Tz, relative: bool) -> Result<Schedule, S
                 "crontab" => Ok(Schedule::Crontab(crontab_from_call(&call)?)),
                 "timedelta" => Ok(Schedule::Interval(Interval::new(timedelta_from_call(&call)?)?.relative(relative))),
                 "solar" => Err("solar schedules are not supported yet".into()),
-                other => Err(format!(
-                    "expected seconds, \"crontab(...)\" or \"timedelta(...)\", got a call of {other:?}"
-                )),
+                other => {
+                    Err(format!("expected seconds, \"crontab(...)\" or \"timedelta(...)\", got a call of {other:?}"))
+                }
             }
         }
         Value::Table(t) => {
@@ -373,9 +374,7 @@ fn interval_table(v: &Value) -> Result<Interval, String> {
         "minutes" => 60.0,
         "seconds" => 1.0,
         "microseconds" => 1e-6,
-        other => {
-            return Err(format!("period: expected days, hours, minutes, seconds or microseconds, got {other:?}"))
-        }
+        other => return Err(format!("period: expected days, hours, minutes, seconds or microseconds, got {other:?}")),
     };
     Interval::from_secs_f64(every * unit)
 }
@@ -390,7 +389,10 @@ fn set_field(spec: &mut CrontabSpec, name: &str, field: CronField) -> Result<(),
         "day_of_month" => spec.day_of_month = field,
         "month_of_year" => spec.month_of_year = field,
         other => {
-            return Err(format!("crontab() got an unexpected keyword argument '{other}' (known: {})", CRONTAB_FIELDS.join(", ")))
+            return Err(format!(
+                "crontab() got an unexpected keyword argument '{other}' (known: {})",
+                CRONTAB_FIELDS.join(", ")
+            ))
         }
     }
     Ok(())
@@ -514,7 +516,9 @@ fn parse_call(s: &str) -> Result<Call, String> {
                         .split(',')
                         .map(str::trim)
                         .filter(|p| !p.is_empty())
-                        .map(|p| p.parse::<i64>().map_err(|_| format!("expected whole numbers in {open}…{close}, got {p:?}")))
+                        .map(|p| {
+                            p.parse::<i64>().map_err(|_| format!("expected whole numbers in {open}…{close}, got {p:?}"))
+                        })
                         .collect::<Result<Vec<_>, _>>()?;
                     break CronField::Set(set);
                 }

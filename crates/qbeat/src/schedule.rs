@@ -168,7 +168,7 @@ pub struct Crontab {
     /// month of year (Celery's order).
     fields: [String; 5],
     rule: DayRule,
-    cron: Cron,
+    cron: Box<Cron>,
 }
 
 impl fmt::Debug for Crontab {
@@ -287,10 +287,8 @@ fn parse_spec(spec: &str, max: i64, min: i64) -> Result<Vec<i64>, String> {
                 if s.is_empty() {
                     return Err("empty filter".into());
                 }
-                let step: i64 = s
-                    .trim()
-                    .parse()
-                    .map_err(|_| format!("invalid literal for int() with base 10: {s:?}"))?;
+                let step: i64 =
+                    s.trim().parse().map_err(|_| format!("invalid literal for int() with base 10: {s:?}"))?;
                 if step <= 0 {
                     return Err(format!("slice step must be a positive number, got {step}"));
                 }
@@ -398,7 +396,7 @@ impl Crontab {
             .build()
             .parse(&pattern)
             .map_err(|e| format!("{pattern}: {e}"))?;
-        Ok(Crontab { fields, rule: DayRule::Celery, cron })
+        Ok(Crontab { fields, rule: DayRule::Celery, cron: Box::new(cron) })
     }
 
     /// Celery's `crontab.from_string("m h dom mon dow")`: standard field
@@ -436,11 +434,7 @@ impl Crontab {
         // A pattern that never matches (31 February) has no next time.
         let probe = NaiveDateTime::default();
         cron.find_next_occurrence(&probe, false).map_err(|e| format!("{s:?} never matches: {e}"))?;
-        Ok(Crontab {
-            fields: [m, h, dow, dom, mon].map(str::to_string),
-            rule: DayRule::Posix,
-            cron,
-        })
+        Ok(Crontab { fields: [m, h, dow, dom, mon].map(str::to_string), rule: DayRule::Posix, cron: Box::new(cron) })
     }
 
     /// Which day rule this crontab follows.

@@ -63,7 +63,9 @@ fn gap_end(tz: Tz, local: NaiveDateTime) -> DateTime<Utc> {
 
 /// Parse an IANA zone name (`"Europe/Paris"`, `"UTC"`).
 pub fn parse_zone(name: &str) -> Result<Tz, String> {
-    name.trim().parse::<Tz>().map_err(|_| format!("unknown time zone {name:?} (expected an IANA name like \"Europe/Paris\")"))
+    name.trim()
+        .parse::<Tz>()
+        .map_err(|_| format!("unknown time zone {name:?} (expected an IANA name like \"Europe/Paris\")"))
 }
 
 #[cfg(test)]

@@ -7,9 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
-use qbeat::{
-    Beat, CatchUp, Clocked, Entry, Interval, MemoryStore, RunState, Schedule, Status, Store, TokioClock,
-};
+use qbeat::{Beat, CatchUp, Clocked, Entry, Interval, MemoryStore, RunState, Schedule, Status, Store, TokioClock};
 use qcore::{App, ConsumeOptions};
 
 fn t0() -> DateTime<Utc> {
@@ -35,12 +33,8 @@ async fn store_a_week_behind(entry: Entry) -> Arc<MemoryStore> {
 
 /// Start a beat at `now` on `store` and wait for its first tick.
 async fn first_tick(app: &App, store: Arc<MemoryStore>, now: DateTime<Utc>) -> (qbeat::BeatHandle, Status) {
-    let beat = Beat::builder(app.clone())
-        .store(store)
-        .clock(Arc::new(TokioClock::starting_at(now)))
-        .spawn()
-        .await
-        .unwrap();
+    let beat =
+        Beat::builder(app.clone()).store(store).clock(Arc::new(TokioClock::starting_at(now))).spawn().await.unwrap();
     let status = beat.wait_for(Duration::from_secs(10), |s| s.ticks >= 1).await.unwrap();
     (beat, status)
 }

@@ -155,8 +155,8 @@ fn every_zone_every_change_2000_2040() {
         let stride = all.len().div_ceil(2).div_ceil(2).max(1);
         for (i, &c) in all.iter().enumerate() {
             // Changes less than a day apart overlap each other's windows.
-            let isolated = all.get(i + 1).is_none_or(|n| n.at - c.at > 86_400)
-                && (i == 0 || c.at - all[i - 1].at > 86_400);
+            let isolated =
+                all.get(i + 1).is_none_or(|n| n.at - c.at > 86_400) && (i == 0 || c.at - all[i - 1].at > 86_400);
             if !isolated {
                 continue;
             }
@@ -183,13 +183,7 @@ fn every_zone_every_change_2000_2040() {
             let (h, m) = (mid.hour(), mid.minute());
             walk(tz, c, &crontab("*", "*"), |_| true, "every minute");
             walk(tz, c, &crontab(&m.to_string(), "*"), |l| l.minute() == m, "hourly");
-            walk(
-                tz,
-                c,
-                &crontab(&m.to_string(), &h.to_string()),
-                |l| l.minute() == m && l.hour() == h,
-                "daily",
-            );
+            walk(tz, c, &crontab(&m.to_string(), &h.to_string()), |l| l.minute() == m && l.hour() == h, "daily");
         }
     }
     // The database has hundreds of zones with changes in those years.

@@ -63,15 +63,15 @@ fn schedule_forms() {
     assert_eq!(one("10").unwrap(), Schedule::Interval(Interval::new(Duration::from_secs(10)).unwrap()));
     assert_eq!(one("\"timedelta(hours=1, minutes=30)\"").unwrap().to_string(), "<freq: 5400s>");
     assert_eq!(one("{ every = 2, period = \"minutes\" }").unwrap().to_string(), "<freq: 120s>");
-    assert_eq!(
-        one("\"crontab('0', '4', '*')\"").unwrap().to_string(),
-        "<crontab: 0 4 * * * (m/h/dM/MY/d)>"
-    );
+    assert_eq!(one("\"crontab('0', '4', '*')\"").unwrap().to_string(), "<crontab: 0 4 * * * (m/h/dM/MY/d)>");
     assert_eq!(
         one("\"crontab(minute='*/15', day_of_week={1, 3})\"").unwrap().to_string(),
         "<crontab: */15 * * * 1,3 (m/h/dM/MY/d)>"
     );
-    assert_eq!(one("{ day_of_week = \"mon-fri\", hour = [8, 17] }").unwrap().to_string(), "<crontab: * 8,17 * * mon-fri (m/h/dM/MY/d)>");
+    assert_eq!(
+        one("{ day_of_week = \"mon-fri\", hour = [8, 17] }").unwrap().to_string(),
+        "<crontab: * 8,17 * * mon-fri (m/h/dM/MY/d)>"
+    );
     let posix = one("{ cron = \"30 6 * * 1-5\" }").unwrap();
     let Schedule::Crontab(c) = &posix else { panic!("{posix:?}") };
     assert_eq!(c.day_rule(), crate::DayRule::Posix);
@@ -83,11 +83,19 @@ fn schedule_forms() {
 fn errors_name_the_entry_and_field() {
     let err = |toml: &str| entries(toml).unwrap_err().to_string();
     let e = err("[beat_schedule.nightly]\ntask = \"t\"\nschedule = \"crontab(hour=25)\"");
-    assert!(e.contains("beat_schedule.nightly.schedule: hour: Invalid crontab pattern.  Valid range is 0-23. '25' was found."), "{e}");
+    assert!(
+        e.contains(
+            "beat_schedule.nightly.schedule: hour: Invalid crontab pattern.  Valid range is 0-23. '25' was found."
+        ),
+        "{e}"
+    );
     let e = err("[beat_schedule.nightly]\ntask = \"t\"\nschedule = \"crontab(day_of_week='7')\"");
     assert!(e.contains("day_of_week: Invalid end range: 7 > 6."), "{e}");
     let e = err("[beat_schedule.feb]\ntask = \"t\"\nschedule = { day_of_month = 30, month_of_year = 2 }");
-    assert!(e.contains("beat_schedule.feb.schedule: Invalid crontab: day_of_month '30' never occurs in month_of_year '2'."), "{e}");
+    assert!(
+        e.contains("beat_schedule.feb.schedule: Invalid crontab: day_of_month '30' never occurs in month_of_year '2'."),
+        "{e}"
+    );
     let e = err("[beat_schedule.x]\nschedule = 10");
     assert!(e.contains("beat_schedule.x.task: missing"), "{e}");
     let e = err("[beat_schedule.x]\ntask = \"t\"");
@@ -174,4 +182,50 @@ fn relative_intervals_round_to_their_unit() {
     // Days round to local midnight.
     let daily = Schedule::Interval(Interval::new(Duration::from_secs(86_400)).unwrap().relative(true));
     assert_eq!(daily.first(start, chrono_tz::Europe::Paris), Some(utc("2026-12-06T23:00:00Z")));
+}
+
+#[test]
+fn a_schedule_file_adds_and_overrides_entries() {
+    let dir = std::env::temp_dir().join(format!(
+        "qbeat-schedule-{}-{}",
+        std::process::id(),
+        Utc::now().timestamp_nanos_opt().unwrap_or(0)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("schedule.toml");
+    std::fs::write(
+        &file,
+        r#"
+        [beat_schedule.cleanup]
+        task = "maintenance.cleanup_v2"
+        schedule = "crontab(hour=3, minute=15)"
+        [beat_schedule.ping]
+        task = "tasks.ping"
+        schedule = 30
+        "#,
+    )
+    .unwrap();
+    let cfg = Config::from_toml_str(
+        r#"
+        [beat_schedule.cleanup]
+        task = "maintenance.cleanup"
+        schedule = "crontab(hour=2, minute=0)"
+        [beat_schedule.report]
+        task = "reports.daily"
+        schedule = 86400
+        "#,
+    )
+    .unwrap();
+    let entries = entries_from_config(&cfg, Some(&file)).unwrap();
+    let names: Vec<(&str, &str)> = entries.iter().map(|e| (e.name.as_str(), e.task.as_str())).collect();
+    assert_eq!(names, [("report", "reports.daily"), ("cleanup", "maintenance.cleanup_v2"), ("ping", "tasks.ping")]);
+    std::fs::write(&file, "[beat_schedule.bad]\ntask = \"t\"\nschedule = \"crontab(minute=60)\"\n").unwrap();
+    let e = entries_from_config(&cfg, Some(&file)).unwrap_err().to_string();
+    assert!(e.contains("schedule.toml: beat_schedule.bad.schedule: minute: Invalid crontab pattern"), "{e}");
+    std::fs::write(&file, "timezone = \"UTC\"\n").unwrap();
+    let e = entries_from_config(&cfg, Some(&file)).unwrap_err().to_string();
+    assert!(e.contains("schedule.toml: no beat_schedule table"), "{e}");
+    let e = entries_from_config(&cfg, Some(&dir.join("missing.toml"))).unwrap_err().to_string();
+    assert!(e.contains("cannot read"), "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
 }
