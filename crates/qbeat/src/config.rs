@@ -91,7 +91,11 @@ pub fn entries_from_config(config: &Config, schedule_file: Option<&Path>) -> Res
         let Some(table) = &file.beat_schedule else {
             return Err(Error::Config(format!("{}: no beat_schedule table", path.display())));
         };
-        for e in parse_schedule(table, tz).map_err(|e| Error::Config(format!("{}: {e}", path.display())))? {
+        let parsed = parse_schedule(table, tz).map_err(|e| match e {
+            Error::Config(msg) => Error::Config(format!("{}: {msg}", path.display())),
+            other => other,
+        })?;
+        for e in parsed {
             entries.retain(|x| x.name != e.name);
             entries.push(e);
         }
