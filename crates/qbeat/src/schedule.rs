@@ -276,54 +276,82 @@ fn celery_field(spec: &CronField, max: i64, min: i64) -> Result<Vec<i64>, String
     Ok(values)
 }
 
+/// The end of the run of word characters (Python's `\w`) from `i`.
+fn word_end(b: &[u8], i: usize) -> usize {
+    let mut j = i;
+    while j < b.len() && (b[j].is_ascii_alphanumeric() || b[j] == b'_') {
+        j += 1;
+    }
+    j
+}
+
+/// Python's `int()` of a step, with its error text.
+fn py_int(s: &str) -> Result<i64, String> {
+    s.trim().parse::<i64>().map_err(|_| format!("invalid literal for int() with base 10: '{s}'"))
+}
+
+/// `values[::step]`.
+fn stepped(values: Vec<i64>, step: &str) -> Result<Vec<i64>, String> {
+    match py_int(step)? {
+        0 => Err("slice step cannot be zero".into()),
+        n if n > 0 => Ok(values.into_iter().step_by(n as usize).collect()),
+        // `\w` has no `-`: a negative step cannot be written.
+        _ => Err("empty filter".into()),
+    }
+}
+
+/// `crontab_parser.parse`: the patterns tried in Celery's order, each
+/// anchored at the start of the part as Python's `re.match` is (`a-b/n`,
+/// `a-b`, `*/n`, `*`, then a single number or name).
 fn parse_spec(spec: &str, max: i64, min: i64) -> Result<Vec<i64>, String> {
     let mut acc = Vec::new();
     for part in spec.split(',') {
         if part.is_empty() {
             return Err("empty part".into());
         }
-        let (base, step) = match part.split_once('/') {
-            Some((b, s)) => {
-                if s.is_empty() {
+        let b = part.as_bytes();
+        let w1 = word_end(b, 0);
+        let range =
+            (w1 > 0 && b.get(w1) == Some(&b'-')).then(|| (w1, word_end(b, w1 + 1))).filter(|(_, w2)| *w2 > w1 + 1);
+        let values = if let Some((w1, w2)) = range {
+            let fr = expand_number(&part[..w1], max, min)?;
+            let to = expand_number(&part[w1 + 1..w2], max, min)?;
+            let values: Vec<i64> = if to < fr {
+                // Celery wraps around the maximum: `fri-mon`.
+                (fr..min + max).chain(min..=to).collect()
+            } else {
+                (fr..=to).collect()
+            };
+            if b.get(w2) == Some(&b'/') {
+                let w3 = word_end(b, w2 + 1);
+                if w3 == w2 + 1 {
                     return Err("empty filter".into());
                 }
-                let step: i64 =
-                    s.trim().parse().map_err(|_| format!("invalid literal for int() with base 10: {s:?}"))?;
-                if step <= 0 {
-                    return Err(format!("slice step must be a positive number, got {step}"));
-                }
-                (b, Some(step as usize))
-            }
-            None => (part, None),
-        };
-        let values: Vec<i64> = if base == "*" {
-            (min..max + min).collect()
-        } else if let Some((from, to)) = base.split_once('-').filter(|(f, _)| !f.is_empty()) {
-            let from = expand_number(from, max, min)?;
-            let to = expand_number(to, max, min)?;
-            if to < from {
-                // Celery wraps around the maximum: `fri-mon`.
-                (from..min + max).chain(min..=to).collect()
+                stepped(values, &part[w2 + 1..w3])?
             } else {
-                (from..=to).collect()
+                values
             }
+        } else if let Some(rest) = part.strip_prefix("*/") {
+            let w = word_end(rest.as_bytes(), 0);
+            if w == 0 {
+                return Err("empty filter".into());
+            }
+            stepped((min..max + min).collect(), &rest[..w])?
+        } else if part == "*" {
+            (min..max + min).collect()
         } else {
-            if step.is_some() {
-                return Err(format!("a step needs `*` or a range before it, got {part:?}"));
-            }
-            vec![expand_number(base, max, min)?]
+            vec![expand_number(part, max, min)?]
         };
-        acc.extend(values.into_iter().step_by(step.unwrap_or(1)));
+        acc.extend(values);
     }
     Ok(acc)
 }
 
 fn expand_number(s: &str, max: i64, min: i64) -> Result<i64, String> {
-    let s = s.trim();
     if s.starts_with('-') {
         return Err("negative numbers not supported".into());
     }
-    let i = match s.parse::<i64>() {
+    let i = match s.trim().parse::<i64>() {
         Ok(i) => i,
         Err(_) => {
             let abbr = s.get(..3).unwrap_or(s).to_ascii_lowercase();
@@ -332,7 +360,7 @@ fn expand_number(s: &str, max: i64, min: i64) -> Result<i64, String> {
             } else if let Some(d) = DAY_NAMES.iter().position(|n| *n == abbr) {
                 d as i64
             } else {
-                return Err(format!("Invalid weekday literal {s:?}."));
+                return Err(format!("Invalid weekday literal '{s}'."));
             }
         }
     };
@@ -470,5 +498,40 @@ impl Crontab {
     /// matching wall-clock minute after `local`.
     pub fn next_local(&self, local: NaiveDateTime) -> Option<NaiveDateTime> {
         self.cron.find_next_occurrence(&local, false).ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every field spec of the fixture expands, or fails with the text,
+    /// exactly as Celery 5.7's `crontab._expand_cronspec` did.
+    #[test]
+    fn field_specs_as_celery_expands_them() {
+        let fixture: serde_json::Value =
+            serde_json::from_str(include_str!("../tests/fixtures/celery_crontab_fields.json")).unwrap();
+        let cases = fixture["cases"].as_array().unwrap();
+        assert!(cases.len() > 200);
+        for case in cases {
+            let field = case["field"].as_str().unwrap();
+            let spec = case["spec"].as_str().unwrap();
+            let (max, min) = match field {
+                "minute" => (60, 0),
+                "hour" => (24, 0),
+                "day_of_week" => (7, 0),
+                "day_of_month" => (31, 1),
+                _ => (12, 1),
+            };
+            let got = celery_field(&CronField::Spec(spec.into()), max, min);
+            match (&got, case.get("values"), case.get("error")) {
+                (Ok(v), Some(want), _) => {
+                    let want: Vec<i64> = serde_json::from_value(want.clone()).unwrap();
+                    assert_eq!(v, &want, "{field} {spec:?}");
+                }
+                (Err(e), _, Some(want)) => assert_eq!(e, want.as_str().unwrap(), "{field} {spec:?}"),
+                _ => panic!("{field} {spec:?}: got {got:?}, Celery: {case}"),
+            }
+        }
     }
 }
