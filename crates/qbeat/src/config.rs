@@ -30,7 +30,9 @@
 //! ```
 //!
 //! `schedule` is a number of seconds, the string `"crontab(...)"` or
-//! `"timedelta(...)"` with Python's arguments, a table of crontab fields
+//! `"timedelta(...)"` or `"solar('sunset', 48.85, 2.35)"` with Python's
+//! arguments, `{ event = "sunrise", latitude = 48.85, longitude = 2.35 }`
+//! (django-celery-beat's solar names), a table of crontab fields
 //! (`minute hour day_of_week day_of_month month_of_year`, Celery's
 //! semantics), `{ cron = "m h dom mon dow" }` (POSIX semantics), `{ every =
 //! 10, period = "minutes" }` (django-celery-beat's interval) or `{
@@ -47,6 +49,7 @@ use serde_json::{Map, Value as Json};
 
 use crate::entry::{CatchUp, Entry, EntryOptions, Expires};
 use crate::schedule::{Clocked, CronField, Crontab, CrontabSpec, Interval, Schedule};
+use crate::solar::Solar;
 use crate::tz::{parse_zone, resolve};
 
 /// The zone of entries that name none: `timezone`, else UTC (with
@@ -316,7 +319,7 @@ fn parse_schedule_value(v: &Value, tz: Tz, relative: bool) -> Result<Schedule, S
             match call.name.as_str() {
                 "crontab" => Ok(Schedule::Crontab(crontab_from_call(&call)?)),
                 "timedelta" => Ok(Schedule::Interval(Interval::new(timedelta_from_call(&call)?)?.relative(relative))),
-                "solar" => Err("solar schedules are not supported yet".into()),
+                "solar" => Ok(Schedule::Solar(solar_from_call(&call)?)),
                 other => {
                     Err(format!("expected seconds, \"crontab(...)\" or \"timedelta(...)\", got a call of {other:?}"))
                 }
@@ -335,6 +338,22 @@ fn parse_schedule_value(v: &Value, tz: Tz, relative: bool) -> Result<Schedule, S
             }
             if has("every") || has("period") {
                 return interval_table(v).map(|i| Schedule::Interval(i.relative(relative)));
+            }
+            if has("event") {
+                let event = v.get("event").and_then(Value::as_str).ok_or("event: expected a solar event name")?;
+                let coord = |k: &str| match v.get(k) {
+                    Some(Value::Int(i)) => Ok(*i as f64),
+                    Some(Value::Float(f)) => Ok(*f),
+                    other => Err(format!("{k}: expected a number, got {other:?}")),
+                };
+                for (k, _) in t {
+                    if !["event", "latitude", "longitude"].contains(&k.as_str()) {
+                        return Err(format!(
+                            "unknown key `{k}` of a solar schedule (known: event, latitude, longitude)"
+                        ));
+                    }
+                }
+                return Ok(Schedule::Solar(Solar::new(event, coord("latitude")?, coord("longitude")?)?));
             }
             if has("clocked_time") {
                 let Some(Value::Str(s)) = v.get("clocked_time") else {
@@ -429,6 +448,34 @@ fn crontab_from_call(call: &Call) -> Result<Crontab, String> {
         set_field(&mut spec, name, value.clone())?;
     }
     Crontab::celery(&spec)
+}
+
+fn solar_from_call(call: &Call) -> Result<Solar, String> {
+    const ARGS: [&str; 3] = ["event", "lat", "lon"];
+    let mut event = None;
+    let mut coords = [None, None];
+    for (i, (key, value)) in call.args.iter().enumerate() {
+        let name = match key {
+            Some(k) => ARGS
+                .iter()
+                .find(|a| *a == k)
+                .ok_or_else(|| format!("solar() got an unexpected keyword argument '{k}'"))?,
+            None => ARGS.get(i).ok_or("solar() takes 3 arguments: event, lat, lon")?,
+        };
+        match (*name, value) {
+            ("event", CronField::Spec(s)) => event = Some(s.clone()),
+            ("lat" | "lon", CronField::Int(n)) => coords[usize::from(*name == "lon")] = Some(*n as f64),
+            ("lat" | "lon", CronField::Spec(s)) => {
+                coords[usize::from(*name == "lon")] =
+                    Some(s.parse::<f64>().map_err(|_| format!("solar(): {name} must be a number, got {s:?}"))?)
+            }
+            _ => return Err(format!("solar(): unexpected value for {name}")),
+        }
+    }
+    match (event, coords) {
+        (Some(e), [Some(lat), Some(lon)]) => Solar::new(&e, lat, lon),
+        _ => Err("solar() needs event, lat and lon".into()),
+    }
 }
 
 fn timedelta_from_call(call: &Call) -> Result<Duration, String> {

@@ -4,7 +4,8 @@
 //!   runs inside any tokio service and returns a [`BeatHandle`] (stop, last
 //!   tick, next due, overdue count).
 //! * [`Schedule`] — intervals, Celery crontabs (and POSIX cron strings,
-//!   said so in the API: [`Crontab::posix`]), clocked one-offs; per-entry
+//!   said so in the API: [`Crontab::posix`]), clocked one-offs, solar
+//!   events; per-entry
 //!   IANA zones with one daylight-saving policy ([`tz`]).
 //! * [`CatchUp`] — what happens to slots missed while no beat ran.
 //! * [`Store`] — entries and run state, with an in-memory [`MemoryStore`];
@@ -21,6 +22,7 @@ mod beat;
 pub mod config;
 mod entry;
 mod schedule;
+mod solar;
 mod store;
 pub mod tz;
 
@@ -30,6 +32,7 @@ pub use beat::{
 pub use config::{entries_from_config, parse_schedule, run_from_config};
 pub use entry::{CatchUp, Entry, EntryOptions, Expires, RunState, ALL_PER_TICK, SKIP_GRACE};
 pub use schedule::{Clocked, CronField, Crontab, CrontabSpec, DayRule, Interval, Schedule};
+pub use solar::{Solar, SolarKind};
 pub use store::{Changes, Claim, MemoryStore, Snapshot, Store, Stored};
 
 /// Re-exported so users name zones without a dependency of their own.

@@ -10,6 +10,7 @@
 //!   POSIX semantics ([`Crontab::posix`]: a day matches day of month **or**
 //!   day of week when both are restricted, 7 = Sunday too).
 //! * [`Clocked`]: one instant, once.
+//! * [`Solar`]: sunrise, sunset, solar noon, dawn and dusk at a place.
 //!
 //! Crontab slots are wall-clock times in the entry's zone, turned into
 //! instants by the policy of [`crate::tz`]: a slot in a spring-forward gap
@@ -24,6 +25,7 @@ use chrono_tz::Tz;
 use croner::parser::{CronParser, Seconds, Year};
 use croner::Cron;
 
+use crate::solar::Solar;
 use crate::tz::resolve;
 
 /// When an entry runs.
@@ -36,6 +38,8 @@ pub enum Schedule {
     Crontab(Crontab),
     /// Once, at one instant (then the entry is disabled).
     Clocked(Clocked),
+    /// A daily solar event at a place (Celery's `solar`).
+    Solar(Solar),
 }
 
 impl Schedule {
@@ -59,6 +63,7 @@ impl Schedule {
             Schedule::Interval(i) => i.after(slot, tz),
             Schedule::Crontab(c) => c.after(slot, tz),
             Schedule::Clocked(_) => None,
+            Schedule::Solar(s) => s.after(slot),
         }
     }
 
@@ -74,6 +79,7 @@ impl fmt::Display for Schedule {
             Schedule::Interval(i) => write!(f, "<freq: {:?}>", i.every),
             Schedule::Crontab(c) => write!(f, "{c}"),
             Schedule::Clocked(c) => write!(f, "<clocked: {}>", c.at.to_rfc3339()),
+            Schedule::Solar(s) => write!(f, "{s}"),
         }
     }
 }

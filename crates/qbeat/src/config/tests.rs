@@ -75,6 +75,15 @@ fn schedule_forms() {
     let posix = one("{ cron = \"30 6 * * 1-5\" }").unwrap();
     let Schedule::Crontab(c) = &posix else { panic!("{posix:?}") };
     assert_eq!(c.day_rule(), crate::DayRule::Posix);
+    assert_eq!(
+        one("\"solar('sunset', 48.8566, 2.3522)\"").unwrap().to_string(),
+        "<solar: sunset at latitude 48.8566, longitude: 2.3522>"
+    );
+    assert_eq!(
+        one("{ event = \"dawn_civil\", latitude = -33.87, longitude = 151 }").unwrap().to_string(),
+        "<solar: dawn_civil at latitude -33.87, longitude: 151>"
+    );
+    assert!(one("\"solar('sunup', 0, 0)\"").unwrap_err().to_string().contains("Argument event \"sunup\" is invalid"));
     let clocked = one("{ clocked_time = \"2026-12-24T18:00:00+01:00\" }").unwrap();
     assert_eq!(clocked, Schedule::Clocked(Clocked { at: utc("2026-12-24T17:00:00Z") }));
 }
