@@ -116,12 +116,13 @@ pub struct Beat;
 impl Beat {
     /// Start building a beat that sends through `app`.
     pub fn builder(app: App) -> BeatBuilder {
+        let max_interval = app.config().beat_max_loop_interval.unwrap_or(DEFAULT_MAX_INTERVAL);
         BeatBuilder {
             app,
             entries: Vec::new(),
             store: None,
             clock: Arc::new(SystemClock),
-            max_interval: DEFAULT_MAX_INTERVAL,
+            max_interval,
             timezone: None,
         }
     }
@@ -154,7 +155,8 @@ impl BeatBuilder {
         self
     }
 
-    /// The longest sleep between ticks (Celery's `beat_max_loop_interval`).
+    /// The longest sleep between ticks (default: the app's
+    /// `beat_max_loop_interval` setting, else 300 s as Celery's).
     pub fn max_interval(mut self, d: Duration) -> Self {
         self.max_interval = if d.is_zero() { DEFAULT_MAX_INTERVAL } else { d };
         self
@@ -261,6 +263,8 @@ async fn run(
     status: watch::Sender<Status>,
 ) -> Result<(), Error> {
     let mut changes = s.store.watch();
+    // A failed read of the changes is tried again within a second.
+    let mut pending = false;
     loop {
         let wait = s.tick(clock.now()).await;
         status.send_replace(s.status.clone());
@@ -268,15 +272,21 @@ async fn run(
         match changes.as_mut() {
             Some(rx) => tokio::select! {
                 _ = stop.changed() => break,
-                _ = tokio::time::sleep(wait) => {}
+                _ = tokio::time::sleep(if pending { wait.min(POLL_INTERVAL) } else { wait }) => {
+                    if pending {
+                        pending = !s.apply_changes(clock.now()).await;
+                    }
+                }
                 r = rx.changed() => {
                     closed = r.is_err();
-                    s.apply_changes(clock.now()).await;
+                    pending = !s.apply_changes(clock.now()).await;
                 }
             },
             None => tokio::select! {
                 _ = stop.changed() => break,
-                _ = tokio::time::sleep(wait.min(POLL_INTERVAL)) => s.apply_changes(clock.now()).await,
+                _ = tokio::time::sleep(wait.min(POLL_INTERVAL)) => {
+                    s.apply_changes(clock.now()).await;
+                }
             },
         }
         if closed {
@@ -339,7 +349,8 @@ impl Scheduler {
         Ok(())
     }
 
-    async fn apply_changes(&mut self, now: DateTime<Utc>) {
+    /// Apply what changed in the store; `false` when it could not be read.
+    async fn apply_changes(&mut self, now: DateTime<Utc>) -> bool {
         match self.store.changes_since(self.cursor).await {
             Ok(changes) => {
                 self.cursor = changes.cursor;
@@ -352,8 +363,12 @@ impl Scheduler {
                     self.put(stored, now);
                 }
                 self.status.entries = self.entries.len();
+                true
             }
-            Err(e) => tracing::warn!(error = %e, "beat: cannot read schedule changes; retrying"),
+            Err(e) => {
+                tracing::warn!(error = %e, "beat: cannot read schedule changes; retrying");
+                false
+            }
         }
     }
 

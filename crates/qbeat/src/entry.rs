@@ -222,19 +222,22 @@ pub(crate) fn due_slots(
             Some(f) => slot = f,
             None => break,
         }
-        // Latest/skip over a long outage of a short interval: jump ahead
-        // instead of walking every slot.
-        if entry.catch_up != CatchUp::All {
-            if let crate::Schedule::Interval(i) = &entry.schedule {
-                if !i.relative {
-                    let every = i.every.as_nanos().max(1);
-                    let behind = (now - slot).num_nanoseconds().unwrap_or(i64::MAX).max(0) as u128;
-                    let steps = behind / every;
-                    if steps > 1 {
-                        let jump = i64::try_from(every * (steps - 1)).unwrap_or(i64::MAX);
-                        dropped += (steps - 1) as u64;
-                        slot += chrono::TimeDelta::nanoseconds(jump);
-                    }
+        // A long outage of a short interval: jump over the slots that are
+        // dropped anyway (all but the last for latest/skip, those out of
+        // grace for all) instead of walking them one by one.
+        if let crate::Schedule::Interval(i) = &entry.schedule {
+            let keep_from = match entry.catch_up {
+                CatchUp::All => grace.and_then(|g| now.checked_sub_signed(g)),
+                CatchUp::Latest | CatchUp::Skip => Some(now),
+            };
+            if let (false, Some(keep_from)) = (i.relative, keep_from) {
+                let every = i.every.as_nanos().max(1);
+                let behind = (keep_from - slot).num_nanoseconds().unwrap_or(i64::MAX).max(0) as u128;
+                let steps = behind / every;
+                if steps > 1 {
+                    let jump = i64::try_from(every * (steps - 1)).unwrap_or(i64::MAX);
+                    dropped += (steps - 1) as u64;
+                    slot += chrono::TimeDelta::nanoseconds(jump);
                 }
             }
         }

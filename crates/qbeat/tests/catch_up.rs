@@ -206,3 +206,78 @@ async fn edits_in_the_store_take_effect_without_a_restart() {
     assert_eq!(tasks.first().map(String::as_str), Some("tasks.ping"));
     assert_eq!(tasks.last().map(String::as_str), Some("tasks.pong"));
 }
+
+/// A store whose claims fail while `down` is set (a database away).
+struct Flaky {
+    inner: MemoryStore,
+    down: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl Store for Flaky {
+    fn describe(&self) -> String {
+        "flaky".into()
+    }
+    async fn load(&self) -> Result<qbeat::Snapshot, qcore::Error> {
+        self.inner.load().await
+    }
+    async fn changes_since(&self, cursor: u64) -> Result<qbeat::Changes, qcore::Error> {
+        self.inner.changes_since(cursor).await
+    }
+    fn watch(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        self.inner.watch()
+    }
+    async fn upsert(&self, entry: Entry) -> Result<(), qcore::Error> {
+        self.inner.upsert(entry).await
+    }
+    async fn remove(&self, name: &str) -> Result<bool, qcore::Error> {
+        self.inner.remove(name).await
+    }
+    async fn set_enabled(&self, name: &str, enabled: bool) -> Result<bool, qcore::Error> {
+        self.inner.set_enabled(name, enabled).await
+    }
+    async fn claim(&self, claim: &qbeat::Claim) -> Result<bool, qcore::Error> {
+        if self.down.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(qcore::Error::Config("the store is down".into()));
+        }
+        self.inner.claim(claim).await
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slot_whose_claim_failed_is_sent_once_the_store_is_back() {
+    let app = qmemory::app();
+    let store = Arc::new(Flaky { inner: MemoryStore::new(), down: true.into() });
+    let beat = Beat::builder(app.clone())
+        .entry(hourly("report"))
+        .store(store.clone())
+        .clock(Arc::new(TokioClock::starting_at(t0())))
+        .spawn()
+        .await
+        .unwrap();
+    // The first slot (t0 + 1 h) cannot be claimed: the entry is overdue and retried.
+    let s = beat.wait_for(Duration::from_secs(3700), |s| s.overdue == 1).await.unwrap();
+    assert_eq!(s.sent, 0);
+    assert_eq!(s.next_due.as_ref().map(|(n, _)| n.as_str()), Some("report"));
+    store.down.store(false, std::sync::atomic::Ordering::SeqCst);
+    let s = beat.wait_for(Duration::from_secs(10), |s| s.sent == 1).await.unwrap();
+    assert_eq!(s.overdue, 0);
+    // The retried slot is the one that failed, not a later one.
+    assert_eq!(store.inner.get("report").unwrap().state.last_run_at, Some(t0() + TimeDelta::hours(1)));
+    assert_eq!(s.next_due, Some(("report".to_string(), t0() + TimeDelta::hours(2))));
+    beat.stop().await.unwrap();
+    assert_eq!(queued(&app).await, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn all_within_grace_after_a_week_of_one_second_slots() {
+    let app = qmemory::app();
+    let every_second =
+        Entry::new("ping", "tasks.ping", Schedule::Interval(Interval::new(Duration::from_secs(1)).unwrap()))
+            .catch_up(CatchUp::All, Some(Duration::from_secs(10)));
+    let store = store_a_week_behind(every_second).await;
+    let (beat, status) = first_tick(&app, store, t0()).await;
+    // t0 - 10 s ..= t0 are at most 10 s late; the 604,789 before are dropped.
+    assert_eq!((status.sent, status.skipped), (11, 7 * 86_400 - 11), "{status:?}");
+    beat.stop().await.unwrap();
+}

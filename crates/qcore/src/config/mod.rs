@@ -274,6 +274,9 @@ pub struct Config {
     /// of entries by name). Kept unparsed here; the beat (qbeat) reads and
     /// checks it, naming the entry and field of any error.
     pub beat_schedule: Option<Value>,
+    /// Celery's `beat_max_loop_interval`: the longest the beat sleeps
+    /// between ticks (`None`: Celery's 300 s).
+    pub beat_max_loop_interval: Option<Duration>,
     /// Celery settings that were set but that qtask does not support.
     unsupported: Vec<String>,
 }
@@ -316,6 +319,7 @@ impl Default for Config {
             timezone: None,
             enable_utc: true,
             beat_schedule: None,
+            beat_max_loop_interval: None,
             unsupported: Vec::new(),
         }
     }
@@ -359,6 +363,7 @@ pub const KNOWN_SETTINGS: &[&str] = &[
     "timezone",
     "enable_utc",
     "beat_schedule",
+    "beat_max_loop_interval",
 ];
 
 /// `QTASK_*` environment variables that are not settings: the settings
@@ -627,6 +632,7 @@ impl Config {
                 self.timezone = Some(tz).filter(|t| !t.is_empty());
             }
             "enable_utc" => self.enable_utc = as_bool(key, v)?,
+            "beat_max_loop_interval" => self.beat_max_loop_interval = as_opt_secs(key, v)?,
             "beat_schedule" => match v {
                 Value::Table(_) => self.beat_schedule = Some(v.clone()),
                 other => return Err(cfg_err(key, format!("expected a table of entries, got {}", other.kind()))),

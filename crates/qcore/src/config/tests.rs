@@ -252,6 +252,7 @@ fn timezone_enable_utc_and_beat_schedule_are_settings() {
         r#"
         timezone = "Europe/Paris"
         enable_utc = false
+        beat_max_loop_interval = 5
         [beat_schedule.cleanup]
         task = "app.cleanup"
         schedule = "crontab(hour=2, minute=0)"
@@ -260,6 +261,7 @@ fn timezone_enable_utc_and_beat_schedule_are_settings() {
     .unwrap();
     assert_eq!(c.timezone.as_deref(), Some("Europe/Paris"));
     assert!(!c.enable_utc);
+    assert_eq!(c.beat_max_loop_interval, Some(Duration::from_secs(5)));
     let entry = c.beat_schedule.as_ref().and_then(|s| s.get("cleanup")).unwrap();
     assert_eq!(entry.get("task").and_then(Value::as_str), Some("app.cleanup"));
     assert!(c.unsupported().is_empty(), "{:?}", c.unsupported());
