@@ -301,7 +301,7 @@ async fn run(
 }
 
 struct Slotted {
-    entry: Entry,
+    entry: Arc<Entry>,
     state: RunState,
     next: Option<DateTime<Utc>>,
     generation: u64,
@@ -497,7 +497,7 @@ impl Scheduler {
         if let Some(at) = wake {
             self.heap.push(Reverse((at, generation, name.to_string())));
         } else if entry.schedule.is_one_off() {
-            s.entry.enabled = false;
+            Arc::make_mut(&mut s.entry).enabled = false;
             if let Err(e) = self.store.set_enabled(name, false).await {
                 tracing::warn!(entry = name, error = %e, "beat: cannot disable a one-off entry");
             }

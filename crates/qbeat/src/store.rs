@@ -2,7 +2,7 @@
 //! in-memory [`MemoryStore`].
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -14,8 +14,8 @@ use crate::entry::{Entry, RunState};
 /// An entry with its run state, as a store holds it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Stored {
-    /// The entry.
-    pub entry: Entry,
+    /// The entry (shared: a snapshot and the beat hold the store's copy).
+    pub entry: Arc<Entry>,
     /// Its runs.
     pub state: RunState,
 }
@@ -212,7 +212,7 @@ impl Store for MemoryStore {
         let v = self.bump(&mut inner);
         inner.removed.remove(&entry.name);
         let state = inner.entries.get(&entry.name).map(|(s, _)| s.state).unwrap_or_default();
-        inner.entries.insert(entry.name.clone(), (Stored { entry, state }, v));
+        inner.entries.insert(entry.name.clone(), (Stored { entry: Arc::new(entry), state }, v));
         Ok(())
     }
 
@@ -233,7 +233,7 @@ impl Store for MemoryStore {
         }
         let v = self.bump(&mut inner);
         if let Some((stored, version)) = inner.entries.get_mut(name) {
-            stored.entry.enabled = enabled;
+            Arc::make_mut(&mut stored.entry).enabled = enabled;
             *version = v;
         }
         Ok(true)
