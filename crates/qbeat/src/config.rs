@@ -81,13 +81,15 @@ pub fn parse_schedule(table: &Value, default_tz: Tz) -> Result<Vec<Entry>, Error
 
 /// The entries of the app's `beat_schedule` setting, then of the
 /// `beat_schedule` table of the settings file `schedule_file` (an entry of
-/// the same name in the file wins).
+/// the same name in the file wins). Crontab entries without a
+/// `misfire_grace` take `beat_cron_starting_deadline` as theirs.
 pub fn entries_from_config(config: &Config, schedule_file: Option<&Path>) -> Result<Vec<Entry>, Error> {
     let tz = default_zone(config)?;
     let mut entries = match &config.beat_schedule {
         Some(t) => parse_schedule(t, tz)?,
         None => Vec::new(),
     };
+    let deadline = config.beat_cron_starting_deadline;
     if let Some(path) = schedule_file {
         let file = Config::from_file(path)?;
         let tz = if file.timezone.is_some() { default_zone(&file)? } else { tz };
@@ -101,6 +103,13 @@ pub fn entries_from_config(config: &Config, schedule_file: Option<&Path>) -> Res
         for e in parsed {
             entries.retain(|x| x.name != e.name);
             entries.push(e);
+        }
+    }
+    // Celery's `beat_cron_starting_deadline`: the grace of crontab entries
+    // that set none.
+    for e in &mut entries {
+        if let (Schedule::Crontab(_), None, Some(d)) = (&e.schedule, e.misfire_grace, deadline) {
+            e.misfire_grace = Some(d);
         }
     }
     Ok(entries)

@@ -238,3 +238,25 @@ fn a_schedule_file_adds_and_overrides_entries() {
     assert!(e.contains("cannot read"), "{e}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn beat_cron_starting_deadline_is_the_grace_of_crontabs() {
+    let e = entries(
+        r#"
+        beat_cron_starting_deadline = 120
+        [beat_schedule.cron]
+        task = "t"
+        schedule = "crontab(minute=0)"
+        [beat_schedule.cron-own-grace]
+        task = "t"
+        schedule = "crontab(minute=0)"
+        misfire_grace = 5
+        [beat_schedule.interval]
+        task = "t"
+        schedule = 60
+        "#,
+    )
+    .unwrap();
+    let graces: Vec<Option<Duration>> = e.iter().map(|e| e.misfire_grace).collect();
+    assert_eq!(graces, [Some(Duration::from_secs(120)), Some(Duration::from_secs(5)), None]);
+}

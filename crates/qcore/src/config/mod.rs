@@ -277,6 +277,10 @@ pub struct Config {
     /// Celery's `beat_max_loop_interval`: the longest the beat sleeps
     /// between ticks (`None`: Celery's 300 s).
     pub beat_max_loop_interval: Option<Duration>,
+    /// Celery's `beat_cron_starting_deadline`: after downtime a crontab
+    /// entry catches up only on a slot at most this late (the beat's
+    /// default `misfire_grace` of crontab entries). `None`: no limit.
+    pub beat_cron_starting_deadline: Option<Duration>,
     /// Celery settings that were set but that qtask does not support.
     unsupported: Vec<String>,
 }
@@ -320,6 +324,7 @@ impl Default for Config {
             enable_utc: true,
             beat_schedule: None,
             beat_max_loop_interval: None,
+            beat_cron_starting_deadline: None,
             unsupported: Vec::new(),
         }
     }
@@ -364,6 +369,7 @@ pub const KNOWN_SETTINGS: &[&str] = &[
     "enable_utc",
     "beat_schedule",
     "beat_max_loop_interval",
+    "beat_cron_starting_deadline",
 ];
 
 /// `QTASK_*` environment variables that are not settings: the settings
@@ -633,6 +639,7 @@ impl Config {
             }
             "enable_utc" => self.enable_utc = as_bool(key, v)?,
             "beat_max_loop_interval" => self.beat_max_loop_interval = as_opt_secs(key, v)?,
+            "beat_cron_starting_deadline" => self.beat_cron_starting_deadline = as_opt_secs(key, v)?,
             "beat_schedule" => match v {
                 Value::Table(_) => self.beat_schedule = Some(v.clone()),
                 other => return Err(cfg_err(key, format!("expected a table of entries, got {}", other.kind()))),

@@ -253,6 +253,7 @@ fn timezone_enable_utc_and_beat_schedule_are_settings() {
         timezone = "Europe/Paris"
         enable_utc = false
         beat_max_loop_interval = 5
+        beat_cron_starting_deadline = 120
         [beat_schedule.cleanup]
         task = "app.cleanup"
         schedule = "crontab(hour=2, minute=0)"
@@ -262,6 +263,7 @@ fn timezone_enable_utc_and_beat_schedule_are_settings() {
     assert_eq!(c.timezone.as_deref(), Some("Europe/Paris"));
     assert!(!c.enable_utc);
     assert_eq!(c.beat_max_loop_interval, Some(Duration::from_secs(5)));
+    assert_eq!(c.beat_cron_starting_deadline, Some(Duration::from_secs(120)));
     let entry = c.beat_schedule.as_ref().and_then(|s| s.get("cleanup")).unwrap();
     assert_eq!(entry.get("task").and_then(Value::as_str), Some("app.cleanup"));
     assert!(c.unsupported().is_empty(), "{:?}", c.unsupported());
