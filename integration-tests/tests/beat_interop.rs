@@ -11,7 +11,7 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use integration_tests::{redis_url, spawn_python_worker, unique, wait_for, PyEnv};
+use integration_tests::{interop_worker_bin, redis_url, spawn_python_worker, unique, wait_for, Proc, PyEnv};
 use qtask::beat::{entries_from_config, Beat};
 use qtask::{Config, ConsumeOptions};
 use serde_json::{json, Value};
@@ -105,5 +105,54 @@ async fn python_worker_runs_what_qtask_beat_sends() -> Result<()> {
     for q in [&inspect, &work] {
         app.broker().purge(q).await?;
     }
+    Ok(())
+}
+
+/// `interop-worker -B --schedule FILE`: the beat runs inside the qtask
+/// worker (Celery's `worker -B`), and the worker runs what it sends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interop_worker_with_an_embedded_beat() -> Result<()> {
+    let url = redis_url();
+    let queue = unique("beat_embedded");
+    let dir = std::env::temp_dir().join(unique("qbeat_schedule"));
+    std::fs::create_dir_all(&dir)?;
+    let file = dir.join("schedule.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[beat_schedule.add-every-second]\ntask = \"tasks.add\"\nschedule = 1.0\nargs = [4, 4]\n\
+             options = {{ queue = \"{queue}\" }}\n"
+        ),
+    )?;
+    let mut cmd = std::process::Command::new(interop_worker_bin!());
+    cmd.args(["--broker", &url, "--backend", &url, "--queues", &queue, "-B", "--schedule"]).arg(&file);
+    cmd.env("QTASK_LOG", "info");
+    let mut worker = Proc::spawn("interop-worker -B", cmd)?;
+    worker.wait_log("worker online", Duration::from_secs(30))?;
+    wait_for("two sends of the embedded beat", Duration::from_secs(30), || {
+        let sent = worker.log().matches("beat: sent").count();
+        async move { Ok(sent >= 2) }
+    })
+    .await?;
+    // The beat logs the id of each message; the worker stored their results.
+    let ids: Vec<String> = worker
+        .log()
+        .lines()
+        .filter(|l| l.contains("beat: sent"))
+        .filter_map(|l| l.split_whitespace().find_map(|w| w.strip_prefix("id=")).map(str::to_owned))
+        .take(2)
+        .collect();
+    assert_eq!(ids.len(), 2, "{}", worker.log());
+    let mut cfg = Config::default();
+    cfg.broker_url = Some(url.clone());
+    cfg.result_backend = Some(url.clone());
+    let app = qtask::app_from_config(cfg).await?;
+    for id in &ids {
+        let v: Value = app.result::<Value>(id.clone()).get(Duration::from_secs(30)).await?;
+        assert_eq!(v, json!(8), "task {id}");
+    }
+    worker.terminate(Duration::from_secs(20))?;
+    app.broker().purge(&queue).await?;
+    std::fs::remove_dir_all(&dir)?;
     Ok(())
 }
