@@ -64,8 +64,9 @@ pub struct Status {
     pub ticks: u64,
     /// The entry due next and its slot.
     pub next_due: Option<(String, DateTime<Utc>)>,
-    /// Entries whose last send failed (broker or store down): they are
-    /// retried at the next tick while their slot is within grace.
+    /// Entries whose last attempt failed (store or broker down): every
+    /// second the beat tries again the claim, or the publish of the slot it
+    /// claimed, while the slot is within the entry's grace.
     pub overdue: usize,
     /// Messages sent.
     pub sent: u64,
@@ -215,7 +216,7 @@ impl BeatHandle {
         self.status.borrow().next_due.clone()
     }
 
-    /// Entries whose last send failed and are waiting for a retry.
+    /// Entries whose last claim or send failed, waiting for a retry.
     pub fn overdue(&self) -> usize {
         self.status.borrow().overdue
     }
@@ -305,7 +306,10 @@ struct Slotted {
     state: RunState,
     next: Option<DateTime<Utc>>,
     generation: u64,
+    /// The last attempt failed (claim or send): counted as overdue.
     failed: bool,
+    /// A slot claimed but not yet published.
+    unsent: Option<DateTime<Utc>>,
 }
 
 /// The beat's state: entries by name and a heap of (next slot, generation,
@@ -392,7 +396,9 @@ impl Scheduler {
             self.heap.push(Reverse((at, self.generation, entry.name.clone())));
         }
         let name = entry.name.clone();
-        let old = self.entries.insert(name, Slotted { entry, state, next, generation: self.generation, failed: false });
+        let old = self
+            .entries
+            .insert(name, Slotted { entry, state, next, generation: self.generation, failed: false, unsent: None });
         if old.is_some_and(|s| s.failed) {
             self.status.overdue -= 1;
         }
@@ -431,44 +437,73 @@ impl Scheduler {
 
     async fn fire(&mut self, name: &str, now: DateTime<Utc>) {
         let Some(slotted) = self.entries.get(name) else { return };
-        let Some(next) = slotted.next else { return };
         let entry = slotted.entry.clone();
         let tz = self.tz(&entry);
-        let (send, reached, dropped) = due_slots(&entry, tz, next, now);
-        if dropped > 0 {
-            tracing::info!(entry = name, skipped = dropped, policy = ?entry.catch_up, "beat: missed slots not sent");
-            self.status.skipped += dropped;
-        }
+        let next = slotted.next;
+        let mut unsent = slotted.unsent;
+        let mut state = slotted.state;
         let mut failed = false;
-        let mut sent_any = false;
-        for slot in &send {
-            match self.store.claim(&Claim::new(name, *slot)).await {
-                Ok(true) => {}
-                Ok(false) => {
-                    tracing::debug!(entry = name, slot = %slot, "beat: slot already claimed");
-                    continue;
-                }
-                Err(e) => {
-                    tracing::warn!(entry = name, error = %e, "beat: cannot claim a slot; retrying at the next tick");
-                    failed = true;
-                    break;
-                }
-            }
-            match send_entry(&self.app, &entry).await {
-                Ok(id) => {
-                    sent_any = true;
-                    self.status.sent += 1;
-                    tracing::info!(entry = name, task = %entry.task, id = %id, slot = %slot, "beat: sent");
-                }
-                Err(e) => {
-                    self.status.failed += 1;
-                    failed = true;
-                    tracing::error!(entry = name, task = %entry.task, slot = %slot, error = %e, "beat: send failed");
+        // A slot this beat claimed but could not publish: it is ours, so it
+        // is published again (no second claim) while within grace.
+        if let Some(slot) = unsent {
+            let late = chrono::TimeDelta::from_std(entry.grace().unwrap_or(Duration::MAX)).ok();
+            if late.is_some_and(|g| now - slot > g) {
+                tracing::warn!(entry = name, slot = %slot, "beat: a slot whose send failed is now too late: not sent");
+                self.status.skipped += 1;
+                unsent = None;
+            } else {
+                match send_entry(&self.app, &entry).await {
+                    Ok(id) => {
+                        self.status.sent += 1;
+                        unsent = None;
+                        tracing::info!(entry = name, task = %entry.task, id = %id, slot = %slot, "beat: sent");
+                    }
+                    Err(e) => {
+                        self.status.failed += 1;
+                        failed = true;
+                        tracing::error!(entry = name, slot = %slot, error = %e, "beat: send failed again");
+                    }
                 }
             }
-            if let Some(s) = self.entries.get_mut(name) {
-                s.state.last_run_at = Some(*slot);
-                s.state.total_run_count += 1;
+        }
+        let mut new_next = next;
+        if let Some(due) = next.filter(|n| *n <= now && !failed) {
+            let (send, reached, dropped) = due_slots(&entry, tz, due, now);
+            if dropped > 0 {
+                tracing::info!(entry = name, skipped = dropped, policy = ?entry.catch_up, "beat: missed slots not sent");
+                self.status.skipped += dropped;
+            }
+            new_next = if entry.schedule.is_one_off() { None } else { entry.schedule.after(reached, tz) };
+            for slot in send {
+                match self.store.claim(&Claim::new(name, slot)).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        tracing::debug!(entry = name, slot = %slot, "beat: slot already claimed");
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::warn!(entry = name, error = %e, "beat: cannot claim a slot; trying again");
+                        failed = true;
+                        new_next = Some(slot);
+                        break;
+                    }
+                }
+                state.last_run_at = Some(slot);
+                state.total_run_count += 1;
+                match send_entry(&self.app, &entry).await {
+                    Ok(id) => {
+                        self.status.sent += 1;
+                        tracing::info!(entry = name, task = %entry.task, id = %id, slot = %slot, "beat: sent");
+                    }
+                    Err(e) => {
+                        self.status.failed += 1;
+                        failed = true;
+                        unsent = Some(slot);
+                        new_next = if entry.schedule.is_one_off() { None } else { entry.schedule.after(slot, tz) };
+                        tracing::error!(entry = name, task = %entry.task, slot = %slot, error = %e, "beat: send failed");
+                        break;
+                    }
+                }
             }
         }
         self.generation += 1;
@@ -483,20 +518,15 @@ impl Scheduler {
         }
         s.failed = failed;
         s.generation = generation;
-        let claimed_none = failed && !sent_any && s.state.last_run_at.is_none_or(|l| l < next);
-        let (next, wake) = if claimed_none {
-            // The store could not be reached: the same slot, tried again soon.
-            (Some(next), Some(now + chrono::TimeDelta::seconds(1)))
-        } else if entry.schedule.is_one_off() {
-            (None, None)
-        } else {
-            let after = entry.schedule.after(reached, tz);
-            (after, after)
-        };
-        s.next = next;
+        s.unsent = unsent;
+        s.state = state;
+        s.next = new_next;
+        // After a failure, try again in a second (the store or the broker
+        // may be back); else wake for the next slot.
+        let wake = if failed { Some(now + chrono::TimeDelta::seconds(1)) } else { new_next };
         if let Some(at) = wake {
             self.heap.push(Reverse((at, generation, name.to_string())));
-        } else if entry.schedule.is_one_off() {
+        } else if entry.schedule.is_one_off() && unsent.is_none() {
             Arc::make_mut(&mut s.entry).enabled = false;
             if let Err(e) = self.store.set_enabled(name, false).await {
                 tracing::warn!(entry = name, error = %e, "beat: cannot disable a one-off entry");

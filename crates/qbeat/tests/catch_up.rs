@@ -281,3 +281,82 @@ async fn all_within_grace_after_a_week_of_one_second_slots() {
     assert_eq!((status.sent, status.skipped), (11, 7 * 86_400 - 11), "{status:?}");
     beat.stop().await.unwrap();
 }
+
+/// An in-memory broker whose publishes fail while `down` is set.
+struct Unreachable {
+    inner: qmemory::MemoryBroker,
+    down: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl qcore::Broker for Unreachable {
+    async fn declare_queue(&self, queue: &str) -> Result<(), qcore::BrokerError> {
+        self.inner.declare_queue(queue).await
+    }
+    async fn publish(&self, queue: &str, message: &qcore::Message) -> Result<(), qcore::BrokerError> {
+        if self.down.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(qcore::BrokerError::new(qcore::ErrorKind::Connection, "broker down"));
+        }
+        self.inner.publish(queue, message).await
+    }
+    async fn consume(
+        &self,
+        queues: &[String],
+        options: ConsumeOptions,
+    ) -> Result<Box<dyn qcore::Consumer>, qcore::BrokerError> {
+        self.inner.consume(queues, options).await
+    }
+    async fn queue_len(&self, queue: &str) -> Result<u64, qcore::BrokerError> {
+        self.inner.queue_len(queue).await
+    }
+    async fn purge(&self, queue: &str) -> Result<u64, qcore::BrokerError> {
+        self.inner.purge(queue).await
+    }
+    async fn publish_fanout(
+        &self,
+        exchange: &str,
+        rk: &str,
+        message: &qcore::Message,
+    ) -> Result<(), qcore::BrokerError> {
+        self.inner.publish_fanout(exchange, rk, message).await
+    }
+    async fn subscribe(
+        &self,
+        exchange: &str,
+        pattern: &str,
+    ) -> Result<Box<dyn qcore::Subscription>, qcore::BrokerError> {
+        self.inner.subscribe(exchange, pattern).await
+    }
+    async fn ping(&self) -> Result<(), qcore::BrokerError> {
+        self.inner.ping().await
+    }
+    fn describe(&self) -> String {
+        "unreachable".into()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_claimed_slot_whose_send_failed_is_sent_once_the_broker_is_back() {
+    let broker = Arc::new(Unreachable { inner: qmemory::MemoryBroker::new(), down: true.into() });
+    let app = App::builder().broker(broker.clone()).build().unwrap();
+    let store = Arc::new(MemoryStore::new());
+    let beat = Beat::builder(app.clone())
+        .entry(hourly("report"))
+        .store(store.clone())
+        .clock(Arc::new(TokioClock::starting_at(t0())))
+        .spawn()
+        .await
+        .unwrap();
+    // The slot t0 + 1 h is claimed, its publish fails, and fails again every second.
+    let s = beat.wait_for(Duration::from_secs(3700), |s| s.failed >= 3).await.unwrap();
+    assert_eq!((s.sent, s.overdue), (0, 1), "{s:?}");
+    assert_eq!(store.get("report").unwrap().state.last_run_at, Some(t0() + TimeDelta::hours(1)));
+    broker.down.store(false, std::sync::atomic::Ordering::SeqCst);
+    let s = beat.wait_for(Duration::from_secs(10), |s| s.sent == 1).await.unwrap();
+    assert_eq!(s.overdue, 0);
+    assert_eq!(s.next_due, Some(("report".to_string(), t0() + TimeDelta::hours(2))));
+    // Sent once, not once per attempt; the claim was not taken twice.
+    assert_eq!(queued(&app).await, 1);
+    assert_eq!(store.get("report").unwrap().state.total_run_count, 1);
+    beat.stop().await.unwrap();
+}
