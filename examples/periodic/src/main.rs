@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo run -p qtask-periodic
-//! curl http://127.0.0.1:8001/beat
+//! curl http://127.0.0.1:8002/beat
 //! ```
 //!
 //! With nothing configured it runs on the embedded default (`qtask.db` in
@@ -28,7 +28,7 @@ async fn main() -> anyhow::Result<()> {
     let running = tokio::spawn(worker.run());
     let beat = Arc::new(Beat::builder(app.clone()).schedule(qtask_periodic::entries()?).spawn().await?);
 
-    let addr = std::env::var("PERIODIC_ADDR").unwrap_or_else(|_| "127.0.0.1:8001".into());
+    let addr = std::env::var("PERIODIC_ADDR").unwrap_or_else(|_| "127.0.0.1:8002".into());
     let listener = tokio::net::TcpListener::bind(&addr).await.with_context(|| format!("cannot listen on {addr}"))?;
     println!("periodic: http://{addr}/beat  (broker {})", app.broker().describe());
     // Healthy while the loop ticks: it ticks at least every 300 s.
