@@ -4,7 +4,12 @@
 //! ```text
 //! interop-worker --broker URL [--backend URL] [--queues a,b] [--concurrency N]
 //!                [--prefetch-multiplier N] [--acks-late] [--threads N]
+//!                [-B|--beat [--schedule FILE]]
 //! ```
+//!
+//! `-B`/`--beat` runs a beat in the worker (Celery's `worker -B`) with the
+//! `beat_schedule` of the settings (`QTASK_CONFIG`) and of `--schedule FILE`
+//! (a settings file with a `beat_schedule` table).
 //!
 //! Without `--backend` results are not stored; the default queue is `celery`.
 //! `--threads` sets the tokio runtime's worker threads: 1 runs the worker on
@@ -12,6 +17,7 @@
 //! it), the default is a multi-thread runtime with one thread per core.
 //! SIGTERM or SIGINT gives a warm shutdown (a second one, a cold shutdown).
 
+use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -78,9 +84,11 @@ struct Args {
     prefetch_multiplier: Option<usize>,
     acks_late: bool,
     threads: Option<usize>,
+    beat: bool,
+    schedule: Option<String>,
 }
 
-const USAGE: &str = "usage: interop-worker --broker URL [--backend URL] [--queues a,b] [--concurrency N] [--prefetch-multiplier N] [--acks-late] [--threads N]";
+const USAGE: &str = "usage: interop-worker --broker URL [--backend URL] [--queues a,b] [--concurrency N] [--prefetch-multiplier N] [--acks-late] [--threads N] [-B|--beat [--schedule FILE]]";
 
 fn parse(argv: Vec<String>) -> anyhow::Result<Args> {
     let mut a = Args::default();
@@ -116,9 +124,14 @@ fn parse(argv: Vec<String>) -> anyhow::Result<Args> {
                 }
                 a.threads = Some(n);
             }
+            "-B" | "--beat" => a.beat = true,
+            "--schedule" => a.schedule = Some(value()?),
             "-h" | "--help" => bail!("{USAGE}"),
             other => bail!("unknown argument {other:?}\n{USAGE}"),
         }
+    }
+    if a.schedule.is_some() && !a.beat {
+        bail!("--schedule needs -B/--beat\n{USAGE}");
     }
     Ok(a)
 }
@@ -137,6 +150,13 @@ async fn run(a: Args) -> anyhow::Result<()> {
     }
     let app = qtask::app_from_config(cfg).await?;
     app.register(add).register(mul).register(xsum).register(sleep).register(fail).register(progress).register(noop);
+    let beat = match a.beat {
+        true => {
+            let entries = qtask::beat::entries_from_config(app.config(), a.schedule.as_deref().map(Path::new))?;
+            Some(qtask::beat::Beat::builder(app.clone()).schedule(entries).spawn().await?)
+        }
+        false => None,
+    };
     let mut builder = Worker::builder(app);
     if !a.queues.is_empty() {
         builder = builder.queues(a.queues);
@@ -147,7 +167,11 @@ async fn run(a: Args) -> anyhow::Result<()> {
     if let Some(m) = a.prefetch_multiplier {
         builder = builder.prefetch_multiplier(m);
     }
-    builder.build().run_until_signal().await?;
+    let ran = builder.build().run_until_signal().await;
+    if let Some(beat) = beat {
+        beat.stop().await?;
+    }
+    ran?;
     Ok(())
 }
 
@@ -206,6 +230,11 @@ mod tests {
         assert_eq!(args(&["--broker", "amqp://h"]).unwrap().threads, None);
         let e = args(&["--threads", "0"]).unwrap_err().to_string();
         assert!(e.contains("--threads must be at least 1"), "{e}");
+        let a = args(&["--broker", "redis://h", "-B", "--schedule", "beat.toml"]).unwrap();
+        assert!(a.beat);
+        assert_eq!(a.schedule.as_deref(), Some("beat.toml"));
+        let e = args(&["--schedule", "beat.toml"]).unwrap_err().to_string();
+        assert!(e.contains("--schedule needs -B/--beat"), "{e}");
         let e = args(&["--threads", "two"]).unwrap_err().to_string();
         assert!(e.contains("--threads must be a whole number"), "{e}");
     }

@@ -53,6 +53,9 @@ pub use connect::{
 };
 #[cfg(feature = "amqp")]
 pub use qamqp;
+/// Periodic tasks: Celery beat's schedules and messages (crate `qbeat`).
+#[cfg(feature = "beat")]
+pub use qbeat as beat;
 pub use qcore::*;
 #[cfg(feature = "macros")]
 pub use qmacros::task;

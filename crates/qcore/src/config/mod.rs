@@ -361,6 +361,26 @@ pub struct Config {
     pub visibility_timeout: Option<Duration>,
     /// Deliveries after which a message is dead-lettered as poison.
     pub max_deliveries: Option<u32>,
+    /// Celery's `timezone`: the IANA zone name (`"Europe/Paris"`) periodic
+    /// schedules (crontab) are computed in when an entry names none. `None`:
+    /// UTC. The name is checked by the beat (qbeat), which owns the zone
+    /// database.
+    pub timezone: Option<String>,
+    /// Celery's `enable_utc` (default true). Messages always carry UTC
+    /// times; without `timezone`, `enable_utc = false` means the system's
+    /// local zone in Celery, which the beat takes from `TZ` (else UTC).
+    pub enable_utc: bool,
+    /// Celery's `beat_schedule`: the periodic entries, as written (a table
+    /// of entries by name). Kept unparsed here; the beat (qbeat) reads and
+    /// checks it, naming the entry and field of any error.
+    pub beat_schedule: Option<Value>,
+    /// Celery's `beat_max_loop_interval`: the longest the beat sleeps
+    /// between ticks (`None`: Celery's 300 s).
+    pub beat_max_loop_interval: Option<Duration>,
+    /// Celery's `beat_cron_starting_deadline`: after downtime a crontab
+    /// entry catches up only on a slot at most this late (the beat's
+    /// default `misfire_grace` of crontab entries). `None`: no limit.
+    pub beat_cron_starting_deadline: Option<Duration>,
     /// Celery settings that were set but that qtask does not support.
     unsupported: Vec<String>,
 }
@@ -404,6 +424,11 @@ impl Default for Config {
             worker_shutdown_timeout: Duration::from_secs(30),
             visibility_timeout: None,
             max_deliveries: None,
+            timezone: None,
+            enable_utc: true,
+            beat_schedule: None,
+            beat_max_loop_interval: None,
+            beat_cron_starting_deadline: None,
             unsupported: Vec::new(),
         }
     }
@@ -448,6 +473,11 @@ pub const KNOWN_SETTINGS: &[&str] = &[
     "worker_shutdown_timeout",
     "visibility_timeout",
     "max_deliveries",
+    "timezone",
+    "enable_utc",
+    "beat_schedule",
+    "beat_max_loop_interval",
+    "beat_cron_starting_deadline",
 ];
 
 /// `QTASK_*` environment variables that are not settings: the settings
@@ -717,6 +747,20 @@ impl Config {
             "worker_shutdown_timeout" => self.worker_shutdown_timeout = as_secs(key, v)?,
             "visibility_timeout" => self.visibility_timeout = as_opt_secs(key, v)?,
             "max_deliveries" => self.max_deliveries = Some(as_usize(key, v)? as u32).filter(|n| *n > 0),
+            "timezone" => {
+                let tz = as_string(key, v)?.trim().to_string();
+                if tz.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                    return Err(cfg_err(key, format!("expected an IANA zone name like \"Europe/Paris\", got {tz:?}")));
+                }
+                self.timezone = Some(tz).filter(|t| !t.is_empty());
+            }
+            "enable_utc" => self.enable_utc = as_bool(key, v)?,
+            "beat_max_loop_interval" => self.beat_max_loop_interval = as_opt_secs(key, v)?,
+            "beat_cron_starting_deadline" => self.beat_cron_starting_deadline = as_opt_secs(key, v)?,
+            "beat_schedule" => match v {
+                Value::Table(_) => self.beat_schedule = Some(v.clone()),
+                other => return Err(cfg_err(key, format!("expected a table of entries, got {}", other.kind()))),
+            },
             other if CELERY_SETTINGS.contains(&other) => self.note_unsupported(other),
             other => {
                 return Err(Error::Config(format!(

@@ -293,3 +293,34 @@ fn task_queues_with_exchange_and_routing_key() {
         assert!(e.contains(says), "{bad}: {e}");
     }
 }
+
+#[test]
+fn timezone_enable_utc_and_beat_schedule_are_settings() {
+    let c = Config::from_toml_str(
+        r#"
+        timezone = "Europe/Paris"
+        enable_utc = false
+        beat_max_loop_interval = 5
+        beat_cron_starting_deadline = 120
+        [beat_schedule.cleanup]
+        task = "app.cleanup"
+        schedule = "crontab(hour=2, minute=0)"
+        "#,
+    )
+    .unwrap();
+    assert_eq!(c.timezone.as_deref(), Some("Europe/Paris"));
+    assert!(!c.enable_utc);
+    assert_eq!(c.beat_max_loop_interval, Some(Duration::from_secs(5)));
+    assert_eq!(c.beat_cron_starting_deadline, Some(Duration::from_secs(120)));
+    let entry = c.beat_schedule.as_ref().and_then(|s| s.get("cleanup")).unwrap();
+    assert_eq!(entry.get("task").and_then(Value::as_str), Some("app.cleanup"));
+    assert!(c.unsupported().is_empty(), "{:?}", c.unsupported());
+    assert!(Config::default().enable_utc);
+    let err = Config::from_toml_str("beat_schedule = 3").unwrap_err().to_string();
+    assert!(err.contains("beat_schedule: expected a table of entries"), "{err}");
+    let err = Config::from_toml_str("timezone = \"Europe/ Paris\"").unwrap_err().to_string();
+    assert!(err.contains("timezone: expected an IANA zone name"), "{err}");
+    let c = Config::from_vars(vars(&[("QTASK_TIMEZONE", "America/New_York"), ("CELERY_ENABLE_UTC", "no")])).unwrap();
+    assert_eq!(c.timezone.as_deref(), Some("America/New_York"));
+    assert!(!c.enable_utc);
+}
