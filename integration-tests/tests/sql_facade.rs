@@ -171,7 +171,7 @@ async fn chords_are_joined_by_chord_unlock() -> Result<()> {
     let schema = PgSchema::new("chordunlock");
     let queue = unique("q");
     let app = app_on(&schema, &queue).await?;
-    assert!(!app.backend().expect("a backend").supports_native_join());
+    assert_eq!(app.backend().expect("a backend").capabilities().chords, qtask::ChordSupport::Unlock);
     let worker = Worker::builder(app.clone()).concurrency(4).build();
     let stop = worker.handle();
     let running = tokio::spawn(worker.run());

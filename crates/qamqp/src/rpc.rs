@@ -9,8 +9,8 @@ use futures_util::StreamExt;
 use lapin::options::{BasicConsumeOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use qcore::{
-    BackendError, BrokerError, ChordJoin, ChordPart, ContentType, ErrorKind, Message, Properties, ResultBackend,
-    ResultMeta, State,
+    BackendCapabilities, BackendError, BrokerError, ChordJoin, ChordPart, ChordSupport, ContentType, ErrorKind,
+    Message, Properties, ResultBackend, ResultMeta, State,
 };
 use serde_json::{Map, Value};
 use tokio::sync::watch;
@@ -346,6 +346,11 @@ fn unsupported(what: &str) -> BackendError {
 
 #[async_trait]
 impl ResultBackend for RpcBackend {
+    /// Results travel to the caller only: no groups, no chords (as in Celery).
+    fn capabilities(&self) -> BackendCapabilities {
+        BackendCapabilities::all().groups(false).chords(ChordSupport::Unsupported)
+    }
+
     async fn store(&self, meta: &ResultMeta, _ttl: Option<Duration>) -> Result<(), BackendError> {
         self.inner.put(meta.clone());
         Ok(())

@@ -11,7 +11,10 @@ use lapin::options::{BasicGetOptions, BasicPublishOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use lapin::BasicProperties;
 use qamqp::{AmqpOptions, RpcBackend, RpcOptions};
-use qcore::{App, Broker, ConsumeOptions, ContentType, ErrorKind, ResultBackend, ResultMeta, SendOptions, State};
+use qcore::{
+    App, BackendCapabilities, Broker, ChordSupport, ConsumeOptions, ContentType, ErrorKind, ResultBackend, ResultMeta,
+    SendOptions, State,
+};
 use serde_json::json;
 
 async fn backend() -> RpcBackend {
@@ -133,6 +136,7 @@ async fn what_rpc_cannot_do() {
     assert_eq!(b.save_group("g", &["a".into()], None).await.unwrap_err().kind(), ErrorKind::Unsupported);
     assert_eq!(b.get_group("g").await.unwrap_err().kind(), ErrorKind::Unsupported);
     assert_eq!(b.chord_init("g", 2, None).await.unwrap_err().kind(), ErrorKind::Unsupported);
+    assert_eq!(b.capabilities(), BackendCapabilities::all().groups(false).chords(ChordSupport::Unsupported));
     assert!(b.describe().starts_with("rpc://"));
     assert!(!b.describe().contains("guest:guest"));
 }
@@ -177,4 +181,24 @@ async fn app_round_trip() {
     d.acker.ack().await.unwrap();
     let value: serde_json::Value = res.get(Duration::from_secs(10)).await.unwrap();
     assert_eq!(value, json!(5));
+}
+
+/// A chord on an rpc backend is refused before anything is published (the
+/// backend says it cannot join), not found out by a worker later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chord_is_refused_before_it_is_sent() {
+    let amqp = broker(AmqpOptions::default()).await;
+    let rpc = amqp.rpc_backend(RpcOptions::default()).await.unwrap();
+    let queue = unique("rpc.chord");
+    let mut cfg = qcore::Config::default();
+    cfg.task_default_queue = queue.clone();
+    let app = App::builder().broker(Arc::new(amqp.clone())).backend(Arc::new(rpc)).config(cfg).build().unwrap();
+    let header =
+        vec![qcore::Signature::new("tests.add").arg(1).arg(1), qcore::Signature::new("tests.add").arg(2).arg(2)];
+    let e = app.apply_async(qcore::chord(header, qcore::Signature::new("tests.xsum")), SendOptions::new()).await;
+    let e = e.expect_err("a chord on rpc:// is an error");
+    assert!(matches!(&e, qcore::Error::Backend(b) if b.kind() == ErrorKind::Unsupported), "{e}");
+    assert!(e.to_string().contains("cannot join chords"), "{e}");
+    amqp.declare_queue(&queue).await.unwrap();
+    assert_eq!(amqp.queue_len(&queue).await.unwrap(), 0, "no header task was published");
 }

@@ -57,6 +57,51 @@ pub enum ChordJoin {
     Complete(Vec<ChordPart>),
 }
 
+/// How a backend joins the header of a chord.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChordSupport {
+    /// The backend counts finished header tasks itself
+    /// ([`ResultBackend::chord_init`] / [`ResultBackend::chord_part`]),
+    /// as Celery's Redis backend does.
+    Native,
+    /// No native join: the producer sends Celery's `celery.chord_unlock`
+    /// task, which polls the header's results (Celery's database backend);
+    /// see [`chord_unlock`](crate::chord_unlock).
+    Unlock,
+    /// Chords cannot be run with this backend (Celery's `rpc://`): sending
+    /// one is an error before anything is published.
+    Unsupported,
+}
+
+/// What a [`ResultBackend`] can do beyond storing and reading results.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BackendCapabilities {
+    /// `save_group` / `get_group` work (`GroupResult.save()`).
+    pub groups: bool,
+    /// How chords are joined.
+    pub chords: ChordSupport,
+}
+
+impl BackendCapabilities {
+    /// Groups and a native chord join.
+    pub fn all() -> Self {
+        BackendCapabilities { groups: true, chords: ChordSupport::Native }
+    }
+
+    /// Set whether groups can be saved.
+    pub fn groups(mut self, groups: bool) -> Self {
+        self.groups = groups;
+        self
+    }
+
+    /// Set how chords are joined.
+    pub fn chords(mut self, chords: ChordSupport) -> Self {
+        self.chords = chords;
+        self
+    }
+}
+
 /// Where task states and results are stored. Object safe.
 #[async_trait]
 pub trait ResultBackend: Send + Sync + 'static {
@@ -115,13 +160,12 @@ pub trait ResultBackend: Send + Sync + 'static {
     /// Prepare the join of a chord of `size` header tasks.
     async fn chord_init(&self, group_id: &str, size: u64, ttl: Option<Duration>) -> Result<(), BackendError>;
 
-    /// Whether the backend joins chords itself ([`chord_init`](Self::chord_init)
-    /// and [`chord_part`](Self::chord_part), default true). Celery's
-    /// database backend does not: a chord sent to a backend answering false
-    /// is joined by the `celery.chord_unlock` task instead, see
-    /// [`chord_unlock`](crate::chord_unlock).
-    fn supports_native_join(&self) -> bool {
-        true
+    /// What this backend can do beyond storing and reading results (by
+    /// default everything: groups and a native chord join). Callers decide
+    /// from this, before sending anything, rather than from an
+    /// [`ErrorKind::Unsupported`](crate::ErrorKind::Unsupported) at run time.
+    fn capabilities(&self) -> BackendCapabilities {
+        BackendCapabilities::all()
     }
 
     /// Record one finished header task; see [`ChordJoin`].

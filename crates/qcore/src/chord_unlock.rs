@@ -2,7 +2,7 @@
 //! backends that have no native join (its database backend), on both sides.
 //!
 //! * **Producer:** a chord sent to such a backend
-//!   ([`ResultBackend::supports_native_join`] is false) sends its header
+//!   ([`ResultBackend::capabilities`] says [`ChordSupport::Unlock`](crate::backend::ChordSupport::Unlock)) sends its header
 //!   tasks and one `celery.chord_unlock` message, as Celery's
 //!   `fallback_chord_unlock` does: args `[group_id, <body signature>]`,
 //!   kwargs `{"interval": null, "max_retries": null, "result": [[[id, null],

@@ -41,7 +41,7 @@ pub mod url;
 
 pub use app::{App, AppBuilder, IntoSignature, Parent, PreparedSend, SendOptions, TypedSignature};
 pub use async_result::AsyncResult;
-pub use backend::{ChordJoin, ChordPart, ResultBackend};
+pub use backend::{BackendCapabilities, ChordJoin, ChordPart, ChordSupport, ResultBackend};
 pub use broker::{
     Acker, Broker, Capabilities, ConsumeOptions, Consumer, DeadLetter, DeadLetters, Delivery, Priorities, Subscription,
 };

@@ -309,7 +309,7 @@ async fn chord_part(
         return Ok(());
     };
     let backend = app.backend().ok_or(Error::NoBackend)?;
-    if !backend.supports_native_join() {
+    if backend.capabilities().chords != crate::backend::ChordSupport::Native {
         // Joined by the `celery.chord_unlock` task the producer sent (as
         // Celery's backends without a native join do nothing here).
         return Ok(());

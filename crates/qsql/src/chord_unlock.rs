@@ -1,6 +1,6 @@
 //! `celery.chord_unlock`, the polling chord join Python Celery uses with
 //! the database backend: the database backend declares no native join
-//! ([`ResultBackend::supports_native_join`](qcore::ResultBackend::supports_native_join)
+//! ([`ResultBackend::capabilities`](qcore::ResultBackend::capabilities)
 //! is false), so chords sent by either side are joined by that task, which
 //! every qtask worker runs (the builtin of [`qcore::chord_unlock`]). The
 //! types are re-exported here for the callers that knew them from qsql.

@@ -9,7 +9,8 @@ use serde_json::{Map, Value};
 use super::send::Expires;
 use super::{App, IntoSignature, SendOptions};
 use crate::async_result::AsyncResult;
-use crate::error::{Error, ProtocolError};
+use crate::backend::ChordSupport;
+use crate::error::{BackendError, Error, ErrorKind, ProtocolError};
 use crate::message::{ContentType, Embed, Message, TaskMessageBuilder, TimeLimit};
 use crate::signature::{CanvasKind, Signature};
 use crate::time::parse_iso;
@@ -376,7 +377,19 @@ impl App {
             let id = self.send_task_signature(body, SendOptions::default(), Some(&p), sink).await?;
             return Ok(AsyncResult::new(self.clone(), id));
         }
-        let native = backend.supports_native_join();
+        let native = match backend.capabilities().chords {
+            ChordSupport::Native => true,
+            ChordSupport::Unlock => false,
+            ChordSupport::Unsupported => {
+                return Err(Error::Backend(BackendError::new(
+                    ErrorKind::Unsupported,
+                    format!(
+                        "the result backend {} cannot join chords (as in Celery): use Redis, SQL or another store",
+                        backend.describe()
+                    ),
+                )))
+            }
+        };
         if native {
             backend.chord_init(&gid, members.len() as u64, Some(self.config().result_expires)).await?;
         }

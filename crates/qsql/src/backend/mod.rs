@@ -7,7 +7,9 @@ mod sqlite;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use qcore::{BackendError, ChordJoin, ChordPart, ErrorKind, ResultBackend, ResultMeta};
+use qcore::{
+    BackendCapabilities, BackendError, ChordJoin, ChordPart, ChordSupport, ErrorKind, ResultBackend, ResultMeta,
+};
 
 use crate::connect;
 use crate::error::backend as db_err;
@@ -56,7 +58,7 @@ enum Inner {
 ///   The extended columns are written when the document carries them and
 ///   the table has them.
 /// * **Chords:** as in Celery, no native join
-///   ([`supports_native_join`](ResultBackend::supports_native_join) is
+///   ([`capabilities`](ResultBackend::capabilities) says [`ChordSupport::Unlock`] is
 ///   false): a chord sent by qtask or by Python is joined by the
 ///   `celery.chord_unlock` task its producer sends, which polls the header
 ///   results (see [`qcore::chord_unlock`]), so a chord split across Python
@@ -217,8 +219,8 @@ impl ResultBackend for SqlBackend {
         }
     }
 
-    fn supports_native_join(&self) -> bool {
-        false
+    fn capabilities(&self) -> BackendCapabilities {
+        BackendCapabilities::all().chords(ChordSupport::Unlock)
     }
 
     async fn chord_part(
