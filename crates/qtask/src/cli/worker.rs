@@ -1,0 +1,145 @@
+//! `worker`: the start-up banner, the task log lines, the worker itself.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::process::ExitCode;
+
+use tokio::sync::broadcast;
+
+use qcore::App;
+use qworker::{EventKind, Worker, WorkerEvent};
+
+use super::args::{Pool, WorkerArgs};
+
+/// Build the worker the flags describe, print the banner, log the tasks and
+/// run until SIGTERM/SIGINT (warm shutdown; a second signal, cold).
+pub(super) async fn run(app: App, w: &WorkerArgs, task_log: bool) -> anyhow::Result<ExitCode> {
+    if w.task_events {
+        anyhow::bail!("-E is not supported by this build: its worker does not publish Celery events yet");
+    }
+    if w.without_heartbeat {
+        anyhow::bail!("--without-heartbeat is not supported by this build: its worker has no heartbeat switch yet");
+    }
+    let mut builder = Worker::builder(app.clone());
+    if !w.queues.is_empty() {
+        builder = builder.queues(w.queues.iter().map(|q| q.trim()).filter(|q| !q.is_empty()).map(str::to_owned));
+    }
+    if let Some(c) = w.slots() {
+        builder = builder.concurrency(c);
+    }
+    if let Some(m) = w.prefetch_multiplier {
+        builder = builder.prefetch_multiplier(m);
+    }
+    if let Some(n) = &w.hostname {
+        builder = builder.hostname(n.clone());
+    }
+    let worker = builder.build();
+    let handle = worker.handle();
+    print!("{}", banner(&app, w, handle.hostname()));
+    let logger = task_log.then(|| tokio::spawn(log_tasks(handle.events())));
+    let result = worker.run_until_signal().await;
+    if let Some(l) = logger {
+        l.abort();
+    }
+    result?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Celery's start-up banner: node, transport, results, concurrency, events,
+/// queues, then `[tasks]`.
+fn banner(app: &App, w: &WorkerArgs, hostname: &str) -> String {
+    let cfg = app.config();
+    let broker = qcore::url::redact(cfg.broker_url.as_deref().unwrap_or(crate::DEFAULT_URL));
+    let results = cfg.result_backend.as_deref().map(qcore::url::redact).unwrap_or_else(|| "disabled://".into());
+    let concurrency = w.slots().unwrap_or(cfg.worker_concurrency).max(1);
+    let pool = match w.pool {
+        Some(Pool::Solo) => "solo",
+        _ => "threads",
+    };
+    let events = if cfg.worker_send_task_events {
+        "ON".to_string()
+    } else {
+        "OFF (enable -E to monitor tasks in this worker)".to_string()
+    };
+    let queues = if w.queues.is_empty() { vec![cfg.task_default_queue.clone()] } else { w.queues.clone() };
+    let now = chrono::Utc::now().format("%Y-%m-%d %H:%M:%S");
+    let mut b = String::new();
+    let _ = writeln!(b, "\n -------------- {hostname} v{} (qtask)", env!("CARGO_PKG_VERSION"));
+    let _ = writeln!(b, "--- ***** ----- ");
+    let _ = writeln!(b, "-- ******* ---- {}-{} {now}", std::env::consts::OS, std::env::consts::ARCH);
+    let _ = writeln!(b, "- *** --- * --- ");
+    let _ = writeln!(b, "- ** ---------- [config]");
+    let _ = writeln!(b, "- ** ---------- .> app:         {}", app.origin());
+    let _ = writeln!(b, "- ** ---------- .> transport:   {broker}");
+    let _ = writeln!(b, "- ** ---------- .> results:     {results}");
+    let _ = writeln!(b, "- *** --- * --- .> concurrency: {concurrency} ({pool})");
+    let _ = writeln!(b, "-- ******* ---- .> task events: {events}");
+    let _ = writeln!(b, "--- ***** ----- ");
+    let _ = writeln!(b, " -------------- [queues]");
+    for q in &queues {
+        let _ = writeln!(b, "                .> {q:<16} exchange={q}(direct) key={q}");
+    }
+    let _ = writeln!(b, "\n[tasks]");
+    let mut tasks = app.registered();
+    tasks.sort();
+    for t in tasks {
+        let _ = writeln!(b, "  . {t}");
+    }
+    b.push('\n');
+    b
+}
+
+/// Log received, succeeded, failed, retried and revoked tasks at info
+/// level, as Celery's worker does (`Task NAME[ID] succeeded in 0.01s: 5`).
+async fn log_tasks(mut events: broadcast::Receiver<WorkerEvent>) {
+    let mut names: HashMap<String, String> = HashMap::new();
+    loop {
+        let ev = match events.recv().await {
+            Ok(ev) => ev,
+            Err(broadcast::error::RecvError::Lagged(n)) => {
+                tracing::warn!("{n} task events were not logged (the log fell behind)");
+                continue;
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        };
+        let Some(id) = ev.task_id.as_deref() else { continue };
+        if let EventKind::TaskReceived { name, .. } = &ev.kind {
+            tracing::info!(target: "qtask::worker::task", "Task {name}[{id}] received");
+            names.insert(id.to_string(), name.clone());
+            continue;
+        }
+        let finished = !matches!(ev.kind, EventKind::TaskStarted | EventKind::TaskRetried { .. });
+        let name = if finished { names.remove(id) } else { names.get(id).cloned() };
+        let name = name.unwrap_or_else(|| "?".to_string());
+        match &ev.kind {
+            EventKind::TaskSucceeded { result, runtime } => tracing::info!(
+                target: "qtask::worker::task",
+                "Task {name}[{id}] succeeded in {:.6}s: {}",
+                runtime.as_secs_f64(),
+                qcore::repr::repr(result)
+            ),
+            EventKind::TaskFailed { exception, .. } => tracing::info!(
+                target: "qtask::worker::task",
+                "Task {name}[{id}] failed: {}",
+                qcore::event::exception_repr(exception)
+            ),
+            EventKind::TaskRetried { exception } => tracing::info!(
+                target: "qtask::worker::task",
+                "Task {name}[{id}] retry: {}",
+                qcore::event::exception_repr(exception)
+            ),
+            EventKind::TaskRevoked { terminated, expired } => {
+                let how = match (terminated, expired) {
+                    (true, _) => "terminated",
+                    (_, true) => "expired",
+                    _ => "revoked",
+                };
+                tracing::info!(target: "qtask::worker::task", "Task {name}[{id}] {how}")
+            }
+            EventKind::TaskRejected { reason } => {
+                tracing::info!(target: "qtask::worker::task", "Task {name}[{id}] rejected: {reason}")
+            }
+            _ => {}
+        }
+    }
+}
