@@ -44,8 +44,14 @@ pub enum Command {
     Result(ResultArgs),
     /// Delete the waiting messages of the queues.
     Purge(PurgeArgs),
+    /// Show the workers that are online (a ping).
+    Status(RemoteArgs),
     /// Show the versions and settings of this client.
     Report,
+    /// Ask the workers (ping, stats, active, registered, ...).
+    Inspect(InspectArgs),
+    /// Tell the workers (revoke, rate_limit, add_consumer, shutdown, ...).
+    Control(ControlArgs),
     /// Watch the events workers send (--dump: one JSON object per line).
     Events(EventsArgs),
 }
@@ -212,6 +218,45 @@ pub struct PurgeArgs {
     /// Do not ask for confirmation.
     #[arg(short = 'f', long)]
     pub force: bool,
+}
+
+/// Options of the remote-control commands.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RemoteArgs {
+    /// Seconds to wait for replies.
+    #[arg(short = 't', long, default_value = "1.0", value_parser = seconds, value_name = "SECS")]
+    pub timeout: Duration,
+    /// Only these nodes, comma separated.
+    #[arg(short = 'd', long, value_delimiter = ',', value_name = "NODES")]
+    pub destination: Vec<String>,
+    /// Print the replies as JSON.
+    #[arg(short = 'j', long)]
+    pub json: bool,
+}
+
+/// `inspect COMMAND [ARGS...]`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct InspectArgs {
+    /// ping, stats, active, reserved, scheduled, registered, active_queues, revoked, conf, query_task, report, clock.
+    pub method: String,
+    /// The command's arguments (Celery's order).
+    pub arguments: Vec<String>,
+    /// Replies, nodes, output.
+    #[command(flatten)]
+    pub remote: RemoteArgs,
+}
+
+/// `control COMMAND [ARGS...]`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ControlArgs {
+    /// revoke, terminate, rate_limit, time_limit, add_consumer, cancel_consumer, shutdown, pool_grow,
+    /// pool_shrink, autoscale, enable_events, disable_events, heartbeat.
+    pub method: String,
+    /// The command's arguments (Celery's order).
+    pub arguments: Vec<String>,
+    /// Replies, nodes, output.
+    #[command(flatten)]
+    pub remote: RemoteArgs,
 }
 
 /// `events`.

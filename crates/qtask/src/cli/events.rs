@@ -21,9 +21,8 @@ pub(super) async fn run(app: &App, e: &EventsArgs) -> anyhow::Result<ExitCode> {
     let mut view = View::default();
     let mut redraw = tokio::time::interval(e.freq.max(Duration::from_millis(100)));
     let stdout = std::io::stdout();
-    if !e.dump {
-        eprintln!("-> events: watching {} (Ctrl-C to stop)", app.broker().describe());
-    }
+    // On stderr, so that stdout is only events with --dump.
+    eprintln!("-> events: watching {} (Ctrl-C to stop)", app.broker().describe());
     loop {
         tokio::select! {
             msg = sub.recv() => {

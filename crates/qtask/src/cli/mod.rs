@@ -50,6 +50,7 @@ use qcore::{App, Config, Error};
 mod args;
 mod client;
 mod events;
+mod remote;
 #[cfg(feature = "worker")]
 mod worker;
 
@@ -260,6 +261,9 @@ impl Cli {
             Command::Result(r) => client::result(&self.app(cfg).await?, r).await,
             Command::Purge(p) => client::purge(&self.app(cfg).await?, p).await,
             Command::Report => client::report(&self.app(cfg).await?),
+            Command::Status(r) => remote::status(&self.app(cfg).await?, r).await,
+            Command::Inspect(i) => remote::inspect(&self.app(cfg).await?, i).await,
+            Command::Control(c) => remote::control(&self.app(cfg).await?, c).await,
             Command::Events(e) => events::run(&self.app(cfg).await?, e).await,
         }
     }
