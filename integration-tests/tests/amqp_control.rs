@@ -15,3 +15,8 @@ fn amqp() -> Control {
 async fn qtask_client_reaches_python_worker() -> Result<()> {
     amqp().qtask_client_reaches_python_worker().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_receives_qtask_events() -> Result<()> {
+    amqp().python_receives_qtask_events().await
+}

@@ -14,3 +14,8 @@ fn redis() -> Control {
 async fn qtask_client_reaches_python_worker() -> Result<()> {
     redis().qtask_client_reaches_python_worker().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_receives_qtask_events() -> Result<()> {
+    redis().python_receives_qtask_events().await
+}
