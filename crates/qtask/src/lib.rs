@@ -68,7 +68,7 @@ pub use qredis;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub use qsql;
 #[cfg(feature = "worker")]
-pub use qworker::{self, EventKind, Worker, WorkerEvent, WorkerHandle, WorkerStats};
+pub use qworker::{self, Worker, WorkerHandle, WorkerStats};
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub use sql::AfterCommit;
 #[cfg(feature = "postgres")]

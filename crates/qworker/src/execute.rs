@@ -13,8 +13,8 @@ use qcore::run::{self, Finished};
 use qcore::task::SoftLimit;
 use qcore::{Acker, Delivery, ErrorKind, ExceptionInfo, TaskError, TaskMessage, TaskResult};
 
-use crate::events::EventKind;
 use crate::worker::{backoff, phase_at_least, Phase, Shared};
+use qcore::event::{exception_repr, EventData, TaskReceived};
 
 /// How a run ended before its outcome is recorded.
 enum RunEnd {
@@ -108,22 +108,13 @@ pub(crate) async fn handle(shared: Arc<Shared>, delivery: Delivery, permit: Owne
             let id = message.task_id().unwrap_or("?").to_string();
             tracing::error!(task_id = %id, queue = %queue, %reason, "parking message in the dead-letter place");
             dead_letter(&acker, &id, &reason).await;
-            shared.emit(Some(&id), || EventKind::TaskRejected { reason });
+            shared.events.task(|| EventData::task_rejected(id, false));
             return;
         }
     };
     let id = msg.id.clone();
     let req = run::request_info(&msg, message.properties.reply_to.clone(), &shared.hostname, &queue, redelivered);
-    shared.emit(Some(&id), || EventKind::TaskReceived {
-        name: msg.display_name().to_string(),
-        args: msg.args.clone(),
-        kwargs: msg.kwargs.clone(),
-        retries: msg.retries,
-        eta: msg.eta,
-        expires: msg.expires,
-        root_id: msg.root_id.clone(),
-        parent_id: msg.parent_id.clone(),
-    });
+    shared.events.task(|| EventData::TaskReceived(TaskReceived::from_task(&msg)));
     let app = shared.app.clone();
     let mut phase = shared.phase.subscribe();
 
@@ -187,7 +178,7 @@ pub(crate) async fn handle(shared: Arc<Shared>, delivery: Delivery, permit: Owne
         }
         let reason = format!("NotRegistered: no task named {:?} on {}", msg.task, shared.hostname);
         dead_letter(&acker, &id, &reason).await;
-        shared.emit(Some(&id), || EventKind::TaskRejected { reason });
+        shared.events.task(|| EventData::task_rejected(id.as_str(), false));
         return;
     };
     let opts = task.options();
@@ -235,7 +226,7 @@ pub(crate) async fn handle(shared: Arc<Shared>, delivery: Delivery, permit: Owne
     let (term_tx, term_rx) = oneshot::channel();
     shared.running.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone(), term_tx);
     shared.active.fetch_add(1, Ordering::Relaxed);
-    shared.emit(Some(&id), || EventKind::TaskStarted);
+    shared.events.task(|| EventData::task_started(id.as_str()));
     if let Err(e) = run::mark_started(&app, &opts, &req).await {
         tracing::warn!(task_id = %id, error = %e, "could not store STARTED");
     }
@@ -266,7 +257,7 @@ pub(crate) async fn handle(shared: Arc<Shared>, delivery: Delivery, permit: Owne
                 tracing::error!(task_id = %id, error = %e, "could not store REVOKED");
             }
             shared.processed.fetch_add(1, Ordering::Relaxed);
-            shared.emit(Some(&id), || EventKind::TaskRevoked { terminated: true, expired: false });
+            shared.events.task(|| EventData::task_revoked(id.as_str(), true, Some(15), false));
             if acks_late {
                 ack(&acker, &id).await;
             }
@@ -291,7 +282,7 @@ pub(crate) async fn handle(shared: Arc<Shared>, delivery: Delivery, permit: Owne
             if acks_late {
                 ack(&acker, &id).await;
             }
-            shared.emit(Some(&id), || EventKind::TaskSucceeded { result: value, runtime });
+            shared.events.task(|| EventData::task_succeeded(id.as_str(), qcore::repr::repr(&value), runtime));
         }
         Ok(Finished::Failed { exc, traceback }) => {
             shared.failed.fetch_add(1, Ordering::Relaxed);
@@ -303,14 +294,14 @@ pub(crate) async fn handle(shared: Arc<Shared>, delivery: Delivery, permit: Owne
                 }
             }
             tracing::warn!(task_id = %id, task = %msg.task, error = %exc, "task failed");
-            shared.emit(Some(&id), || EventKind::TaskFailed { exception: exc, traceback });
+            shared.events.task(|| EventData::task_failed(id.as_str(), exception_repr(&exc), traceback));
         }
         Ok(Finished::Retried { exc, eta }) => {
             if acks_late {
                 ack(&acker, &id).await;
             }
             tracing::info!(task_id = %id, task = %msg.task, %eta, error = %exc, "task will be retried");
-            shared.emit(Some(&id), || EventKind::TaskRetried { exception: exc });
+            shared.events.task(|| EventData::task_retried(id.as_str(), exception_repr(&exc), None));
         }
         Ok(Finished::Rejected { requeue: again, reason }) => {
             if acks_late {
@@ -322,7 +313,7 @@ pub(crate) async fn handle(shared: Arc<Shared>, delivery: Delivery, permit: Owne
             } else {
                 tracing::warn!(task_id = %id, %reason, "task rejected its message after it was acked (use acks_late)");
             }
-            shared.emit(Some(&id), || EventKind::TaskRejected { reason });
+            shared.events.task(|| EventData::task_rejected(id.as_str(), again && acks_late));
         }
         Ok(Finished::Ignored) => {
             if acks_late {
@@ -401,5 +392,5 @@ async fn revoke_unstarted(
     }
     ack(acker, &msg.id).await;
     shared.processed.fetch_add(1, Ordering::Relaxed);
-    shared.emit(Some(&msg.id), || EventKind::TaskRevoked { terminated: false, expired: reason == "expired" });
+    shared.events.task(|| EventData::task_revoked(msg.id.as_str(), false, None, reason == "expired"));
 }

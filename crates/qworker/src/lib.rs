@@ -35,5 +35,4 @@ mod execute;
 mod ratelimit;
 mod worker;
 
-pub use events::{EventKind, WorkerEvent};
 pub use worker::{Worker, WorkerBuilder, WorkerHandle, WorkerStats};

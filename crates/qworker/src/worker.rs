@@ -11,7 +11,9 @@ use tokio::task::JoinSet;
 use qcore::control::{ControlRequest, PIDBOX_EXCHANGE};
 use qcore::{App, ConsumeOptions, Consumer, Error};
 
-use crate::events::{EventKind, WorkerEvent};
+use qcore::event::{Event, EventData, EventSender};
+
+use crate::events::{worker_info, Events, HEARTBEAT};
 use crate::execute;
 use crate::ratelimit::RateLimiter;
 
@@ -53,7 +55,7 @@ pub(crate) struct Shared {
     pub(crate) concurrency: usize,
     pub(crate) prefetch: usize,
     pub(crate) slots: Arc<Semaphore>,
-    pub(crate) events: broadcast::Sender<WorkerEvent>,
+    pub(crate) events: Events,
     pub(crate) phase: watch::Sender<Phase>,
     pub(crate) revoked: Mutex<Revoked>,
     pub(crate) running: Mutex<HashMap<String, oneshot::Sender<()>>>,
@@ -68,18 +70,10 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    /// Publish an event to the handle's subscribers; with none (the usual
-    /// case in production) the event is not even built.
-    pub(crate) fn emit(&self, task_id: Option<&str>, kind: impl FnOnce() -> EventKind) {
-        if self.events.receiver_count() == 0 {
-            return;
-        }
-        let _ = self.events.send(WorkerEvent {
-            kind: kind(),
-            task_id: task_id.map(str::to_owned),
-            hostname: self.hostname.clone(),
-            timestamp: chrono::Utc::now(),
-        });
+    /// A `worker-*` event with the current counters.
+    pub(crate) fn worker_event(&self, make: fn(qcore::event::WorkerInfo) -> EventData) {
+        let info = worker_info(self.active.load(Ordering::Relaxed) as u64, self.processed.load(Ordering::Relaxed));
+        self.events.worker(make(info));
     }
 
     pub(crate) fn is_revoked(&self, id: &str) -> bool {
@@ -184,8 +178,10 @@ impl WorkerHandle {
         }
     }
 
-    /// Subscribe to the worker's events.
-    pub fn events(&self) -> broadcast::Receiver<WorkerEvent> {
+    /// Subscribe to the worker's events in process: every event it emits
+    /// (task events too, whether or not they are sent to the broker), as
+    /// Celery event messages stamped with the worker's clock.
+    pub fn events(&self) -> broadcast::Receiver<Event> {
         self.shared.events.subscribe()
     }
 
@@ -204,9 +200,29 @@ pub struct WorkerBuilder {
     prefetch_multiplier: Option<usize>,
     hostname: Option<String>,
     shutdown_timeout: Option<Duration>,
+    send_events: Option<bool>,
+    heartbeat: bool,
 }
 
 impl WorkerBuilder {
+    /// Send task events (`task-received`, `task-succeeded`, ...) to the
+    /// broker's `celeryev` exchange (Celery's `-E`; default:
+    /// `worker_send_task_events`). They can also be switched at run time
+    /// with the `enable_events` / `disable_events` control commands.
+    pub fn send_events(mut self, on: bool) -> Self {
+        self.send_events = Some(on);
+        self
+    }
+
+    /// Send `worker-online`, `worker-heartbeat` (every 2 s) and
+    /// `worker-offline` events (default: on; Celery's
+    /// `--without-heartbeat` turns them off). Monitors such as Flower see
+    /// a worker through them.
+    pub fn heartbeat(mut self, on: bool) -> Self {
+        self.heartbeat = on;
+        self
+    }
+
     /// Queues to consume (default: the app's `task_default_queue`).
     pub fn queues<I, S>(mut self, queues: I) -> Self
     where
@@ -253,7 +269,8 @@ impl WorkerBuilder {
         let hostname = qcore::node_name(self.hostname.as_deref().or(cfg.worker_hostname.as_deref()));
         let queues = if self.queues.is_empty() { vec![cfg.task_default_queue.clone()] } else { self.queues };
         let shutdown_timeout = self.shutdown_timeout.unwrap_or(cfg.worker_shutdown_timeout);
-        let (events, _) = broadcast::channel(1024);
+        let send_events = self.send_events.unwrap_or(cfg.worker_send_task_events);
+        let events = Events::new(Arc::new(EventSender::new(hostname.clone())), send_events, self.heartbeat);
         let (phase, _) = watch::channel(Phase::Running);
         let shared = Arc::new(Shared {
             app: self.app,
@@ -312,6 +329,8 @@ impl Worker {
             prefetch_multiplier: None,
             hostname: None,
             shutdown_timeout: None,
+            send_events: None,
+            heartbeat: true,
         }
     }
 
@@ -407,6 +426,7 @@ impl Worker {
         let shared = self.shared.clone();
         let mut phase = shared.phase.subscribe();
         let reserve = Arc::new(Semaphore::new(shared.prefetch));
+        let publisher = shared.events.start_publisher(shared.app.broker().clone());
         let control = tokio::spawn(control_loop(shared.clone()));
         let heartbeat = tokio::spawn(heartbeat_loop(shared.clone()));
         tracing::info!(
@@ -416,9 +436,12 @@ impl Worker {
         let Some(mut consumer) = self.consume(&mut phase).await else {
             control.abort();
             heartbeat.abort();
+            if let Some(p) = publisher {
+                p.abort();
+            }
             return Ok(());
         };
-        shared.emit(None, || EventKind::WorkerOnline);
+        shared.worker_event(EventData::WorkerOnline);
         let mut inflight = JoinSet::new();
         let mut attempt = 0u32;
         loop {
@@ -478,9 +501,13 @@ impl Worker {
             shared.phase.send_replace(Phase::Cold);
             while inflight.join_next().await.is_some() {}
         }
-        shared.emit(None, || EventKind::WorkerOffline);
         control.abort();
         heartbeat.abort();
+        shared.worker_event(EventData::WorkerOffline);
+        shared.events.flush(Duration::from_secs(2)).await;
+        if let Some(p) = publisher {
+            p.abort();
+        }
         if let Err(e) = consumer.close().await {
             tracing::warn!(error = %e, "closing the consumer");
         }
@@ -490,13 +517,12 @@ impl Worker {
 }
 
 async fn heartbeat_loop(shared: Arc<Shared>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    let mut tick = tokio::time::interval(HEARTBEAT);
+    // The first tick is immediate: worker-online was just sent.
+    tick.tick().await;
     loop {
         tick.tick().await;
-        shared.emit(None, || EventKind::WorkerHeartbeat {
-            active: shared.active.load(Ordering::Relaxed),
-            processed: shared.processed.load(Ordering::Relaxed),
-        });
+        shared.worker_event(EventData::WorkerHeartbeat);
     }
 }
 
@@ -564,6 +590,17 @@ fn handle_control(shared: &Shared, req: &ControlRequest) {
                 }
             }
         }
+        "enable_events" => {
+            if !shared.events.set_task_events(true) {
+                tracing::info!("task events enabled");
+            }
+        }
+        "disable_events" => {
+            if shared.events.set_task_events(false) {
+                tracing::info!("task events disabled");
+            }
+        }
+        "heartbeat" if shared.events.worker_events() => shared.worker_event(EventData::WorkerHeartbeat),
         other => tracing::debug!(method = other, "remote control method not handled by this worker"),
     }
 }

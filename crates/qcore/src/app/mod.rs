@@ -85,6 +85,8 @@ struct Inner {
     origin: String,
     reply_to: String,
     declared: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// Stamps the `task-sent` events (`task_send_sent_event`).
+    sent_events: crate::event::EventSender,
 }
 
 /// The application: configuration, broker, result backend and the tasks it
@@ -134,12 +136,14 @@ impl AppBuilder {
     pub fn build(self) -> Result<App, Error> {
         let broker = self.broker.ok_or_else(|| Error::Config("an App needs a broker".into()))?;
         let host = crate::node::hostname();
+        let origin = format!("gen{}@{}", std::process::id(), host);
         Ok(App {
             inner: Arc::new(Inner {
                 config: self.config.unwrap_or_default(),
                 broker,
                 tasks: RwLock::new(HashMap::new()),
-                origin: format!("gen{}@{}", std::process::id(), host),
+                sent_events: crate::event::EventSender::new(origin.clone()),
+                origin,
                 reply_to: self
                     .backend
                     .as_ref()
@@ -272,7 +276,30 @@ impl App {
         } else {
             self.ensure_queue(queue).await?;
             self.broker().publish(queue, &msg).await?;
+            if self.config().task_send_sent_event {
+                self.send_sent_event(queue, &msg).await;
+            }
             Ok(())
+        }
+    }
+
+    /// Publish `task-sent` for a message just sent to `queue` (Celery's
+    /// producer with `task_send_sent_event`): best effort, as Celery's.
+    async fn send_sent_event(&self, queue: &str, msg: &Message) {
+        use crate::event::{EventData, TaskSent, EVENT_EXCHANGE};
+        let event = match msg.decode_task() {
+            Ok(tm) => self.inner.sent_events.event(EventData::TaskSent(TaskSent::from_task(&tm, queue, "", queue))),
+            Err(e) => {
+                tracing::debug!(error = %e, "no task-sent event for an undecodable message");
+                return;
+            }
+        };
+        let sent = match event.to_message() {
+            Ok(m) => self.inner.broker.publish_fanout(EVENT_EXCHANGE, &event.routing_key(), &m).await,
+            Err(e) => Err(e.into()),
+        };
+        if let Err(e) = sent {
+            tracing::warn!(error = %e, "cannot publish task-sent");
         }
     }
 
