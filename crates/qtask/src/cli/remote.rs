@@ -77,11 +77,7 @@ const COMMANDS: &[Meta] = &[
         signature: "<task_name> <rate_limit (e.g., 5/s | 5/m | 5/h)>",
         ..cmd("rate_limit", false)
     },
-    Meta {
-        variadic: Some("taskinfoitems"),
-        signature: "[attr1 [attr2 [... [attrN]]]]",
-        ..cmd("registered", true)
-    },
+    Meta { variadic: Some("taskinfoitems"), signature: "[attr1 [attr2 [... [attrN]]]]", ..cmd("registered", true) },
     cmd("report", true),
     cmd("reserved", true),
     Meta { variadic: Some("task_id"), signature: "[id1 [id2 [... [idN]]]]", ..cmd("revoke", false) },
@@ -184,7 +180,8 @@ fn sorted(v: &Value) -> Value {
 /// `json.dumps(v, indent=4)`.
 fn json_indent4(v: &Value) -> String {
     let mut out = Vec::new();
-    let mut ser = serde_json::Serializer::with_formatter(&mut out, serde_json::ser::PrettyFormatter::with_indent(b"    "));
+    let mut ser =
+        serde_json::Serializer::with_formatter(&mut out, serde_json::ser::PrettyFormatter::with_indent(b"    "));
     match serde::Serialize::serialize(v, &mut ser) {
         Ok(()) => String::from_utf8_lossy(&out).into_owned(),
         Err(_) => v.to_string(),
@@ -195,7 +192,9 @@ fn json_indent4(v: &Value) -> String {
 pub(super) fn pretty(v: &Value) -> (&'static str, String) {
     match v {
         Value::Array(items) if items.is_empty() => ("OK", "- empty -".into()),
-        Value::Array(items) => ("OK", items.iter().map(|i| format!("* {}", item_str(i))).collect::<Vec<_>>().join("\n")),
+        Value::Array(items) => {
+            ("OK", items.iter().map(|i| format!("* {}", item_str(i))).collect::<Vec<_>>().join("\n"))
+        }
         Value::Object(m) if m.contains_key("ok") => ("OK", indent(&pretty(&m["ok"]).1, 4)),
         Value::Object(m) if m.contains_key("error") => ("ERROR", indent(&pretty(&m["error"]).1, 4)),
         Value::Object(_) => ("OK", json_indent4(&sorted(v))),
@@ -358,9 +357,15 @@ mod tests {
             say_reply("w1@h", &json!({"ok": "new rate limit set successfully"}), true),
             "->  w1@h: OK\n        new rate limit set successfully\n"
         );
-        assert_eq!(say_reply("w1@h", &json!({"error": "unknown task"}), true), "->  w1@h: ERROR\n        unknown task\n");
+        assert_eq!(
+            say_reply("w1@h", &json!({"error": "unknown task"}), true),
+            "->  w1@h: ERROR\n        unknown task\n"
+        );
         assert_eq!(say_reply("w1@h", &json!([]), true), "->  w1@h: OK\n    - empty -\n");
-        assert_eq!(say_reply("w1@h", &json!(["tasks.add", "tasks.mul"]), true), "->  w1@h: OK\n    * tasks.add\n    * tasks.mul\n");
+        assert_eq!(
+            say_reply("w1@h", &json!(["tasks.add", "tasks.mul"]), true),
+            "->  w1@h: OK\n    * tasks.add\n    * tasks.mul\n"
+        );
         assert_eq!(
             say_reply("w1@h", &json!([{"id": "x", "acknowledged": true}]), true),
             "->  w1@h: OK\n    * {'id': 'x', 'acknowledged': True}\n"

@@ -6,21 +6,19 @@ use std::process::ExitCode;
 
 use tokio::sync::broadcast;
 
+use qcore::event::{Event, EventData};
 use qcore::App;
-use qworker::{EventKind, Worker, WorkerEvent};
+use qworker::Worker;
 
 use super::args::{Pool, WorkerArgs};
 
 /// Build the worker the flags describe, print the banner, log the tasks and
 /// run until SIGTERM/SIGINT (warm shutdown; a second signal, cold).
 pub(super) async fn run(app: App, w: &WorkerArgs, task_log: bool) -> anyhow::Result<ExitCode> {
+    let mut builder = Worker::builder(app.clone()).heartbeat(!w.without_heartbeat);
     if w.task_events {
-        anyhow::bail!("-E is not supported by this build: its worker does not publish Celery events yet");
+        builder = builder.send_events(true);
     }
-    if w.without_heartbeat {
-        anyhow::bail!("--without-heartbeat is not supported by this build: its worker has no heartbeat switch yet");
-    }
-    let mut builder = Worker::builder(app.clone());
     if !w.queues.is_empty() {
         builder = builder.queues(w.queues.iter().map(|q| q.trim()).filter(|q| !q.is_empty()).map(str::to_owned));
     }
@@ -89,9 +87,9 @@ fn banner(app: &App, w: &WorkerArgs, hostname: &str) -> String {
     b
 }
 
-/// Log received, succeeded, failed, retried and revoked tasks at info
-/// level, as Celery's worker does (`Task NAME[ID] succeeded in 0.01s: 5`).
-async fn log_tasks(mut events: broadcast::Receiver<WorkerEvent>) {
+/// Log received, succeeded, failed, retried, revoked and rejected tasks at
+/// info level, as Celery's worker does (`Task NAME[ID] succeeded in 0.01s: 5`).
+async fn log_tasks(mut events: broadcast::Receiver<Event>) {
     let mut names: HashMap<String, String> = HashMap::new();
     loop {
         let ev = match events.recv().await {
@@ -102,42 +100,39 @@ async fn log_tasks(mut events: broadcast::Receiver<WorkerEvent>) {
             }
             Err(broadcast::error::RecvError::Closed) => return,
         };
-        let Some(id) = ev.task_id.as_deref() else { continue };
-        if let EventKind::TaskReceived { name, .. } = &ev.kind {
-            tracing::info!(target: "qtask::worker::task", "Task {name}[{id}] received");
-            names.insert(id.to_string(), name.clone());
+        let Some(id) = ev.task_id() else { continue };
+        if let EventData::TaskReceived(f) = &ev.data {
+            tracing::info!(target: "qtask::worker::task", "Task {}[{id}] received", f.name);
+            names.insert(id.to_string(), f.name.clone());
             continue;
         }
-        let finished = !matches!(ev.kind, EventKind::TaskStarted | EventKind::TaskRetried { .. });
+        let finished = !matches!(ev.data, EventData::TaskStarted(_) | EventData::TaskRetried(_));
         let name = if finished { names.remove(id) } else { names.get(id).cloned() };
         let name = name.unwrap_or_else(|| "?".to_string());
-        match &ev.kind {
-            EventKind::TaskSucceeded { result, runtime } => tracing::info!(
+        match &ev.data {
+            EventData::TaskSucceeded(f) => tracing::info!(
                 target: "qtask::worker::task",
-                "Task {name}[{id}] succeeded in {:.6}s: {}",
-                runtime.as_secs_f64(),
-                qcore::repr::repr(result)
+                "Task {name}[{id}] succeeded in {}s: {}",
+                f.runtime,
+                f.result
             ),
-            EventKind::TaskFailed { exception, .. } => tracing::info!(
-                target: "qtask::worker::task",
-                "Task {name}[{id}] failed: {}",
-                qcore::event::exception_repr(exception)
-            ),
-            EventKind::TaskRetried { exception } => tracing::info!(
-                target: "qtask::worker::task",
-                "Task {name}[{id}] retry: {}",
-                qcore::event::exception_repr(exception)
-            ),
-            EventKind::TaskRevoked { terminated, expired } => {
-                let how = match (terminated, expired) {
+            EventData::TaskFailed(f) => {
+                tracing::info!(target: "qtask::worker::task", "Task {name}[{id}] failed: {}", f.exception)
+            }
+            EventData::TaskRetried(f) => {
+                tracing::info!(target: "qtask::worker::task", "Task {name}[{id}] retry: {}", f.exception)
+            }
+            EventData::TaskRevoked(f) => {
+                let how = match (f.terminated, f.expired) {
                     (true, _) => "terminated",
                     (_, true) => "expired",
                     _ => "revoked",
                 };
                 tracing::info!(target: "qtask::worker::task", "Task {name}[{id}] {how}")
             }
-            EventKind::TaskRejected { reason } => {
-                tracing::info!(target: "qtask::worker::task", "Task {name}[{id}] rejected: {reason}")
+            EventData::TaskRejected(f) => {
+                let what = if f.requeue { "rejected (requeued)" } else { "rejected" };
+                tracing::info!(target: "qtask::worker::task", "Task {name}[{id}] {what}")
             }
             _ => {}
         }
