@@ -144,3 +144,50 @@ pub fn remote_control_of_a_python_worker(broker: &str) -> anyhow::Result<()> {
     assert!(String::from_utf8_lossy(&out.stderr).contains("Available control commands: add_consumer,"));
     Ok(())
 }
+
+/// `interop-worker` takes Celery's worker flags besides its own: `-n`, `-E`,
+/// `-c`, `-P` show in its banner and act (its events, under that node name,
+/// reach `qtask events --dump`).
+pub fn interop_worker_takes_celery_worker_flags(bin: &std::path::Path, broker: &str) -> anyhow::Result<()> {
+    use std::time::Duration;
+
+    use serde_json::{json, Value};
+
+    use crate::{unique, Proc};
+
+    let queue = unique("cli_flags");
+    let node = format!("{}@cli-flags", unique("rs"));
+    let mut dump = cli()?;
+    dump.args(["--broker", broker, "events", "--dump"]);
+    let mut dump = Proc::spawn("qtask events --dump", dump)?;
+    dump.wait_log("-> events: watching", Duration::from_secs(30))?;
+
+    let mut cmd = std::process::Command::new(bin);
+    cmd.args(["--broker", broker, "--queues", &queue, "-n", &node, "-E", "-c", "3", "-P", "threads"])
+        .env("QTASK_LOG", "info");
+    let mut worker = Proc::spawn("interop-worker", cmd)?;
+    worker.wait_log("worker online", Duration::from_secs(30))?;
+    let log = worker.log();
+    for line in [
+        format!(" -------------- {node} v"),
+        ".> concurrency: 3 (threads)".to_string(),
+        ".> task events: ON".to_string(),
+        format!(".> {queue:<16} exchange={queue}(direct) key={queue}"),
+        "[tasks]\n  . tasks.add\n".to_string(),
+    ] {
+        assert!(log.contains(&line), "banner without {line:?}:\n{log}");
+    }
+
+    let out = run(cli()?.args(["--broker", broker, "call", "tasks.mul", "--args", "[6, 7]", "--queue", &queue]))?;
+    let id = lines(&out).first().cloned().unwrap_or_default();
+    dump.wait_log(&format!(r#""uuid": "{id}", "result": "42""#), Duration::from_secs(60))?;
+    let events: Vec<Value> =
+        dump.log().lines().filter(|l| l.starts_with('{')).map(serde_json::from_str).collect::<Result<_, _>>()?;
+    let received = events.iter().find(|e| e["type"] == json!("task-received") && e["uuid"] == json!(id));
+    assert_eq!(received.map(|e| &e["hostname"]), Some(&json!(node)), "{events:?}");
+    assert!(events.iter().any(|e| e["type"] == json!("worker-online") && e["hostname"] == json!(node)));
+
+    let status = worker.terminate(Duration::from_secs(30))?;
+    assert!(status.success(), "{}", worker.log());
+    Ok(())
+}
