@@ -245,15 +245,15 @@ impl Cli {
                         self.name
                     );
                 }
+                w.apply(&mut cfg);
                 #[cfg(feature = "worker")]
                 {
-                    w.apply(&mut cfg);
                     let app = self.app(cfg).await?;
                     worker::run(app, w, self.task_log).await
                 }
                 #[cfg(not(feature = "worker"))]
                 {
-                    let _ = (w, &mut cfg);
+                    let _ = cfg;
                     anyhow::bail!("this build of qtask has no worker (cargo feature `worker`)")
                 }
             }
