@@ -19,3 +19,8 @@ async fn qtask_client_reaches_python_worker() -> Result<()> {
 async fn python_receives_qtask_events() -> Result<()> {
     redis().python_receives_qtask_events().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_controls_qtask_worker() -> Result<()> {
+    redis().python_controls_qtask_worker().await
+}

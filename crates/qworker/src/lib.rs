@@ -30,9 +30,11 @@
 //! # }
 //! ```
 
+mod control;
 mod events;
 mod execute;
 mod ratelimit;
+mod revokes;
 mod worker;
 
 pub use worker::{Worker, WorkerBuilder, WorkerHandle, WorkerStats};
