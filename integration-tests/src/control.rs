@@ -184,6 +184,46 @@ impl Control {
         Ok(())
     }
 
+    /// Durable revokes: a task revoked while no worker runs (by a qtask
+    /// producer, and by Python's `celery control revoke` heard by a worker
+    /// that then stopped) is not run by a worker started later; the task
+    /// sent after it on the same queue is.
+    pub async fn revoked_while_no_worker_runs_never_runs(&self) -> Result<()> {
+        let queue = unique("ctl_durable");
+        let app = rust_app(&self.broker, &self.results, &queue, qtask::ContentType::Json, None).await?;
+        // Heard by a worker that stops before the task is sent.
+        let node = format!("{}@qtask-test", unique("rsdur"));
+        let heard = uuid::Uuid::new_v4().to_string();
+        {
+            let mut first = self.qtask_worker(&unique("ctl_durable_other"), &node, &[])?;
+            let r = self.celery_reply(&node, &["control", "revoke", &heard])?;
+            ensure!(r["ok"].is_string(), "{r}");
+            first.terminate(Duration::from_secs(30))?;
+        }
+        // Revoked by a producer while no worker runs.
+        let by_app = uuid::Uuid::new_v4().to_string();
+        app.revoke(&by_app, false).await?;
+        let mut sent = Vec::new();
+        for id in [&heard, &by_app] {
+            let opts = qtask::SendOptions::new().task_id(id.clone());
+            sent.push(app.apply_async(qtask::Signature::new("tasks.add").arg(1).arg(1), opts).await?);
+        }
+        let after = app.delay(qtask::Signature::new("tasks.add").arg(2).arg(2)).await?;
+        let node2 = format!("{}@qtask-test", unique("rsdur"));
+        let worker = self.qtask_worker(&queue, &node2, &[])?;
+        ensure!(after.get(Duration::from_secs(30)).await? == json!(4));
+        for r in &sent {
+            crate::wait_for("the revoked task to be skipped", Duration::from_secs(30), || async {
+                Ok(worker.log().contains(&format!("{}", r.id())))
+            })
+            .await?;
+            ensure!(r.state().await? == qtask::State::Revoked, "{} is {:?}", r.id(), r.state().await?);
+        }
+        let log = worker.log();
+        ensure!(log.matches("not running task").count() >= 2, "the worker log does not show the skips:\n{log}");
+        Ok(())
+    }
+
     /// Ask until the reply satisfies `ok` (at most 30 s).
     fn wait_reply(&self, node: &str, args: &[&str], ok: impl Fn(&Value) -> bool) -> Result<Value> {
         let deadline = std::time::Instant::now() + Duration::from_secs(30);

@@ -24,3 +24,8 @@ async fn python_receives_qtask_events() -> Result<()> {
 async fn python_controls_qtask_worker() -> Result<()> {
     redis().python_controls_qtask_worker().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoked_while_no_worker_runs_never_runs() -> Result<()> {
+    redis().revoked_while_no_worker_runs_never_runs().await
+}
