@@ -224,6 +224,43 @@ impl Control {
         Ok(())
     }
 
+    /// Redis: after many control calls, with clients that stop listening
+    /// before the reply comes and clients that wait for it, no reply list
+    /// the calls used is left without a TTL.
+    pub async fn reply_lists_expire(&self, calls: usize) -> Result<()> {
+        let queue = unique("ctl_ttl");
+        let node = format!("{}@qtask-test", unique("rsttl"));
+        let _worker = self.qtask_worker(&queue, &node, &[])?;
+        let client = self.client().await?;
+        let prefix = unique("ttl");
+        for i in 0..calls {
+            let req = ControlRequest::new("ping").to([node.as_str()]).reply_to(format!("{prefix}-{i}"));
+            // Every other client gives up at once: the reply comes later.
+            let wait = if i % 2 == 0 { CALL } else { Duration::ZERO };
+            let replies = client.call(req, wait, None).await?;
+            ensure!(wait.is_zero() || replies.len() == 1, "call {i}: {replies:?}");
+        }
+        // The last late reply, then look at every key of these calls.
+        let last = client.call(ControlRequest::new("ping").to([node.as_str()]), CALL, None).await?;
+        ensure!(last.len() == 1);
+        let keys = crate::redis_cmd(&self.broker, &["KEYS", &format!("{prefix}-*")])?;
+        let crate::Resp::Array(Some(keys)) = keys else { anyhow::bail!("KEYS gave {keys:?}") };
+        let mut without_ttl = Vec::new();
+        for k in &keys {
+            let k = k.text().unwrap_or_default();
+            if crate::redis_cmd(&self.broker, &["TTL", &k])?.int() == -1 {
+                without_ttl.push(k);
+            }
+        }
+        ensure!(
+            without_ttl.is_empty(),
+            "{} of {} reply keys have no TTL: {without_ttl:?}",
+            without_ttl.len(),
+            keys.len()
+        );
+        Ok(())
+    }
+
     /// Ask until the reply satisfies `ok` (at most 30 s).
     fn wait_reply(&self, node: &str, args: &[&str], ok: impl Fn(&Value) -> bool) -> Result<Value> {
         let deadline = std::time::Instant::now() + Duration::from_secs(30);

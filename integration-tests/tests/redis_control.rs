@@ -29,3 +29,9 @@ async fn python_controls_qtask_worker() -> Result<()> {
 async fn revoked_while_no_worker_runs_never_runs() -> Result<()> {
     redis().revoked_while_no_worker_runs_never_runs().await
 }
+
+/// A thousand control calls leave no reply key without a TTL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reply_lists_expire() -> Result<()> {
+    redis().reply_lists_expire(1000).await
+}
