@@ -214,7 +214,7 @@ impl Control {
         ensure!(after.get(Duration::from_secs(30)).await? == json!(4));
         for r in &sent {
             crate::wait_for("the revoked task to be skipped", Duration::from_secs(30), || async {
-                Ok(worker.log().contains(&format!("{}", r.id())))
+                Ok(worker.log().contains(r.id()))
             })
             .await?;
             ensure!(r.state().await? == qtask::State::Revoked, "{} is {:?}", r.id(), r.state().await?);
