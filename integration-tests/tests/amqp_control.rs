@@ -20,3 +20,13 @@ async fn qtask_client_reaches_python_worker() -> Result<()> {
 async fn python_receives_qtask_events() -> Result<()> {
     amqp().python_receives_qtask_events().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_controls_qtask_worker() -> Result<()> {
+    amqp().python_controls_qtask_worker().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoked_while_no_worker_runs_never_runs() -> Result<()> {
+    amqp().revoked_while_no_worker_runs_never_runs().await
+}

@@ -19,3 +19,19 @@ async fn qtask_client_reaches_python_worker() -> Result<()> {
 async fn python_receives_qtask_events() -> Result<()> {
     redis().python_receives_qtask_events().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_controls_qtask_worker() -> Result<()> {
+    redis().python_controls_qtask_worker().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoked_while_no_worker_runs_never_runs() -> Result<()> {
+    redis().revoked_while_no_worker_runs_never_runs().await
+}
+
+/// A thousand control calls leave no reply key without a TTL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reply_lists_expire() -> Result<()> {
+    redis().reply_lists_expire(1000).await
+}

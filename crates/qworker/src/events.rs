@@ -70,15 +70,15 @@ impl Events {
         self.local.subscribe()
     }
 
+    /// Whether task events go to the broker.
+    pub(crate) fn task_events(&self) -> bool {
+        self.task_events.load(Ordering::Relaxed)
+    }
+
     /// Switch task events (`enable_events` / `disable_events`); returns
     /// whether they were on.
     pub(crate) fn set_task_events(&self, on: bool) -> bool {
         self.task_events.swap(on, Ordering::Relaxed)
-    }
-
-    /// Whether worker events (heartbeats) go to the broker.
-    pub(crate) fn worker_events(&self) -> bool {
-        self.worker_events
     }
 
     /// A task event: built only if someone reads it.

@@ -317,18 +317,9 @@ impl App {
     /// worker (Celery's `revoke` broadcast on `celery.pidbox`). With
     /// `terminate`, a worker running it aborts it.
     pub async fn revoke(&self, task_id: &str, terminate: bool) -> Result<(), Error> {
-        if let Some(backend) = self.backend() {
-            let current = backend.get(task_id).await?;
-            if current.as_ref().is_none_or(|m| !m.status.is_ready()) {
-                let mut meta = ResultMeta::new(
-                    task_id,
-                    crate::State::Revoked,
-                    crate::ExceptionInfo::revoked("revoked").to_value(),
-                );
-                meta.children = None;
-                backend.store(&meta, Some(self.config().result_expires)).await?;
-            }
-        }
+        crate::control::revoked::store_revoked(self, task_id).await?;
+        // Kept for workers that are down now (the broadcast is not persistent).
+        crate::control::revoked::remember(self, &[task_id.to_owned()]).await?;
         let msg = crate::control::revoke_request(task_id, terminate, self.reply_to())?;
         self.inner.broker.publish_fanout(crate::control::PIDBOX_EXCHANGE, "", &msg).await?;
         Ok(())

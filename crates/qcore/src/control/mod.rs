@@ -55,6 +55,7 @@ use crate::message::{Message, Properties};
 
 mod client;
 mod matcher;
+pub mod revoked;
 
 pub use client::Client;
 pub use matcher::Matcher;
