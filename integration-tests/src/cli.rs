@@ -146,8 +146,9 @@ pub fn remote_control_of_a_python_worker(broker: &str) -> anyhow::Result<()> {
 }
 
 /// `interop-worker` takes Celery's worker flags besides its own: `-n`, `-E`,
-/// `-c`, `-P` show in its banner and act (its events, under that node name,
-/// reach `qtask events --dump`).
+/// `-c`, `-P` show in its banner and act (the node answers `qtask inspect`
+/// under that name with 3 slots, and its task events reach `qtask events
+/// --dump`).
 pub fn interop_worker_takes_celery_worker_flags(bin: &std::path::Path, broker: &str) -> anyhow::Result<()> {
     use std::time::Duration;
 
@@ -177,6 +178,13 @@ pub fn interop_worker_takes_celery_worker_flags(bin: &std::path::Path, broker: &
     ] {
         assert!(log.contains(&line), "banner without {line:?}:\n{log}");
     }
+
+    // The node answers under its -n name; the text is Celery's.
+    let out = run(cli()?.args(["--broker", broker, "inspect", "ping", "-d", &node, "-t", "10"]))?;
+    assert_eq!(String::from_utf8_lossy(&out.stdout), format!("->  {node}: OK\n        pong\n\n1 node online.\n"));
+    let out = run(cli()?.args(["--broker", broker, "inspect", "stats", "-d", &node, "-j"]))?;
+    let stats: Value = serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim())?;
+    assert_eq!(stats[&node]["pool"]["max-concurrency"], json!(3), "{stats}");
 
     let out = run(cli()?.args(["--broker", broker, "call", "tasks.mul", "--args", "[6, 7]", "--queue", &queue]))?;
     let id = lines(&out).first().cloned().unwrap_or_default();
