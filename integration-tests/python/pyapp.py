@@ -13,6 +13,7 @@ Configured from the environment so every test owns its names:
     PYAPP_SERIALIZER  task serializer: json | msgpack (default json)
     PYAPP_RESULT_SERIALIZER  result serializer: json | msgpack | pickle (default json)
     PYAPP_IGNORE_RESULT  "1" to not store results (benchmarks)
+    PYAPP_REMOTE_CONTROL "1" to answer inspect/control broadcasts
 
 Worker: `python -m celery -A pyapp worker -P solo -Q <queue> --without-mingle --without-gossip`
 """
@@ -40,7 +41,8 @@ app.conf.update(
     broker_connection_retry_on_startup=True,
     worker_hijack_root_logger=False,
     worker_prefetch_multiplier=int(os.environ.get("PYAPP_PREFETCH_MULTIPLIER", "1")),
-    worker_enable_remote_control=False,
+    # PYAPP_REMOTE_CONTROL=1: answer inspect/control (the control tests).
+    worker_enable_remote_control=os.environ.get("PYAPP_REMOTE_CONTROL") == "1",
     worker_send_task_events=False,
 )
 if os.environ.get("PYAPP_MAX_PRIORITY"):

@@ -18,6 +18,7 @@ use serde_json::Value;
 
 pub mod browser;
 pub mod cli;
+pub mod control;
 pub mod faults;
 pub mod interop;
 pub mod tasks;
@@ -323,11 +324,29 @@ impl PyEnv {
 /// Start a Python Celery worker (`-P solo`, or prefork with `concurrency`)
 /// on `queues` and wait until it is ready.
 pub fn spawn_python_worker(env: &PyEnv, queues: &[&str], concurrency: Option<usize>) -> Result<Proc> {
+    spawn_python_worker_named(env, queues, concurrency, &format!("{}@%h", unique("py")))
+}
+
+/// [`spawn_python_worker`] with the node name `node` (`-n`).
+pub fn spawn_python_worker_named(env: &PyEnv, queues: &[&str], concurrency: Option<usize>, node: &str) -> Result<Proc> {
+    spawn_python_worker_with(env, queues, concurrency, &["--without-heartbeat", "-n", node])
+}
+
+/// [`spawn_python_worker`] with more `celery worker` arguments (`-E`,
+/// `-n NAME`, `--without-heartbeat`, ...); a later `-n` wins over the unique
+/// default name.
+pub fn spawn_python_worker_with(
+    env: &PyEnv,
+    queues: &[&str],
+    concurrency: Option<usize>,
+    extra: &[&str],
+) -> Result<Proc> {
     let mut cmd = Command::new(python());
     env.apply(&mut cmd);
-    cmd.args(["-m", "celery", "-A", "pyapp", "worker", "--without-mingle", "--without-gossip", "--without-heartbeat"])
+    cmd.args(["-m", "celery", "-A", "pyapp", "worker", "--without-mingle", "--without-gossip"])
         .args(["-l", "info", "-Q", &queues.join(",")])
-        .args(["-n", &format!("{}@%h", unique("py"))]);
+        .args(["-n", &format!("{}@%h", unique("py"))])
+        .args(extra);
     match concurrency {
         None => cmd.args(["-P", "solo"]),
         Some(c) => cmd.args(["-P", "prefork", "-c", &c.to_string()]),

@@ -48,3 +48,13 @@ fn amqp_cli_rpc_needs_an_amqp_broker() -> Result<()> {
     assert!(err.contains("rpc://") && err.contains("amqp://"), "{err}");
     Ok(())
 }
+
+#[test]
+fn amqp_cli_events_dump_shows_a_python_worker() -> Result<()> {
+    integration_tests::cli::events_dump_shows_a_python_worker(&amqp_url())
+}
+
+#[test]
+fn amqp_cli_inspect_and_control_a_python_worker() -> Result<()> {
+    integration_tests::cli::remote_control_of_a_python_worker(&amqp_url())
+}

@@ -133,3 +133,18 @@ fn cli_call_wait_result_purge_on_redis() -> Result<()> {
     assert!(status.success(), "interop-worker exited with {status}:\n{}", worker.log());
     Ok(())
 }
+
+#[test]
+fn cli_events_dump_shows_a_python_worker_on_redis() -> Result<()> {
+    integration_tests::cli::events_dump_shows_a_python_worker(&redis_url())
+}
+
+#[test]
+fn cli_inspect_and_control_a_python_worker_on_redis() -> Result<()> {
+    integration_tests::cli::remote_control_of_a_python_worker(&redis_url())
+}
+
+#[test]
+fn cli_interop_worker_takes_celery_worker_flags_on_redis() -> Result<()> {
+    integration_tests::cli::interop_worker_takes_celery_worker_flags(interop_worker_bin!(), &redis_url())
+}

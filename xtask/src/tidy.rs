@@ -89,6 +89,8 @@ const QCORE_DEPS: &[&str] = &[
     "fastrand",
     // "did you mean" for unknown setting names.
     "strsim",
+    // Node-name patterns of remote-control requests (`pcre`, `glob`).
+    "regex",
 ];
 
 /// Server clients and HTTP stacks: the I/O of the adapters and the facade.

@@ -3,9 +3,10 @@
 //! The AMQP 0-9-1 (RabbitMQ) broker and the `rpc://` result backend of
 //! qtask, byte-compatible with Celery 5.7 / kombu 5.7 / py-amqp 5.4: a Python
 //! Celery worker consumes what [`AmqpBroker`] publishes and the other way
-//! round. Fanout publish/subscribe (`celeryev`, `celery.pidbox`) is
-//! there; the worker does not publish Celery events or answer remote
-//! control yet, so Flower does not see qtask workers. Apps connect it
+//! round. Fanout publish/subscribe (`celeryev`, `celery.pidbox`) and the
+//! direct `reply.celery.pidbox` replies are declared as Celery declares
+//! them, so the worker's events and control replies reach Flower and
+//! `celery inspect`. Apps connect it
 //! through [`DRIVER`] (settings from the app's `Config`).
 //!
 //! ```no_run

@@ -285,10 +285,17 @@ pub trait Broker: AsAny + Send + Sync + 'static {
         None
     }
 
-    /// Publish to a fanout/topic exchange (events, remote control).
+    /// Publish to a fanout/topic exchange (events, remote control), or a
+    /// control reply to the direct exchange
+    /// [`REPLY_EXCHANGE`](crate::control::REPLY_EXCHANGE) with the client's
+    /// reply routing key (its reply queue: Redis `LPUSH` onto
+    /// `<routing_key>.reply.celery.pidbox`, AMQP the direct exchange).
     async fn publish_fanout(&self, exchange: &str, routing_key: &str, message: &Message) -> Result<(), BrokerError>;
 
     /// Subscribe to an exchange; `pattern` uses AMQP topic syntax (`#`, `*`).
+    /// For [`REPLY_EXCHANGE`](crate::control::REPLY_EXCHANGE), `pattern` is
+    /// the reply routing key and the subscription is that client's reply
+    /// queue, as kombu's client declares it.
     async fn subscribe(&self, exchange: &str, pattern: &str) -> Result<Box<dyn Subscription>, BrokerError>;
 
     /// Whether the broker is reachable now (readiness).

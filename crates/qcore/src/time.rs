@@ -49,6 +49,11 @@ pub mod opt_iso {
     }
 }
 
+/// UNIX time now, in seconds (what Celery's `time.time()` gives).
+pub fn now_epoch() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -42,7 +42,12 @@
 //! nor `result_backend` uses [`DEFAULT_URL`], `sqlite://qtask.db` (a file
 //! in the working directory), for both, so `qtask::app_from_config(Config::default())`
 //! needs no server. Sending after a commit on any broker: [`AfterCommit`].
+//!
+//! **The command line:** a binary with tasks calls [`cli::run`] and gets
+//! Celery's commands (`worker`, `inspect`, `control`, `events`, `call`, ...);
+//! the `qtask` binary is the same command line without tasks.
 
+pub mod cli;
 mod connect;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod sql;
@@ -66,7 +71,7 @@ pub use qredis;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub use qsql;
 #[cfg(feature = "worker")]
-pub use qworker::{self, EventKind, Worker, WorkerEvent, WorkerHandle, WorkerStats};
+pub use qworker::{self, Worker, WorkerHandle, WorkerStats};
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub use sql::AfterCommit;
 #[cfg(feature = "postgres")]

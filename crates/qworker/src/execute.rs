@@ -13,8 +13,8 @@ use qcore::run::{self, Finished};
 use qcore::task::SoftLimit;
 use qcore::{Acker, Delivery, ErrorKind, ExceptionInfo, TaskError, TaskMessage, TaskResult};
 
-use crate::events::EventKind;
-use crate::worker::{backoff, phase_at_least, Phase, Shared};
+use crate::worker::{backoff, phase_at_least, Phase, Shared, TaskState};
+use qcore::event::{exception_repr, EventData, TaskReceived};
 
 /// How a run ended before its outcome is recorded.
 enum RunEnd {
@@ -108,27 +108,20 @@ pub(crate) async fn handle(shared: Arc<Shared>, delivery: Delivery, permit: Owne
             let id = message.task_id().unwrap_or("?").to_string();
             tracing::error!(task_id = %id, queue = %queue, %reason, "parking message in the dead-letter place");
             dead_letter(&acker, &id, &reason).await;
-            shared.emit(Some(&id), || EventKind::TaskRejected { reason });
+            shared.events.task(|| EventData::task_rejected(id, false));
             return;
         }
     };
     let id = msg.id.clone();
-    let req = run::request_info(&msg, message.properties.reply_to.clone(), &shared.hostname, &queue, redelivered);
-    shared.emit(Some(&id), || EventKind::TaskReceived {
-        name: msg.display_name().to_string(),
-        args: msg.args.clone(),
-        kwargs: msg.kwargs.clone(),
-        retries: msg.retries,
-        eta: msg.eta,
-        expires: msg.expires,
-        root_id: msg.root_id.clone(),
-        parent_id: msg.parent_id.clone(),
-    });
+    let req =
+        Arc::new(run::request_info(&msg, message.properties.reply_to.clone(), &shared.hostname, &queue, redelivered));
+    let _tracking = shared.track(&req, message.properties.priority);
+    shared.events.task(|| EventData::TaskReceived(TaskReceived::from_task(&msg)));
     let app = shared.app.clone();
     let mut phase = shared.phase.subscribe();
 
     // Revoked or expired before it started.
-    if shared.is_revoked(&id) {
+    if shared.is_revoked(&id) || shared.stamp_revoked(&msg.headers) {
         revoke_unstarted(&shared, &acker, &msg, &req, "revoked").await;
         return;
     }
@@ -155,6 +148,7 @@ pub(crate) async fn handle(shared: Arc<Shared>, delivery: Delivery, permit: Owne
             Err(e) if e.kind() == ErrorKind::Unsupported => {
                 // Held here: free the prefetch slot so other work flows meanwhile.
                 permit = None;
+                shared.set_state(&id, TaskState::Scheduled { eta }, None);
                 let wait = (eta - Utc::now()).to_std().unwrap_or_default();
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
@@ -187,7 +181,7 @@ pub(crate) async fn handle(shared: Arc<Shared>, delivery: Delivery, permit: Owne
         }
         let reason = format!("NotRegistered: no task named {:?} on {}", msg.task, shared.hostname);
         dead_letter(&acker, &id, &reason).await;
-        shared.emit(Some(&id), || EventKind::TaskRejected { reason });
+        shared.events.task(|| EventData::task_rejected(id.as_str(), false));
         return;
     };
     let opts = task.options();
@@ -233,27 +227,46 @@ pub(crate) async fn handle(shared: Arc<Shared>, delivery: Delivery, permit: Owne
         }
     };
     let (term_tx, term_rx) = oneshot::channel();
-    shared.running.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone(), term_tx);
+    let active = TaskState::Active { time_start: qcore::time::now_epoch(), acknowledged: !acks_late };
+    shared.set_state(&id, active, Some(term_tx));
     shared.active.fetch_add(1, Ordering::Relaxed);
-    shared.emit(Some(&id), || EventKind::TaskStarted);
+    shared.events.task(|| EventData::task_started(id.as_str()));
     if let Err(e) = run::mark_started(&app, &opts, &req).await {
         tracing::warn!(task_id = %id, error = %e, "could not store STARTED");
     }
 
     let started = std::time::Instant::now();
-    let hard = msg.timelimit.hard.map(Duration::from_secs_f64).or(opts.time_limit).or(app.config().task_time_limit);
-    let soft =
-        msg.timelimit.soft.map(Duration::from_secs_f64).or(opts.soft_time_limit).or(app.config().task_soft_time_limit);
-    let end = run_with_limits(&shared, task, &msg, Arc::new(req.clone()), hard, soft, term_rx, &mut phase).await;
+    let (mut task_hard, mut task_soft) = (opts.time_limit, opts.soft_time_limit);
+    if let Some((h, s)) = shared.time_limit_override(&msg.task) {
+        // `time_limit` by remote control: Celery's seconds, 0/None = none.
+        let secs = |v: Option<f64>| v.filter(|s| s.is_finite() && *s > 0.0).map(Duration::from_secs_f64);
+        (task_hard, task_soft) = (secs(h), secs(s));
+    }
+    let hard = msg.timelimit.hard.map(Duration::from_secs_f64).or(task_hard).or(app.config().task_time_limit);
+    let soft = msg.timelimit.soft.map(Duration::from_secs_f64).or(task_soft).or(app.config().task_soft_time_limit);
+    let end = run_with_limits(&shared, task, &msg, req.clone(), hard, soft, term_rx, &mut phase).await;
     if let Some(h) = early_ack {
         let _ = h.await;
     }
-    shared.running.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
     shared.active.fetch_sub(1, Ordering::Relaxed);
     drop(slot);
     let runtime = started.elapsed();
 
     let outcome = match end {
+        // Revoked while it ran (without terminate): REVOKED stays, the
+        // result is not stored over it and nothing follows it.
+        RunEnd::Done(_) if shared.is_revoked(&id) => {
+            if let Err(e) = with_retries("store REVOKED", &id, || run::mark_revoked(&app, &msg, &req, "revoked")).await
+            {
+                tracing::error!(task_id = %id, error = %e, "could not store REVOKED");
+            }
+            shared.processed.fetch_add(1, Ordering::Relaxed);
+            shared.events.task(|| EventData::task_revoked(id.as_str(), false, None, false));
+            if acks_late {
+                ack(&acker, &id).await;
+            }
+            return;
+        }
         RunEnd::Done(r) => r,
         RunEnd::TimeLimit(secs) => {
             tracing::error!(task_id = %id, secs, "hard time limit exceeded; task aborted");
@@ -266,7 +279,7 @@ pub(crate) async fn handle(shared: Arc<Shared>, delivery: Delivery, permit: Owne
                 tracing::error!(task_id = %id, error = %e, "could not store REVOKED");
             }
             shared.processed.fetch_add(1, Ordering::Relaxed);
-            shared.emit(Some(&id), || EventKind::TaskRevoked { terminated: true, expired: false });
+            shared.events.task(|| EventData::task_revoked(id.as_str(), true, Some(15), false));
             if acks_late {
                 ack(&acker, &id).await;
             }
@@ -291,7 +304,7 @@ pub(crate) async fn handle(shared: Arc<Shared>, delivery: Delivery, permit: Owne
             if acks_late {
                 ack(&acker, &id).await;
             }
-            shared.emit(Some(&id), || EventKind::TaskSucceeded { result: value, runtime });
+            shared.events.task(|| EventData::task_succeeded(id.as_str(), qcore::repr::repr(&value), runtime));
         }
         Ok(Finished::Failed { exc, traceback }) => {
             shared.failed.fetch_add(1, Ordering::Relaxed);
@@ -303,14 +316,14 @@ pub(crate) async fn handle(shared: Arc<Shared>, delivery: Delivery, permit: Owne
                 }
             }
             tracing::warn!(task_id = %id, task = %msg.task, error = %exc, "task failed");
-            shared.emit(Some(&id), || EventKind::TaskFailed { exception: exc, traceback });
+            shared.events.task(|| EventData::task_failed(id.as_str(), exception_repr(&exc), traceback));
         }
         Ok(Finished::Retried { exc, eta }) => {
             if acks_late {
                 ack(&acker, &id).await;
             }
             tracing::info!(task_id = %id, task = %msg.task, %eta, error = %exc, "task will be retried");
-            shared.emit(Some(&id), || EventKind::TaskRetried { exception: exc });
+            shared.events.task(|| EventData::task_retried(id.as_str(), exception_repr(&exc), None));
         }
         Ok(Finished::Rejected { requeue: again, reason }) => {
             if acks_late {
@@ -322,7 +335,7 @@ pub(crate) async fn handle(shared: Arc<Shared>, delivery: Delivery, permit: Owne
             } else {
                 tracing::warn!(task_id = %id, %reason, "task rejected its message after it was acked (use acks_late)");
             }
-            shared.emit(Some(&id), || EventKind::TaskRejected { reason });
+            shared.events.task(|| EventData::task_rejected(id.as_str(), again && acks_late));
         }
         Ok(Finished::Ignored) => {
             if acks_late {
@@ -401,5 +414,5 @@ async fn revoke_unstarted(
     }
     ack(acker, &msg.id).await;
     shared.processed.fetch_add(1, Ordering::Relaxed);
-    shared.emit(Some(&msg.id), || EventKind::TaskRevoked { terminated: false, expired: reason == "expired" });
+    shared.events.task(|| EventData::task_revoked(msg.id.as_str(), false, None, reason == "expired"));
 }

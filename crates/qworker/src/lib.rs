@@ -18,6 +18,14 @@
 //!   aborts the task (FAILURE `TimeLimitExceeded`), the soft limit tells it
 //!   ([`TaskContext::soft_limit`](qcore::TaskContext::soft_limit)).
 //!
+//! Monitoring and control, as a Celery worker: `worker-*` heartbeats and (with
+//! [`WorkerBuilder::send_events`] or `worker_send_task_events`) `task-*`
+//! events on `celeryev`, so Flower and `celery events` see the worker; it
+//! answers `celery inspect` / `celery control` requests on `celery.pidbox`
+//! (ping, stats, active, registered, revoke, rate_limit, add_consumer,
+//! shutdown, ...); revoked ids are kept in the result backend and loaded at
+//! start ([`qcore::control::revoked`]).
+//!
 //! Shutdown: [`WorkerHandle::shutdown`] (first SIGTERM/SIGINT) stops
 //! consuming, returns prefetched-but-unstarted messages and lets running tasks
 //! finish within `worker_shutdown_timeout`; [`WorkerHandle::cold_shutdown`]
@@ -30,10 +38,11 @@
 //! # }
 //! ```
 
+mod control;
 mod events;
 mod execute;
 mod ratelimit;
+mod revokes;
 mod worker;
 
-pub use events::{EventKind, WorkerEvent};
 pub use worker::{Worker, WorkerBuilder, WorkerHandle, WorkerStats};

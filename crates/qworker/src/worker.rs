@@ -2,16 +2,18 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use tokio::sync::{broadcast, oneshot, watch, Semaphore};
 use tokio::task::JoinSet;
 
-use qcore::control::{ControlRequest, PIDBOX_EXCHANGE};
-use qcore::{App, ConsumeOptions, Consumer, Error};
+use qcore::{App, ConsumeOptions, Consumer, Error, RequestInfo};
+use serde_json::{json, Map, Value};
 
-use crate::events::{EventKind, WorkerEvent};
+use qcore::event::{Event, EventData, EventSender};
+
+use crate::events::{worker_info, Events, HEARTBEAT};
 use crate::execute;
 use crate::ratelimit::RateLimiter;
 
@@ -47,16 +49,65 @@ impl Revoked {
     }
 }
 
+/// A task's `time_limit` set by remote control: (hard, soft) seconds.
+pub(crate) type TimeLimits = (Option<f64>, Option<f64>);
+
+/// Where a delivery the worker holds is.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum TaskState {
+    /// Received, waiting for a rate-limit token or a slot.
+    Reserved,
+    /// Held here until its ETA (brokers that cannot defer).
+    Scheduled { eta: chrono::DateTime<chrono::Utc> },
+    /// Running since `time_start` (UNIX seconds).
+    Active { time_start: f64, acknowledged: bool },
+}
+
+/// A delivery the worker holds, for `inspect active/reserved/scheduled`
+/// and `revoke(terminate=True)`.
+pub(crate) struct Tracked {
+    pub(crate) req: Arc<RequestInfo>,
+    pub(crate) priority: u8,
+    pub(crate) state: TaskState,
+    pub(crate) term: Option<oneshot::Sender<()>>,
+}
+
+/// Removes a delivery from [`Shared::tasks`] when its handling ends.
+pub(crate) struct Tracking<'a> {
+    shared: &'a Shared,
+    id: &'a str,
+}
+
+impl Drop for Tracking<'_> {
+    fn drop(&mut self) {
+        self.shared.tasks.lock().unwrap_or_else(|p| p.into_inner()).remove(self.id);
+    }
+}
+
 pub(crate) struct Shared {
     pub(crate) app: App,
     pub(crate) hostname: String,
-    pub(crate) concurrency: usize,
+    pub(crate) concurrency: AtomicUsize,
     pub(crate) prefetch: usize,
     pub(crate) slots: Arc<Semaphore>,
-    pub(crate) events: broadcast::Sender<WorkerEvent>,
+    pub(crate) events: Events,
     pub(crate) phase: watch::Sender<Phase>,
     pub(crate) revoked: Mutex<Revoked>,
-    pub(crate) running: Mutex<HashMap<String, oneshot::Sender<()>>>,
+    pub(crate) tasks: Mutex<HashMap<String, Tracked>>,
+    /// Tasks received per registered name (`stats.total`).
+    pub(crate) totals: HashMap<String, AtomicU64>,
+    pub(crate) started_at: Instant,
+    /// The queues consumed (start-up ones first, then `add_consumer`'s).
+    pub(crate) queues: Mutex<Vec<String>>,
+    /// Queues added at run time, for the run loop to consume.
+    pub(crate) added: tokio::sync::mpsc::UnboundedSender<QueueChange>,
+    added_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<QueueChange>>>,
+    /// `time_limit` overrides per task: (hard, soft) seconds.
+    pub(crate) time_limits: RwLock<HashMap<String, TimeLimits>>,
+    pub(crate) has_time_limits: AtomicBool,
+    /// `revoke_by_stamped_headers`: header → revoked values.
+    pub(crate) revoked_stamps: RwLock<Map<String, Value>>,
+    pub(crate) has_revoked_stamps: AtomicBool,
     pub(crate) ratelimit: RateLimiter,
     pub(crate) active: AtomicUsize,
     pub(crate) reserved: AtomicUsize,
@@ -68,39 +119,315 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    /// Publish an event to the handle's subscribers; with none (the usual
-    /// case in production) the event is not even built.
-    pub(crate) fn emit(&self, task_id: Option<&str>, kind: impl FnOnce() -> EventKind) {
-        if self.events.receiver_count() == 0 {
-            return;
-        }
-        let _ = self.events.send(WorkerEvent {
-            kind: kind(),
-            task_id: task_id.map(str::to_owned),
-            hostname: self.hostname.clone(),
-            timestamp: chrono::Utc::now(),
-        });
+    /// A `worker-*` event with the current counters.
+    pub(crate) fn worker_event(&self, make: fn(qcore::event::WorkerInfo) -> EventData) {
+        let info = worker_info(self.active.load(Ordering::Relaxed) as u64, self.processed.load(Ordering::Relaxed));
+        self.events.worker(make(info));
     }
 
     pub(crate) fn is_revoked(&self, id: &str) -> bool {
         self.revoked.lock().unwrap_or_else(|p| p.into_inner()).set.contains(id)
     }
 
-    fn revoke(&self, ids: &[String], terminate: bool) {
+    /// Revoke `ids`; with `terminate`, abort those running here. Returns
+    /// the ids terminated.
+    pub(crate) fn revoke(&self, ids: &[String], terminate: bool) -> Vec<String> {
         let mut revoked = self.revoked.lock().unwrap_or_else(|p| p.into_inner());
         for id in ids {
             revoked.insert(id.clone());
         }
         drop(revoked);
+        let mut terminated = Vec::new();
         if terminate {
-            let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+            let mut tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
             for id in ids {
-                if let Some(tx) = running.remove(id) {
+                if let Some(tx) = tasks.get_mut(id).and_then(|t| t.term.take()) {
                     let _ = tx.send(());
+                    terminated.push(id.clone());
                 }
             }
         }
+        terminated
     }
+
+    /// The ids revoked, oldest first.
+    pub(crate) fn revoked_ids(&self) -> Vec<String> {
+        self.revoked.lock().unwrap_or_else(|p| p.into_inner()).order.iter().cloned().collect()
+    }
+
+    /// Start tracking a received delivery (`stats.total` counts it).
+    pub(crate) fn track<'a>(&'a self, req: &'a Arc<RequestInfo>, priority: u8) -> Tracking<'a> {
+        if let Some(n) = self.totals.get(&req.task) {
+            n.fetch_add(1, Ordering::Relaxed);
+        }
+        let t = Tracked { req: req.clone(), priority, state: TaskState::Reserved, term: None };
+        self.tasks.lock().unwrap_or_else(|p| p.into_inner()).insert(req.id.clone(), t);
+        Tracking { shared: self, id: &req.id }
+    }
+
+    /// Move a tracked delivery to another state.
+    pub(crate) fn set_state(&self, id: &str, state: TaskState, term: Option<oneshot::Sender<()>>) {
+        if let Some(t) = self.tasks.lock().unwrap_or_else(|p| p.into_inner()).get_mut(id) {
+            t.state = state;
+            if term.is_some() {
+                t.term = term;
+            }
+        }
+    }
+
+    /// A task's `time_limit` override, if any: (hard, soft).
+    pub(crate) fn time_limit_override(&self, task: &str) -> Option<TimeLimits> {
+        if !self.has_time_limits.load(Ordering::Relaxed) {
+            return None;
+        }
+        self.time_limits.read().unwrap_or_else(|p| p.into_inner()).get(task).copied()
+    }
+
+    pub(crate) fn set_time_limits(&self, task: &str, hard: Option<f64>, soft: Option<f64>) {
+        self.time_limits.write().unwrap_or_else(|p| p.into_inner()).insert(task.to_owned(), (hard, soft));
+        self.has_time_limits.store(true, Ordering::Relaxed);
+    }
+
+    pub(crate) fn revoke_stamps(&self, headers: &Map<String, Value>) {
+        let mut stamps = self.revoked_stamps.write().unwrap_or_else(|p| p.into_inner());
+        for (k, v) in headers {
+            stamps.insert(k.clone(), v.clone());
+        }
+        self.has_revoked_stamps.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether a message's stamped headers were revoked
+    /// (`revoke_by_stamped_headers`).
+    pub(crate) fn stamp_revoked(&self, headers: &Map<String, Value>) -> bool {
+        if !self.has_revoked_stamps.load(Ordering::Relaxed) {
+            return false;
+        }
+        let stamps = self.revoked_stamps.read().unwrap_or_else(|p| p.into_inner());
+        stamps.iter().any(|(k, revoked)| {
+            let Some(v) = headers.get(k) else { return false };
+            let hit = |x: &Value| match revoked {
+                Value::Array(a) => a.contains(x),
+                r => r == x,
+            };
+            match v {
+                Value::Array(a) => a.iter().any(hit),
+                v => hit(v),
+            }
+        })
+    }
+
+    pub(crate) fn warm_shutdown(&self) {
+        self.phase.send_if_modified(|p| {
+            if *p == Phase::Running {
+                *p = Phase::Warm;
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    /// Change the number of execution slots (`pool_grow`, `pool_shrink`,
+    /// `autoscale`). Shrinking takes slots away as running tasks free them.
+    pub(crate) fn resize(&self, n: usize) {
+        let n = n.max(1);
+        let old = self.concurrency.swap(n, Ordering::Relaxed);
+        if n > old {
+            self.slots.add_permits(n - old);
+        } else if n < old {
+            let slots = self.slots.clone();
+            let take = u32::try_from(old - n).unwrap_or(u32::MAX);
+            tokio::spawn(async move {
+                if let Ok(p) = slots.acquire_many_owned(take).await {
+                    p.forget();
+                }
+            });
+        }
+    }
+
+    pub(crate) fn queues(&self) -> Vec<String> {
+        self.queues.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Consume `queue` too; false if it already is.
+    pub(crate) fn add_queue(&self, queue: &str) -> bool {
+        let mut queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
+        if queues.iter().any(|q| q == queue) {
+            return false;
+        }
+        queues.push(queue.to_owned());
+        let _ = self.added.send(QueueChange::Add(queue.to_owned()));
+        true
+    }
+
+    /// Stop consuming `queue` (a queue added at run time stops at once; a
+    /// start-up queue when the worker consumes again).
+    pub(crate) fn cancel_queue(&self, queue: &str) {
+        self.queues.lock().unwrap_or_else(|p| p.into_inner()).retain(|q| q != queue);
+        let _ = self.added.send(QueueChange::Cancel(queue.to_owned()));
+    }
+
+    /// Requests in a state, as `inspect active`/`reserved` lists them.
+    pub(crate) fn requests(&self, want: impl Fn(&TaskState) -> bool) -> Vec<Value> {
+        let pid = std::process::id();
+        let tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
+        tasks
+            .values()
+            .filter(|t| want(&t.state))
+            .map(|t| match t.state {
+                TaskState::Active { time_start, acknowledged } => {
+                    crate::control::request_info(&t.req, t.priority, Some(time_start), acknowledged, Some(pid))
+                }
+                _ => crate::control::request_info(&t.req, t.priority, None, false, None),
+            })
+            .collect()
+    }
+
+    /// `inspect scheduled`: ETA tasks held here.
+    pub(crate) fn scheduled(&self) -> Vec<Value> {
+        let tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
+        tasks
+            .values()
+            .filter_map(|t| match t.state {
+                TaskState::Scheduled { eta } => Some(json!({
+                    "eta": qcore::time::format_iso(&eta),
+                    "priority": t.priority,
+                    "request": crate::control::request_info(&t.req, t.priority, None, false, None),
+                })),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// `inspect query_task`: `{id: [state, request]}` for the ids held here.
+    pub(crate) fn query_task(&self, ids: &[String]) -> Value {
+        let pid = std::process::id();
+        let tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out = Map::new();
+        for id in ids {
+            if let Some(t) = tasks.get(id) {
+                let (state, info) = match t.state {
+                    TaskState::Active { time_start, acknowledged } => (
+                        "active",
+                        crate::control::request_info(&t.req, t.priority, Some(time_start), acknowledged, Some(pid)),
+                    ),
+                    TaskState::Scheduled { .. } => {
+                        ("scheduled", crate::control::request_info(&t.req, t.priority, None, false, None))
+                    }
+                    TaskState::Reserved => {
+                        ("reserved", crate::control::request_info(&t.req, t.priority, None, false, None))
+                    }
+                };
+                out.insert(id.clone(), json!([state, info]));
+            }
+        }
+        Value::Object(out)
+    }
+
+    /// `inspect registered`.
+    pub(crate) fn registered(&self, items: Option<&Value>) -> Vec<Value> {
+        let items: Vec<&str> =
+            items.and_then(Value::as_array).map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
+        let mut names = self.app.registered();
+        names.sort();
+        names
+            .into_iter()
+            .map(|n| {
+                if items.is_empty() {
+                    Value::String(n)
+                } else {
+                    let opts = self.app.task_options(&n);
+                    let max_retries = opts.max_retries.resolve(self.app.config().task_max_retries);
+                    Value::String(crate::control::registered_line(&n, &opts, max_retries, &items))
+                }
+            })
+            .collect()
+    }
+
+    /// `inspect stats`.
+    pub(crate) fn stats_reply(&self) -> Value {
+        let total: Map<String, Value> = self
+            .totals
+            .iter()
+            .filter_map(|(k, v)| {
+                let n = v.load(Ordering::Relaxed);
+                (n > 0).then(|| (k.clone(), json!(n)))
+            })
+            .collect();
+        let cfg = self.app.config();
+        let secs = |d: Option<Duration>| d.map_or(json!(0), |d| json!(d.as_secs_f64()));
+        json!({
+            "total": total,
+            "pid": std::process::id(),
+            "clock": self.events.sender.clock().to_string(),
+            "uptime": self.started_at.elapsed().as_secs(),
+            "pool": {
+                "implementation": "qtask:tokio",
+                "max-concurrency": self.concurrency(),
+                "processes": [std::process::id()],
+                "max-tasks-per-child": "N/A",
+                "put-guarded-by-semaphore": false,
+                "timeouts": [secs(cfg.task_soft_time_limit), secs(cfg.task_time_limit)],
+            },
+            "broker": crate::control::broker_info(&self.app.broker().describe()),
+            "prefetch_count": self.prefetch,
+            "rusage": crate::control::rusage(),
+        })
+    }
+
+    /// `inspect conf`: the settings this worker runs with.
+    pub(crate) fn conf(&self) -> Value {
+        let cfg = self.app.config();
+        json!({
+            "broker_url": self.app.broker().describe(),
+            "result_backend": self.app.backend().map(|b| b.describe()),
+            "task_serializer": serializer_name(cfg.task_serializer),
+            "accept_content": cfg.accept_content.as_ref().map(|a| a.iter().map(|c| serializer_name(*c)).collect::<Vec<_>>()),
+            "task_default_queue": cfg.task_default_queue,
+            "task_acks_late": cfg.task_acks_late,
+            "task_track_started": cfg.task_track_started,
+            "result_extended": cfg.result_extended,
+            "result_expires": cfg.result_expires.as_secs(),
+            "worker_concurrency": self.concurrency(),
+            "worker_prefetch_multiplier": cfg.worker_prefetch_multiplier,
+            "worker_send_task_events": self.events.task_events(),
+            "task_send_sent_event": cfg.task_send_sent_event,
+        })
+    }
+
+    /// `inspect report`: software and settings, as Celery's bug report.
+    pub(crate) fn report(&self) -> String {
+        format!(
+            "\nsoftware -> qtask:{} (rust)\nplatform -> system:{} arch:{}\nsettings -> transport:{} results:{}\n",
+            env!("CARGO_PKG_VERSION"),
+            std::env::consts::OS,
+            std::env::consts::ARCH,
+            self.app.broker().describe(),
+            self.app.backend().map(|b| b.describe()).unwrap_or_else(|| "disabled".into()),
+        )
+    }
+
+    /// Write revoked ids where a worker starting later finds them.
+    pub(crate) async fn persist_revokes(&self, ids: &[String]) {
+        if let Err(e) = crate::revokes::persist(&self.app, ids).await {
+            tracing::warn!(error = %e, "cannot persist revoked ids");
+        }
+    }
+}
+
+/// Celery's name of a serializer.
+fn serializer_name(ct: qcore::ContentType) -> &'static str {
+    match ct.mime() {
+        "application/x-msgpack" => "msgpack",
+        _ => "json",
+    }
+}
+
+/// A change of the consumed queues (`add_consumer`, `cancel_consumer`).
+#[derive(Debug)]
+pub(crate) enum QueueChange {
+    Add(String),
+    Cancel(String),
 }
 
 /// Resolves once the phase is at least `want`.
@@ -163,7 +490,7 @@ impl WorkerHandle {
 
     /// Revoke task ids on this worker (what a `revoke` broadcast does).
     pub fn revoke(&self, ids: &[String], terminate: bool) {
-        self.shared.revoke(ids, terminate);
+        let _ = self.shared.revoke(ids, terminate);
     }
 
     /// Set a task's rate limit at run time (`None` removes it).
@@ -184,8 +511,10 @@ impl WorkerHandle {
         }
     }
 
-    /// Subscribe to the worker's events.
-    pub fn events(&self) -> broadcast::Receiver<WorkerEvent> {
+    /// Subscribe to the worker's events in process: every event it emits
+    /// (task events too, whether or not they are sent to the broker), as
+    /// Celery event messages stamped with the worker's clock.
+    pub fn events(&self) -> broadcast::Receiver<Event> {
         self.shared.events.subscribe()
     }
 
@@ -204,9 +533,29 @@ pub struct WorkerBuilder {
     prefetch_multiplier: Option<usize>,
     hostname: Option<String>,
     shutdown_timeout: Option<Duration>,
+    send_events: Option<bool>,
+    heartbeat: bool,
 }
 
 impl WorkerBuilder {
+    /// Send task events (`task-received`, `task-succeeded`, ...) to the
+    /// broker's `celeryev` exchange (Celery's `-E`; default:
+    /// `worker_send_task_events`). They can also be switched at run time
+    /// with the `enable_events` / `disable_events` control commands.
+    pub fn send_events(mut self, on: bool) -> Self {
+        self.send_events = Some(on);
+        self
+    }
+
+    /// Send `worker-online`, `worker-heartbeat` (every 2 s) and
+    /// `worker-offline` events (default: on; Celery's
+    /// `--without-heartbeat` turns them off). Monitors such as Flower see
+    /// a worker through them.
+    pub fn heartbeat(mut self, on: bool) -> Self {
+        self.heartbeat = on;
+        self
+    }
+
     /// Queues to consume (default: every queue of the app's `task_queues`,
     /// else its `task_default_queue`).
     pub fn queues<I, S>(mut self, queues: I) -> Self
@@ -260,18 +609,30 @@ impl WorkerBuilder {
             (true, true) => vec![cfg.task_default_queue.clone()],
         };
         let shutdown_timeout = self.shutdown_timeout.unwrap_or(cfg.worker_shutdown_timeout);
-        let (events, _) = broadcast::channel(1024);
+        let send_events = self.send_events.unwrap_or(cfg.worker_send_task_events);
+        let events = Events::new(Arc::new(EventSender::new(hostname.clone())), send_events, self.heartbeat);
         let (phase, _) = watch::channel(Phase::Running);
+        let totals = self.app.registered().into_iter().map(|n| (n, AtomicU64::new(0))).collect();
+        let (added, added_rx) = tokio::sync::mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
+            totals,
+            started_at: Instant::now(),
+            queues: Mutex::new(queues.clone()),
+            added,
+            added_rx: Mutex::new(Some(added_rx)),
+            time_limits: RwLock::new(HashMap::new()),
+            has_time_limits: AtomicBool::new(false),
+            revoked_stamps: RwLock::new(Map::new()),
+            has_revoked_stamps: AtomicBool::new(false),
             app: self.app,
             hostname,
-            concurrency,
+            concurrency: AtomicUsize::new(concurrency),
             prefetch,
             slots: Arc::new(Semaphore::new(concurrency)),
             events,
             phase,
             revoked: Mutex::new(Revoked::default()),
-            running: Mutex::new(HashMap::new()),
+            tasks: Mutex::new(HashMap::new()),
             ratelimit: RateLimiter::default(),
             active: AtomicUsize::new(0),
             reserved: AtomicUsize::new(0),
@@ -296,7 +657,7 @@ impl std::fmt::Debug for Worker {
         f.debug_struct("Worker")
             .field("hostname", &self.shared.hostname)
             .field("queues", &self.queues)
-            .field("concurrency", &self.shared.concurrency)
+            .field("concurrency", &self.shared.concurrency())
             .field("prefetch", &self.shared.prefetch)
             .finish()
     }
@@ -319,6 +680,8 @@ impl Worker {
             prefetch_multiplier: None,
             hostname: None,
             shutdown_timeout: None,
+            send_events: None,
+            heartbeat: true,
         }
     }
 
@@ -414,18 +777,37 @@ impl Worker {
         let shared = self.shared.clone();
         let mut phase = shared.phase.subscribe();
         let reserve = Arc::new(Semaphore::new(shared.prefetch));
-        let control = tokio::spawn(control_loop(shared.clone()));
+        let publisher = shared.events.start_publisher(shared.app.broker().clone());
+        // Revokes made while this worker was down (durable revokes).
+        match qcore::control::revoked::load(&shared.app).await {
+            Ok(ids) if !ids.is_empty() => {
+                tracing::info!(count = ids.len(), "revoked ids loaded");
+                let _ = shared.revoke(&ids, false);
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot load the revoked ids"),
+        }
+        // Subscribed before "worker online", so a control request sent once
+        // the worker says it is online is heard.
+        let first = crate::control::subscribe(&shared).await;
+        let control = tokio::spawn(crate::control::control_loop(shared.clone(), first));
         let heartbeat = tokio::spawn(heartbeat_loop(shared.clone()));
+        let (fed_tx, mut fed_rx) = tokio::sync::mpsc::channel::<Fed>(1);
+        let mut changes = shared.added_rx.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let mut feeders: HashMap<String, (watch::Sender<bool>, tokio::task::JoinHandle<()>)> = HashMap::new();
         tracing::info!(
-            hostname = %shared.hostname, queues = ?self.queues, concurrency = shared.concurrency,
+            hostname = %shared.hostname, queues = ?self.queues, concurrency = shared.concurrency(),
             prefetch = shared.prefetch, broker = %shared.app.broker().describe(), "worker online"
         );
         let Some(mut consumer) = self.consume(&mut phase).await else {
             control.abort();
             heartbeat.abort();
+            if let Some(p) = publisher {
+                p.abort();
+            }
             return Ok(());
         };
-        shared.emit(None, || EventKind::WorkerOnline);
+        shared.worker_event(EventData::WorkerOnline);
         let mut inflight = JoinSet::new();
         let mut attempt = 0u32;
         loop {
@@ -436,6 +818,36 @@ impl Worker {
             };
             let next = tokio::select! {
                 r = consumer.recv() => r,
+                Some(fed) = fed_rx.recv() => {
+                    shared.reserved.fetch_add(1, Ordering::Relaxed);
+                    let sh = shared.clone();
+                    inflight.spawn(async move {
+                        execute::handle(sh, fed.delivery, fed.permit).await;
+                        fed.pending.done();
+                    });
+                    continue;
+                }
+                Some(change) = async { match changes.as_mut() { Some(c) => c.recv().await, None => None } } => {
+                    match change {
+                        QueueChange::Add(q) => {
+                            let (stop, stop_rx) = watch::channel(false);
+                            let h = tokio::spawn(feed(shared.clone(), q.clone(), reserve.clone(), fed_tx.clone(), stop_rx));
+                            feeders.insert(q, (stop, h));
+                        }
+                        QueueChange::Cancel(q) => match feeders.remove(&q) {
+                            Some((stop, h)) => {
+                                let _ = stop.send(true);
+                                drop(h);
+                            }
+                            None if self.queues.contains(&q) => tracing::warn!(
+                                queue = %q,
+                                "cancel_consumer of a start-up queue takes effect when the worker starts again"
+                            ),
+                            None => {}
+                        },
+                    }
+                    continue;
+                }
                 _ = phase_at_least(&mut phase, Phase::Warm) => break,
             };
             match next {
@@ -473,6 +885,20 @@ impl Worker {
                 false
             }
         });
+        for (stop, _) in feeders.values() {
+            let _ = stop.send(true);
+        }
+        // Deliveries an added consumer handed over meanwhile: handled (they
+        // go back to their queue: the worker is stopping).
+        fed_rx.close();
+        while let Some(fed) = fed_rx.recv().await {
+            shared.reserved.fetch_add(1, Ordering::Relaxed);
+            let sh = shared.clone();
+            inflight.spawn(async move {
+                execute::handle(sh, fed.delivery, fed.permit).await;
+                fed.pending.done();
+            });
+        }
         let drain = async { while inflight.join_next().await.is_some() {} };
         let grace = shared.shutdown_timeout;
         let mut cold_rx = shared.phase.subscribe();
@@ -485,9 +911,16 @@ impl Worker {
             shared.phase.send_replace(Phase::Cold);
             while inflight.join_next().await.is_some() {}
         }
-        shared.emit(None, || EventKind::WorkerOffline);
+        for (_, (_, h)) in feeders.drain() {
+            let _ = h.await;
+        }
         control.abort();
         heartbeat.abort();
+        shared.worker_event(EventData::WorkerOffline);
+        shared.events.flush(Duration::from_secs(2)).await;
+        if let Some(p) = publisher {
+            p.abort();
+        }
         if let Err(e) = consumer.close().await {
             tracing::warn!(error = %e, "closing the consumer");
         }
@@ -496,82 +929,122 @@ impl Worker {
     }
 }
 
-async fn heartbeat_loop(shared: Arc<Shared>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(2));
-    loop {
-        tick.tick().await;
-        shared.emit(None, || EventKind::WorkerHeartbeat {
-            active: shared.active.load(Ordering::Relaxed),
-            processed: shared.processed.load(Ordering::Relaxed),
-        });
+/// A delivery from a consumer added at run time (`add_consumer`).
+struct Fed {
+    delivery: qcore::Delivery,
+    permit: tokio::sync::OwnedSemaphorePermit,
+    pending: Arc<Pending>,
+}
+
+/// Deliveries of one added consumer not settled yet: the consumer is closed
+/// only when none is left (closing an AMQP channel would requeue them while
+/// they run).
+#[derive(Default)]
+struct Pending {
+    n: AtomicUsize,
+    zero: tokio::sync::Notify,
+}
+
+impl Pending {
+    fn done(&self) {
+        if self.n.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.zero.notify_waiters();
+        }
+    }
+
+    async fn wait_zero(&self) {
+        loop {
+            let notified = self.zero.notified();
+            if self.n.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            notified.await;
+        }
     }
 }
 
-/// Listen for remote-control broadcasts (`revoke`, `terminate`, `rate_limit`).
-async fn control_loop(shared: Arc<Shared>) {
+/// Consume an added queue and hand its deliveries to the run loop until
+/// `stop` (or shutdown); then close the consumer once its deliveries are
+/// settled.
+async fn feed(
+    shared: Arc<Shared>,
+    queue: String,
+    reserve: Arc<Semaphore>,
+    tx: tokio::sync::mpsc::Sender<Fed>,
+    mut stop: watch::Receiver<bool>,
+) {
     let broker = shared.app.broker().clone();
-    let mut attempt = 0;
-    loop {
-        let mut sub = match broker.subscribe(PIDBOX_EXCHANGE, "").await {
-            Ok(s) => s,
-            Err(e) if e.kind() == qcore::ErrorKind::Unsupported => {
-                tracing::info!("broker has no fanout: remote control (revoke) is unavailable");
-                return;
-            }
+    let mut phase = shared.phase.subscribe();
+    let pending = Arc::new(Pending::default());
+    let mut attempt = 0u32;
+    let mut consumer = loop {
+        let r = async {
+            broker.declare_queue(&queue).await?;
+            broker
+                .consume(
+                    std::slice::from_ref(&queue),
+                    ConsumeOptions::new(shared.prefetch).tag(shared.hostname.clone()),
+                )
+                .await
+        }
+        .await;
+        match r {
+            Ok(c) => break c,
             Err(e) => {
                 attempt += 1;
-                tracing::warn!(error = %e, "cannot subscribe to remote control; retrying");
-                tokio::time::sleep(backoff(attempt)).await;
-                continue;
+                tracing::warn!(queue = %queue, error = %e, "cannot consume the added queue; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff(attempt)) => {}
+                    _ = stop.wait_for(|s| *s) => return,
+                    _ = phase_at_least(&mut phase, Phase::Warm) => return,
+                }
             }
+        }
+    };
+    tracing::info!(queue = %queue, "consuming from an added queue");
+    loop {
+        let permit = tokio::select! {
+            p = reserve.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+            _ = stop.wait_for(|s| *s) => break,
+            _ = phase_at_least(&mut phase, Phase::Warm) => break,
         };
-        attempt = 0;
-        loop {
-            match sub.recv().await {
-                Ok(Some((_rk, msg))) => match ControlRequest::from_message(&msg) {
-                    Ok(req) if req.addressed_to(&shared.hostname) => handle_control(&shared, &req),
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!(error = %e, "ignoring malformed control message"),
-                },
-                Ok(None) => break,
-                Err(e) => {
-                    tracing::warn!(error = %e, "remote control subscription failed; resubscribing");
+        let next = tokio::select! {
+            r = consumer.recv() => r,
+            _ = stop.wait_for(|s| *s) => break,
+            _ = phase_at_least(&mut phase, Phase::Warm) => break,
+        };
+        match next {
+            Ok(Some(delivery)) => {
+                pending.n.fetch_add(1, Ordering::AcqRel);
+                if let Err(e) = tx.send(Fed { delivery, permit, pending: pending.clone() }).await {
+                    // The run loop is gone: give the message back.
+                    pending.done();
+                    let _ = e.0.delivery.acker.reject(true).await;
                     break;
                 }
             }
-        }
-        attempt += 1;
-        tokio::time::sleep(backoff(attempt)).await;
-    }
-}
-
-fn handle_control(shared: &Shared, req: &ControlRequest) {
-    match req.method.as_str() {
-        "revoke" => {
-            let terminate = req.arguments.get("terminate").and_then(serde_json::Value::as_bool).unwrap_or(false);
-            let ids = req.task_ids();
-            tracing::info!(?ids, terminate, "revoke");
-            shared.revoke(&ids, terminate);
-        }
-        "terminate" => {
-            let ids = req.task_ids();
-            tracing::info!(?ids, "terminate");
-            shared.revoke(&ids, true);
-        }
-        "rate_limit" => {
-            let task = req.arguments.get("task_name").and_then(serde_json::Value::as_str);
-            let rate = req.arguments.get("rate_limit").map(|v| match v {
-                serde_json::Value::String(s) => s.clone(),
-                other => other.to_string(),
-            });
-            if let (Some(task), Some(rate)) = (task, rate) {
-                match qcore::RateLimit::parse(&rate) {
-                    Ok(limit) => shared.ratelimit.set(task, limit),
-                    Err(e) => tracing::warn!(error = %e, "ignoring invalid rate_limit"),
-                }
+            Ok(None) => break,
+            Err(e) => {
+                attempt += 1;
+                tracing::warn!(queue = %queue, error = %e, "receiving from the added queue failed; retrying");
+                tokio::time::sleep(backoff(attempt)).await;
             }
         }
-        other => tracing::debug!(method = other, "remote control method not handled by this worker"),
+    }
+    pending.wait_zero().await;
+    if let Err(e) = consumer.close().await {
+        tracing::warn!(queue = %queue, error = %e, "closing the added consumer");
+    }
+    tracing::info!(queue = %queue, "no longer consuming from the added queue");
+}
+
+async fn heartbeat_loop(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(HEARTBEAT);
+    // The first tick is immediate: worker-online was just sent.
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        shared.worker_event(EventData::WorkerHeartbeat);
     }
 }
 

@@ -7,11 +7,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
+use qcore::event::{EventData, EventKind};
 use qcore::{
     chain, chord, group, Config, ContentType, Error, MaxRetries, Message, Properties, SendOptions, Signature, State,
     TaskError, TaskOptions,
 };
-use qworker::EventKind;
 use serde_json::{json, Value};
 use tokio::sync::Notify;
 
@@ -26,16 +26,19 @@ async fn runs_a_task_stores_success_and_emits_events_in_order() {
     let meta = r.meta().await.unwrap();
     assert_eq!(meta.status, State::Success);
     assert!(meta.date_done.is_some());
-    let mut kinds = Vec::new();
-    while kinds.len() < 3 {
+    let mut got = Vec::new();
+    while got.len() < 3 {
         let e = tokio::time::timeout(T, events.recv()).await.unwrap().unwrap();
-        if e.task_id.as_deref() == Some(r.id()) {
-            kinds.push(e.kind);
+        if e.task_id() == Some(r.id()) {
+            got.push(e);
         }
     }
-    assert!(matches!(kinds[0], EventKind::TaskReceived { ref name, .. } if name == "tasks.add"));
-    assert_eq!(kinds[1], EventKind::TaskStarted);
-    assert!(matches!(kinds[2], EventKind::TaskSucceeded { ref result, .. } if *result == json!(5)));
+    let kinds: Vec<EventKind> = got.iter().map(|e| e.kind()).collect();
+    assert_eq!(kinds, [EventKind::TaskReceived, EventKind::TaskStarted, EventKind::TaskSucceeded]);
+    assert!(matches!(&got[0].data, EventData::TaskReceived(r) if r.name == "tasks.add" && r.args == "(2, 3)"));
+    assert!(matches!(&got[2].data, EventData::TaskSucceeded(s) if s.result == "5"));
+    assert!(got[0].clock < got[1].clock && got[1].clock < got[2].clock, "a Lamport clock");
+    assert_eq!(got[0].hostname, w.handle.hostname());
     w.stop().await;
 }
 
@@ -54,7 +57,15 @@ async fn unknown_task_fails_not_registered_is_parked_and_worker_goes_on() {
         }
         other => panic!("unexpected {other:?}"),
     }
-    let dead = env.app.broker().dead_letters().expect("a dead-letter place").list("celery", 10).await.unwrap();
+    // FAILURE is stored before the message is parked: wait for the parking.
+    let deadline = tokio::time::Instant::now() + T;
+    let dead = loop {
+        let dead = env.app.broker().dead_letters().expect("a dead-letter place").list("celery", 10).await.unwrap();
+        if !dead.is_empty() || tokio::time::Instant::now() > deadline {
+            break dead;
+        }
+        tokio::task::yield_now().await;
+    };
     assert_eq!(dead.len(), 1);
     assert!(dead[0].reason.contains("NotRegistered"), "{}", dead[0].reason);
     assert_eq!(dead[0].message.task_id(), Some(bad.id()));

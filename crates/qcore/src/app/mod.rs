@@ -85,6 +85,8 @@ struct Inner {
     origin: String,
     reply_to: String,
     declared: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// Stamps the `task-sent` events (`task_send_sent_event`).
+    sent_events: crate::event::EventSender,
 }
 
 /// The application: configuration, broker, result backend and the tasks it
@@ -134,12 +136,14 @@ impl AppBuilder {
     pub fn build(self) -> Result<App, Error> {
         let broker = self.broker.ok_or_else(|| Error::Config("an App needs a broker".into()))?;
         let host = crate::node::hostname();
+        let origin = format!("gen{}@{}", std::process::id(), host);
         Ok(App {
             inner: Arc::new(Inner {
                 config: self.config.unwrap_or_default(),
                 broker,
                 tasks: RwLock::new(HashMap::new()),
-                origin: format!("gen{}@{}", std::process::id(), host),
+                sent_events: crate::event::EventSender::new(origin.clone()),
+                origin,
                 reply_to: self
                     .backend
                     .as_ref()
@@ -274,7 +278,30 @@ impl App {
         } else {
             self.ensure_queue(queue).await?;
             self.broker().publish(queue, &msg).await?;
+            if self.config().task_send_sent_event {
+                self.send_sent_event(queue, &msg).await;
+            }
             Ok(())
+        }
+    }
+
+    /// Publish `task-sent` for a message just sent to `queue` (Celery's
+    /// producer with `task_send_sent_event`): best effort, as Celery's.
+    async fn send_sent_event(&self, queue: &str, msg: &Message) {
+        use crate::event::{EventData, TaskSent, EVENT_EXCHANGE};
+        let event = match msg.decode_task() {
+            Ok(tm) => self.inner.sent_events.event(EventData::TaskSent(TaskSent::from_task(&tm, queue, "", queue))),
+            Err(e) => {
+                tracing::debug!(error = %e, "no task-sent event for an undecodable message");
+                return;
+            }
+        };
+        let sent = match event.to_message() {
+            Ok(m) => self.inner.broker.publish_fanout(EVENT_EXCHANGE, &event.routing_key(), &m).await,
+            Err(e) => Err(e.into()),
+        };
+        if let Err(e) = sent {
+            tracing::warn!(error = %e, "cannot publish task-sent");
         }
     }
 
@@ -292,18 +319,9 @@ impl App {
     /// worker (Celery's `revoke` broadcast on `celery.pidbox`). With
     /// `terminate`, a worker running it aborts it.
     pub async fn revoke(&self, task_id: &str, terminate: bool) -> Result<(), Error> {
-        if let Some(backend) = self.backend() {
-            let current = backend.get(task_id).await?;
-            if current.as_ref().is_none_or(|m| !m.status.is_ready()) {
-                let mut meta = ResultMeta::new(
-                    task_id,
-                    crate::State::Revoked,
-                    crate::ExceptionInfo::revoked("revoked").to_value(),
-                );
-                meta.children = None;
-                backend.store(&meta, Some(self.config().result_expires)).await?;
-            }
-        }
+        crate::control::revoked::store_revoked(self, task_id).await?;
+        // Kept for workers that are down now (the broadcast is not persistent).
+        crate::control::revoked::remember(self, &[task_id.to_owned()]).await?;
         let msg = crate::control::revoke_request(task_id, terminate, self.reply_to())?;
         self.inner.broker.publish_fanout(crate::control::PIDBOX_EXCHANGE, "", &msg).await?;
         Ok(())

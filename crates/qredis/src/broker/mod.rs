@@ -5,6 +5,7 @@ mod acker;
 mod consumer;
 mod fanout;
 mod maintenance;
+mod reply;
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -460,6 +461,9 @@ impl Broker for RedisBroker {
     }
 
     async fn publish_fanout(&self, exchange: &str, routing_key: &str, message: &Message) -> Result<(), BrokerError> {
+        if exchange == qcore::control::REPLY_EXCHANGE {
+            return reply::publish(&self.inner, routing_key, message).await;
+        }
         let tag = uuid::Uuid::new_v4().to_string();
         let env = envelope::encode(message, exchange, routing_key, &tag);
         let channel = self.inner.keys.fanout_channel(exchange, routing_key);
@@ -470,7 +474,13 @@ impl Broker for RedisBroker {
         Ok(())
     }
 
+    /// `celery.pidbox` and `celeryev` are pub/sub; `reply.celery.pidbox` is
+    /// a direct exchange, so a subscription to it with a routing key is the
+    /// client's reply list (see `reply.rs`).
     async fn subscribe(&self, exchange: &str, pattern: &str) -> Result<Box<dyn Subscription>, BrokerError> {
+        if exchange == qcore::control::REPLY_EXCHANGE {
+            return Ok(Box::new(reply::ReplySubscription::open(self.inner.clone(), pattern).await?));
+        }
         let sub = fanout::RedisSubscription::open(self.inner.clone(), exchange, pattern).await?;
         Ok(Box::new(sub))
     }

@@ -1,0 +1,165 @@
+//! `worker`: the start-up banner, the task log lines, the worker itself.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::process::ExitCode;
+
+use tokio::sync::broadcast;
+
+use qcore::event::{Event, EventData};
+use qcore::App;
+use qworker::Worker;
+
+use super::args::{Pool, WorkerArgs};
+
+/// Build the worker the flags describe, print the banner, log the tasks and
+/// run until SIGTERM/SIGINT (warm shutdown; a second signal, cold).
+pub(super) async fn run(app: App, w: &WorkerArgs, task_log: bool) -> anyhow::Result<ExitCode> {
+    let mut builder = Worker::builder(app.clone()).heartbeat(!w.without_heartbeat);
+    if w.task_events {
+        builder = builder.send_events(true);
+    }
+    if !w.queues.is_empty() {
+        builder = builder.queues(w.queues.iter().map(|q| q.trim()).filter(|q| !q.is_empty()).map(str::to_owned));
+    }
+    if let Some(c) = w.slots() {
+        builder = builder.concurrency(c);
+    }
+    if let Some(m) = w.prefetch_multiplier {
+        builder = builder.prefetch_multiplier(m);
+    }
+    if let Some(n) = &w.hostname {
+        builder = builder.hostname(n.clone());
+    }
+    let worker = builder.build();
+    let handle = worker.handle();
+    print!("{}", banner(&app, w, handle.hostname()));
+    let beat = embedded_beat(&app, w).await?;
+    let logger = task_log.then(|| tokio::spawn(log_tasks(handle.events())));
+    let result = worker.run_until_signal().await;
+    if let Some(l) = logger {
+        l.abort();
+    }
+    #[cfg(feature = "beat")]
+    if let Some(beat) = beat {
+        beat.stop().await?;
+    }
+    #[cfg(not(feature = "beat"))]
+    let () = beat;
+    result?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `-B`: a beat in the worker's process (Celery's `worker -B`).
+#[cfg(feature = "beat")]
+async fn embedded_beat(app: &App, w: &WorkerArgs) -> anyhow::Result<Option<crate::beat::BeatHandle>> {
+    if !w.beat {
+        return Ok(None);
+    }
+    let entries = crate::beat::entries_from_config(app.config(), w.schedule.as_deref())?;
+    Ok(Some(crate::beat::Beat::builder(app.clone()).schedule(entries).spawn().await?))
+}
+
+#[cfg(not(feature = "beat"))]
+async fn embedded_beat(_app: &App, w: &WorkerArgs) -> anyhow::Result<()> {
+    if w.beat {
+        anyhow::bail!("this build of qtask has no beat (cargo feature `beat`): -B is not available");
+    }
+    Ok(())
+}
+
+/// Celery's start-up banner: node, transport, results, concurrency, events,
+/// queues, then `[tasks]`.
+fn banner(app: &App, w: &WorkerArgs, hostname: &str) -> String {
+    let cfg = app.config();
+    let broker = qcore::url::redact(cfg.broker_url.as_deref().unwrap_or(crate::DEFAULT_URL));
+    let results = cfg.result_backend.as_deref().map(qcore::url::redact).unwrap_or_else(|| "disabled://".into());
+    let concurrency = w.slots().unwrap_or(cfg.worker_concurrency).max(1);
+    let pool = match w.pool {
+        Some(Pool::Solo) => "solo",
+        _ => "threads",
+    };
+    let events = if cfg.worker_send_task_events {
+        "ON".to_string()
+    } else {
+        "OFF (enable -E to monitor tasks in this worker)".to_string()
+    };
+    let queues = if w.queues.is_empty() { vec![cfg.task_default_queue.clone()] } else { w.queues.clone() };
+    let now = chrono::Utc::now().format("%Y-%m-%d %H:%M:%S");
+    let mut b = String::new();
+    let _ = writeln!(b, "\n -------------- {hostname} v{} (qtask)", env!("CARGO_PKG_VERSION"));
+    let _ = writeln!(b, "--- ***** ----- ");
+    let _ = writeln!(b, "-- ******* ---- {}-{} {now}", std::env::consts::OS, std::env::consts::ARCH);
+    let _ = writeln!(b, "- *** --- * --- ");
+    let _ = writeln!(b, "- ** ---------- [config]");
+    let _ = writeln!(b, "- ** ---------- .> app:         {}", app.origin());
+    let _ = writeln!(b, "- ** ---------- .> transport:   {broker}");
+    let _ = writeln!(b, "- ** ---------- .> results:     {results}");
+    let _ = writeln!(b, "- *** --- * --- .> concurrency: {concurrency} ({pool})");
+    let _ = writeln!(b, "-- ******* ---- .> task events: {events}");
+    let _ = writeln!(b, "--- ***** ----- ");
+    let _ = writeln!(b, " -------------- [queues]");
+    for q in &queues {
+        let _ = writeln!(b, "                .> {q:<16} exchange={q}(direct) key={q}");
+    }
+    let _ = writeln!(b, "\n[tasks]");
+    let mut tasks = app.registered();
+    tasks.sort();
+    for t in tasks {
+        let _ = writeln!(b, "  . {t}");
+    }
+    b.push('\n');
+    b
+}
+
+/// Log received, succeeded, failed, retried, revoked and rejected tasks at
+/// info level, as Celery's worker does (`Task NAME[ID] succeeded in 0.01s: 5`).
+async fn log_tasks(mut events: broadcast::Receiver<Event>) {
+    let mut names: HashMap<String, String> = HashMap::new();
+    loop {
+        let ev = match events.recv().await {
+            Ok(ev) => ev,
+            Err(broadcast::error::RecvError::Lagged(n)) => {
+                tracing::warn!("{n} task events were not logged (the log fell behind)");
+                continue;
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        };
+        let Some(id) = ev.task_id() else { continue };
+        if let EventData::TaskReceived(f) = &ev.data {
+            tracing::info!(target: "qtask::worker::task", "Task {}[{id}] received", f.name);
+            names.insert(id.to_string(), f.name.clone());
+            continue;
+        }
+        let finished = !matches!(ev.data, EventData::TaskStarted(_) | EventData::TaskRetried(_));
+        let name = if finished { names.remove(id) } else { names.get(id).cloned() };
+        let name = name.unwrap_or_else(|| "?".to_string());
+        match &ev.data {
+            EventData::TaskSucceeded(f) => tracing::info!(
+                target: "qtask::worker::task",
+                "Task {name}[{id}] succeeded in {}s: {}",
+                f.runtime,
+                f.result
+            ),
+            EventData::TaskFailed(f) => {
+                tracing::info!(target: "qtask::worker::task", "Task {name}[{id}] failed: {}", f.exception)
+            }
+            EventData::TaskRetried(f) => {
+                tracing::info!(target: "qtask::worker::task", "Task {name}[{id}] retry: {}", f.exception)
+            }
+            EventData::TaskRevoked(f) => {
+                let how = match (f.terminated, f.expired) {
+                    (true, _) => "terminated",
+                    (_, true) => "expired",
+                    _ => "revoked",
+                };
+                tracing::info!(target: "qtask::worker::task", "Task {name}[{id}] {how}")
+            }
+            EventData::TaskRejected(f) => {
+                let what = if f.requeue { "rejected (requeued)" } else { "rejected" };
+                tracing::info!(target: "qtask::worker::task", "Task {name}[{id}] {what}")
+            }
+            _ => {}
+        }
+    }
+}
