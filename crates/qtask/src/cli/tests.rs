@@ -176,3 +176,27 @@ fn without_tasks_there_is_no_worker_command_to_see() {
     // Without a default command, a missing command is a usage error.
     assert!(parse(&Cli::new("qtask"), &["--broker", "memory://"]).is_err());
 }
+
+#[test]
+fn beat_flags_and_the_beat_command() {
+    let cli = Cli::new("interop-worker").tasks(|_| {}).default_command("worker").urls_from_flags_only(true);
+    let w = worker(parse(&cli, &["--broker", "redis://h", "-B", "--schedule", "beat.toml"]).unwrap());
+    assert!(w.beat);
+    assert_eq!(w.schedule.as_deref(), Some(std::path::Path::new("beat.toml")));
+    let w = worker(parse(&cli, &["--broker", "redis://h", "--beat"]).unwrap());
+    assert!(w.beat && w.schedule.is_none());
+    let e = parse(&cli, &["--broker", "redis://h", "--schedule", "beat.toml"]).unwrap_err();
+    assert!(e.contains("--beat"), "--schedule without -B: {e}");
+    let a = parse(
+        &Cli::new("qtask"),
+        &["--broker", "redis://h", "beat", "--schedule", "s.toml", "-n", "b@h", "-l", "debug"],
+    )
+    .unwrap();
+    match a.command {
+        Command::Beat(b) => {
+            assert_eq!(b.schedule.as_deref(), Some(std::path::Path::new("s.toml")));
+            assert_eq!((b.hostname.as_deref(), b.loglevel), (Some("b@h"), Some(LogLevel::Debug)));
+        }
+        other => panic!("{other:?}"),
+    }
+}
