@@ -55,6 +55,28 @@ pub fn events_of(p: &Proc) -> Vec<Value> {
     p.log().lines().filter(|l| l.starts_with('{')).filter_map(|l| serde_json::from_str(l).ok()).collect()
 }
 
+/// `GET path` on 127.0.0.1:`port`, the body read as JSON.
+pub fn http_get(port: u16, path: &str) -> Result<Value> {
+    http(port, "GET", path)
+}
+
+/// `POST path` (empty body) on 127.0.0.1:`port`.
+pub fn http_post(port: u16, path: &str) -> Result<Value> {
+    http(port, "POST", path)
+}
+
+fn http(port: u16, method: &str, path: &str) -> Result<Value> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    write!(s, "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\n\r\n")?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    let (head, body) = out.split_once("\r\n\r\n").context("no HTTP body")?;
+    ensure!(head.starts_with("HTTP/1.1 200") || head.starts_with("HTTP/1.0 200"), "{method} {path}: {head}\n{body}");
+    serde_json::from_str(body).with_context(|| format!("{method} {path} gave {body}"))
+}
+
 /// The replies of `celery -b BROKER <args> -j` (a map node → reply).
 pub fn celery_json(broker: &str, args: &[&str]) -> Result<Value> {
     let out = std::process::Command::new(python())
@@ -258,6 +280,73 @@ impl Control {
             without_ttl.len(),
             keys.len()
         );
+        Ok(())
+    }
+
+    /// Real Flower 2.2 pointed at the broker lists a qtask worker in
+    /// `/api/workers` (stats, registered tasks) and its tasks in
+    /// `/api/tasks` with their state; its revoke API acts on the worker.
+    pub async fn flower_sees_qtask_worker(&self) -> Result<()> {
+        let queue = unique("ctl_flower");
+        let node = format!("{}@qtask-test", unique("rsfl"));
+        let _worker = self.qtask_worker(&queue, &node, &[("QTASK_WORKER_SEND_TASK_EVENTS", "true")])?;
+        let port = crate::free_port()?;
+        let mut cmd = std::process::Command::new(python());
+        cmd.current_dir(python_dir())
+            .env("FLOWER_UNAUTHENTICATED_API", "1")
+            .env("PYTHONDONTWRITEBYTECODE", "1")
+            .args(["-m", "celery", "-b", &self.broker, "flower", "--address=127.0.0.1"])
+            .arg(format!("--port={port}"));
+        let mut flower = Proc::spawn("flower", cmd)?;
+        flower.wait_log("Visit me at", Duration::from_secs(60))?;
+        // Online in Flower's event state = its event receiver heard our
+        // heartbeats, so it will hear the task's events too.
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let status = http_get(port, "/api/workers?status=1")?;
+            if status[node.as_str()] == true {
+                break;
+            }
+            ensure!(std::time::Instant::now() < deadline, "Flower never saw {node} online: {status}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let app = rust_app(&self.broker, &self.results, &queue, qtask::ContentType::Json, None).await?;
+        let ok = app.delay(qtask::Signature::new("tasks.add").arg(2).arg(3)).await?;
+        ensure!(ok.get(Duration::from_secs(30)).await? == json!(5));
+
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        let workers = loop {
+            let w = http_get(port, "/api/workers?refresh=1")?;
+            if w[node.as_str()]["stats"].is_object() && w[node.as_str()]["registered"].is_array() {
+                break w;
+            }
+            ensure!(std::time::Instant::now() < deadline, "Flower does not list {node}: {w}");
+        };
+        let mine = &workers[node.as_str()];
+        ensure!(mine["registered"].as_array().is_some_and(|r| r.contains(&json!("tasks.add"))), "{mine}");
+        ensure!(mine["stats"]["pool"]["max-concurrency"].is_u64(), "{mine}");
+        let task = loop {
+            let t = http_get(port, "/api/tasks")?;
+            if t[ok.id()]["state"] == "SUCCESS" {
+                break t[ok.id()].clone();
+            }
+            ensure!(std::time::Instant::now() < deadline, "Flower does not show {} as SUCCESS: {t}", ok.id());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        ensure!(task["worker"] == node.as_str() && task["result"] == "5" && task["args"] == "(2, 3)", "{task}");
+
+        // Flower's revoke API reaches the qtask worker.
+        let id = uuid::Uuid::new_v4().to_string();
+        http_post(port, &format!("/api/task/revoke/{id}"))?;
+        let client = self.client().await?;
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let replies = client.call(ControlRequest::new("revoked").to([node.as_str()]), CALL, None).await?;
+            if reply_of(&replies, &node)?.as_array().is_some_and(|a| a.contains(&json!(id))) {
+                break;
+            }
+            ensure!(std::time::Instant::now() < deadline, "Flower's revoke did not reach {node}: {replies:?}");
+        }
         Ok(())
     }
 

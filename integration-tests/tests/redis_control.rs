@@ -35,3 +35,9 @@ async fn revoked_while_no_worker_runs_never_runs() -> Result<()> {
 async fn reply_lists_expire() -> Result<()> {
     redis().reply_lists_expire(1000).await
 }
+
+/// Flower 2.2 (`integration-tests/python/requirements.txt`) sees a qtask worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flower_sees_qtask_worker() -> Result<()> {
+    redis().flower_sees_qtask_worker().await
+}

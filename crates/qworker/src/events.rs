@@ -29,6 +29,12 @@ use tokio::sync::{broadcast, mpsc};
 /// Seconds between `worker-heartbeat` events (Celery's `freq`).
 pub(crate) const HEARTBEAT: Duration = Duration::from_secs(2);
 
+/// Most events in one publication.
+const BATCH: usize = 1000;
+
+/// How long the publisher gathers events before it publishes them.
+const LINGER: Duration = Duration::from_millis(100);
+
 /// How many events may wait for the publisher; beyond that they are
 /// dropped with a warning (events are best effort, as in Celery).
 const OUTBOX: usize = 10_000;
@@ -162,7 +168,17 @@ async fn publish_loop(broker: Arc<dyn Broker>, mut rx: mpsc::Receiver<Out>) {
     let mut batch = Vec::new();
     let mut tasks = Vec::new();
     let mut flushed = Vec::new();
-    while rx.recv_many(&mut batch, 256).await > 0 {
+    while rx.recv_many(&mut batch, BATCH).await > 0 {
+        // Gather what comes within LINGER (as Celery's worker buffers its
+        // task events), so a busy worker sends a few large `task.multi`
+        // messages rather than one per task.
+        let until = tokio::time::Instant::now() + LINGER;
+        while batch.len() < BATCH && !batch.iter().any(|o| matches!(o, Out::Flush(_))) {
+            match tokio::time::timeout_at(until, rx.recv_many(&mut batch, BATCH)).await {
+                Ok(n) if n > 0 => {}
+                _ => break,
+            }
+        }
         for out in batch.drain(..) {
             let event = match out {
                 Out::Event(e) => e,

@@ -706,3 +706,57 @@ async fn accept_content_parks_other_serializers() {
     assert_eq!(refused.state().await.unwrap(), State::Pending, "a refused message is not run");
     w.stop().await;
 }
+
+/// Events on the broker's `celeryev` exchange: the producer's `task-sent`
+/// (with `task_send_sent_event`), the worker's `worker-online` alone and its
+/// task events batched under `task.multi`; with task events off, worker
+/// events still go out and task events do not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_go_to_celeryev_as_celery_sends_them() {
+    use qcore::event::{Event, EVENT_EXCHANGE, TASK_MULTI};
+    for task_events in [true, false] {
+        let mut cfg = Config::default();
+        cfg.task_send_sent_event = true;
+        let env = env_with(cfg);
+        env.app.register(add());
+        let mut sub = env.app.broker().subscribe(EVENT_EXCHANGE, "#").await.unwrap();
+        let worker = qworker::Worker::builder(env.app.clone()).concurrency(1).send_events(task_events).build();
+        let w = start_worker(worker);
+        let r = env.app.delay(Signature::new("tasks.add").arg(2).arg(3)).await.unwrap();
+        assert_eq!(r.get(T).await.unwrap(), json!(5));
+        // With task events: until the three came. Without: until two
+        // heartbeats counted the task (any task event would be out by then).
+        let mut seen: Vec<(String, Vec<Event>)> = Vec::new();
+        let deadline = tokio::time::Instant::now() + T;
+        let done = |seen: &[(String, Vec<Event>)]| {
+            if task_events {
+                seen.iter().filter(|(rk, _)| rk == TASK_MULTI).map(|(_, e)| e.len()).sum::<usize>() >= 3
+            } else {
+                seen.iter()
+                    .filter(|(rk, e)| rk == "worker.heartbeat" && e[0].worker_info().is_some_and(|w| w.processed >= 1))
+                    .count()
+                    >= 2
+            }
+        };
+        while !done(&seen) {
+            let (rk, msg) = tokio::time::timeout_at(deadline, sub.recv()).await.unwrap().unwrap().unwrap();
+            seen.push((rk, Event::from_message(&msg).unwrap()));
+        }
+        let keys: Vec<&str> = seen.iter().map(|(rk, _)| rk.as_str()).collect();
+        assert!(keys.contains(&"worker.online"), "{keys:?}");
+        let sent = seen.iter().find(|(rk, _)| rk == "task.sent").map(|(_, e)| &e[0]).expect("task-sent");
+        assert_eq!(sent.task_id(), Some(r.id()));
+        assert!(sent.hostname.starts_with("gen"), "{}", sent.hostname);
+        let task_events_seen: Vec<String> = seen
+            .iter()
+            .filter(|(rk, _)| rk == TASK_MULTI)
+            .flat_map(|(_, es)| es.iter().map(|e| e.type_name().to_owned()))
+            .collect();
+        if task_events {
+            assert_eq!(task_events_seen, ["task-received", "task-started", "task-succeeded"]);
+        } else {
+            assert!(task_events_seen.is_empty(), "{task_events_seen:?}");
+        }
+        w.stop().await;
+    }
+}
