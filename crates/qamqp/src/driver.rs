@@ -50,9 +50,12 @@ impl AmqpOptions {
 
 impl RpcOptions {
     /// Result settings from `cfg`: `result_expires` (reply queue
-    /// `x-expires`), `result_persistent`, `result_serializer`.
+    /// `x-expires`), `result_persistent`, `result_serializer`,
+    /// `result_accept_content` (else `accept_content`).
     pub fn from_config(cfg: &Config) -> RpcOptions {
-        let mut o = RpcOptions::default().expires(Some(cfg.result_expires)).serializer(cfg.result_serializer);
+        let accept = cfg.result_accept_content.clone().or_else(|| cfg.accept_content.clone());
+        let mut o =
+            RpcOptions::default().expires(Some(cfg.result_expires)).serializer(cfg.result_serializer).accept(accept);
         if let Some(p) = cfg.result_persistent {
             o = o.persistent(p);
         }

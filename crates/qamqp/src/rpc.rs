@@ -40,6 +40,10 @@ pub struct RpcOptions {
     pub persistent: bool,
     /// Serializer of the result messages (Celery's `result_serializer`).
     pub serializer: ContentType,
+    /// Serializers of replies read (Celery's `result_accept_content`, else
+    /// `accept_content`; `None`: JSON and msgpack). A reply in another one
+    /// is logged and not delivered, as Celery refuses it.
+    pub accept: Option<Vec<ContentType>>,
     /// Most results kept in memory; the oldest are dropped beyond it.
     pub cache_max: usize,
 }
@@ -51,6 +55,7 @@ impl Default for RpcOptions {
             expires: Some(Duration::from_secs(86_400)),
             persistent: false,
             serializer: ContentType::Json,
+            accept: None,
             cache_max: 10_000,
         }
     }
@@ -78,6 +83,12 @@ impl RpcOptions {
     /// Serialize results with `ct`.
     pub fn serializer(mut self, ct: ContentType) -> Self {
         self.serializer = ct;
+        self
+    }
+
+    /// Read only replies in these serializers (`None`: all).
+    pub fn accept(mut self, accept: Option<Vec<ContentType>>) -> Self {
+        self.accept = accept;
         self
     }
 
@@ -253,10 +264,13 @@ impl Inner {
 
     fn on_message(&self, d: lapin::message::Delivery) {
         let (message, _) = props::decode(&d.properties, d.data);
-        let decoded = message
-            .content_type()
-            .map_err(|e| e.to_string())
-            .and_then(|ct| ct.decode::<Value>(&message.body).map_err(|e| e.to_string()));
+        let accept = self.opts.accept.as_deref();
+        let decoded = message.content_type().map_err(|e| e.to_string()).and_then(|ct| {
+            if accept.is_some_and(|a| !a.contains(&ct)) {
+                return Err(format!("{} is not in result_accept_content (it falls back to accept_content)", ct.mime()));
+            }
+            ct.decode::<Value>(&message.body).map_err(|e| e.to_string())
+        });
         let mut value = match decoded {
             Ok(Value::Object(m)) => m,
             Ok(other) => {

@@ -202,3 +202,35 @@ async fn a_chord_is_refused_before_it_is_sent() {
     amqp.declare_queue(&queue).await.unwrap();
     assert_eq!(amqp.queue_len(&queue).await.unwrap(), 0, "no header task was published");
 }
+
+/// `result_accept_content`: a reply in a serializer it does not list is not
+/// delivered (Celery refuses it); one it lists is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replies_outside_result_accept_content_are_refused() {
+    let mut cfg = qcore::Config::default();
+    cfg.set("result_accept_content", qcore::config::Value::List(vec!["json".into()])).unwrap();
+    let opts = RpcOptions::from_config(&cfg);
+    assert_eq!(opts.accept, Some(vec![ContentType::Json]));
+    let caller = RpcBackend::connect(&url(), opts).await.unwrap();
+    let conn = lapin::Connection::connect(&url(), Default::default()).await.unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    ch.confirm_select(Default::default()).await.unwrap();
+    for (id, ct, body) in [
+        (
+            "acc-msgpack",
+            "application/x-msgpack",
+            ContentType::Msgpack.encode(&json!({"task_id": "acc-msgpack", "status": "SUCCESS", "result": 1})).unwrap(),
+        ),
+        ("acc-json", "application/json", br#"{"task_id": "acc-json", "status": "SUCCESS", "result": 2}"#.to_vec()),
+    ] {
+        let props = BasicProperties::default().with_content_type(ct.into()).with_correlation_id(id.into());
+        ch.basic_publish("".into(), caller.reply_queue().into(), BasicPublishOptions::default(), &body, props)
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    // Replies arrive in order: once the JSON one is in, the msgpack one was refused.
+    assert_eq!(caller.wait("acc-json", Duration::from_secs(10)).await.unwrap().result, json!(2));
+    assert_eq!(caller.get("acc-msgpack").await.unwrap(), None, "a msgpack reply was delivered");
+}
