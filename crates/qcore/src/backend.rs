@@ -163,7 +163,7 @@ pub trait ResultBackend: Send + Sync + 'static {
     /// What this backend can do beyond storing and reading results (by
     /// default everything: groups and a native chord join). Callers decide
     /// from this, before sending anything, rather than from an
-    /// [`ErrorKind::Unsupported`](crate::ErrorKind::Unsupported) at run time.
+    /// [`ErrorKind::Unsupported`] at run time.
     fn capabilities(&self) -> BackendCapabilities {
         BackendCapabilities::all()
     }
