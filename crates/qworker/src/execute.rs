@@ -96,7 +96,12 @@ fn is_transient(e: &qcore::Error) -> bool {
 pub(crate) async fn handle(shared: Arc<Shared>, delivery: Delivery, permit: OwnedSemaphorePermit) {
     let _reservation = Reservation(&shared);
     let Delivery { message, queue, redelivered, acker } = delivery;
+    let max_size = shared.app.config().worker_max_message_size;
     let decoded = match (&shared.app.config().accept_content, message.content_type()) {
+        _ if message.body.len() > max_size => Err(format!(
+            "message too large: body of {} bytes, worker_max_message_size is {max_size}",
+            message.body.len()
+        )),
         (Some(accepted), Ok(ct)) if !accepted.contains(&ct) => {
             Err(format!("ContentDisallowed: refusing to deserialize content of type {} (accept_content)", ct.mime()))
         }

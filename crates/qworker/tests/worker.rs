@@ -102,6 +102,57 @@ async fn malformed_message_is_dead_lettered_with_reason() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_deeply_nested_and_mistyped_messages_are_parked_and_the_worker_goes_on() {
+    let mut cfg = Config::default();
+    cfg.set("worker_max_message_size", 4096).unwrap();
+    let env = env_with(cfg);
+    env.app.register(add());
+    let w = start(&env.app, 1);
+    let headers = |id: &str| {
+        let mut h = serde_json::Map::new();
+        h.insert("task".into(), json!("tasks.add"));
+        h.insert("id".into(), json!(id));
+        h
+    };
+    env.app.broker().declare_queue("celery").await.unwrap();
+    // A well-formed body one byte over the limit.
+    let mut big = format!("[[\"{}\"], {{}}, {{}}]", "x".repeat(4000)).into_bytes();
+    big.resize(4097, b' ');
+    let oversized = Message { headers: headers("big-1"), properties: Properties::default(), body: big };
+    // Nesting deeper than any decoder's recursion limit.
+    let deep = format!("[{}1{}, {{}}, {{}}]", "[".repeat(1500), "]".repeat(1500)).into_bytes();
+    let nested = Message { headers: headers("deep-1"), properties: Properties::default(), body: deep };
+    // Every header of the wrong type.
+    let mut wrong = serde_json::Map::new();
+    for (k, v) in [("task", json!(7)), ("id", json!(["x"])), ("retries", json!("many")), ("eta", json!({"a": 1}))] {
+        wrong.insert(k.into(), v);
+    }
+    let mistyped = Message { headers: wrong, properties: Properties::default(), body: b"[[1, 2], {}, {}]".to_vec() };
+    // Not UTF-8 at all.
+    let binary = Message { headers: headers("bin-1"), properties: Properties::default(), body: vec![0xff, 0xfe, 0x00] };
+    for m in [&oversized, &nested, &mistyped, &binary] {
+        env.app.broker().publish("celery", m).await.unwrap();
+    }
+    let ok = env.app.delay(Signature::new("tasks.add").arg(1).arg(2)).await.unwrap();
+    assert_eq!(ok.get(T).await.unwrap(), json!(3), "the worker runs the next task");
+    let broker = env.app.broker().clone();
+    eventually("the four messages parked", || {
+        let b = broker.clone();
+        async move { b.dead_letters().expect("a dead-letter place").list("celery", 10).await.unwrap().len() == 4 }
+    })
+    .await;
+    let dead = broker.dead_letters().expect("a dead-letter place").list("celery", 10).await.unwrap();
+    let reason = |id: &str| {
+        dead.iter().find(|d| d.message.headers.get("id") == Some(&json!(id))).map(|d| d.reason.clone()).unwrap()
+    };
+    assert_eq!(reason("big-1"), "message too large: body of 4097 bytes, worker_max_message_size is 4096");
+    assert!(reason("deep-1").starts_with("malformed message"), "{}", reason("deep-1"));
+    assert!(reason("bin-1").starts_with("malformed message"), "{}", reason("bin-1"));
+    assert!(dead.iter().any(|d| d.message.headers.get("retries") == Some(&json!("many"))), "{dead:?}");
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_arguments_fail_with_type_error_and_panics_fail_too() {
     let env = env();
     env.app.register(add());

@@ -319,6 +319,10 @@ pub struct Config {
     pub worker_prefetch_multiplier: usize,
     /// Tasks run at once by one worker (default: number of CPUs).
     pub worker_concurrency: usize,
+    /// The largest message body a worker decodes, in bytes (qtask's own
+    /// setting; default 128 MiB, RabbitMQ's own default limit). A larger
+    /// message is parked in the dead-letter place with the reason, unread.
+    pub worker_max_message_size: usize,
     /// Store STARTED when a task starts.
     pub task_track_started: bool,
     /// Store name, args, kwargs, worker, retries, queue with results.
@@ -407,6 +411,7 @@ impl Default for Config {
             task_acks_on_failure_or_timeout: true,
             worker_prefetch_multiplier: 4,
             worker_concurrency: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+            worker_max_message_size: 128 << 20,
             task_track_started: false,
             result_extended: false,
             task_routes: Vec::new(),
@@ -456,6 +461,7 @@ pub const KNOWN_SETTINGS: &[&str] = &[
     "task_acks_on_failure_or_timeout",
     "worker_prefetch_multiplier",
     "worker_concurrency",
+    "worker_max_message_size",
     "task_track_started",
     "result_extended",
     "task_routes",
@@ -712,6 +718,13 @@ impl Config {
             "task_acks_late" => self.task_acks_late = as_bool(key, v)?,
             "task_acks_on_failure_or_timeout" => self.task_acks_on_failure_or_timeout = as_bool(key, v)?,
             "worker_prefetch_multiplier" => self.worker_prefetch_multiplier = as_usize(key, v)?,
+            "worker_max_message_size" => {
+                let n = as_usize(key, v)?;
+                if n == 0 {
+                    return Err(cfg_err(key, "must be at least 1 (bytes)"));
+                }
+                self.worker_max_message_size = n;
+            }
             "worker_concurrency" => {
                 let n = as_usize(key, v)?;
                 if n == 0 {
