@@ -22,10 +22,14 @@
 //!   a Markdown table (see docs/benchmarks.md); `cargo xtask bench amqp`
 //!   the same on RabbitMQ; `cargo xtask bench postgres|sqlite [--poll SECS]`
 //!   the SQL broker and backend beside Celery on kombu's SQLAlchemy transport.
+//! * `cargo xtask fuzz [--seconds S] [--runs N] [TARGET ...]` — the fuzz
+//!   targets of `fuzz/` (cargo-fuzz on nightly, installed when missing),
+//!   each from its seeds, then a table of executions (docs/reliability.md).
 
 mod bench;
 mod bench_sql;
 mod ci;
+mod fuzz;
 mod services;
 mod tidy;
 mod venv;
@@ -94,10 +98,11 @@ fn main() -> Result<()> {
             }
             _ => bail!("usage: cargo xtask bench redis|amqp|postgres|sqlite [--n N] [--calls M]"),
         },
+        Some("fuzz") => fuzz::fuzz(&root, &args[1..]),
         Some(step @ ("fmt" | "tidy" | "clippy" | "doc" | "features")) if args.len() == 1 => ci::step(&root, step),
         _ => {
             eprintln!(
-                "usage: cargo xtask <test|ci|fmt|tidy|clippy|doc|features|services|venv|e2e|bench redis|amqp|postgres|sqlite> [args...]"
+                "usage: cargo xtask <test|ci|fmt|tidy|clippy|doc|features|services|venv|e2e|fuzz|bench redis|amqp|postgres|sqlite> [args...]"
             );
             std::process::exit(2);
         }

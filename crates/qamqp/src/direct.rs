@@ -550,16 +550,7 @@ impl Reader {
         if kind != FRAME_HEADER {
             return Err(protocol_err(format!("expected a content header after basic.deliver, got frame type {kind}")));
         }
-        let header = &self.buf[payload];
-        if header.len() < 12 {
-            return Err(protocol_err("content header too short"));
-        }
-        let mut size = [0u8; 8];
-        size.copy_from_slice(&header[4..12]);
-        let body_size = u64::from_be_bytes(size);
-        let (_, properties) = protocol::basic::parse_properties(&header[12..])
-            .map_err(|e| protocol_err(format!("content header properties: {e:?}")))?;
-        let body_size = usize::try_from(body_size).map_err(|_| protocol_err("body too large"))?;
+        let (body_size, properties) = parse_content_header(&self.buf[payload])?;
         let mut data = Vec::with_capacity(body_size.min(64 << 20));
         while data.len() < body_size {
             let (kind, _, payload) = self.frame().await?;
@@ -636,7 +627,22 @@ impl Reader {
     }
 }
 
-fn parse_method(payload: &[u8]) -> Result<AMQPClass, BrokerError> {
+/// A content header frame's payload: the announced body size and the
+/// message properties.
+pub(crate) fn parse_content_header(header: &[u8]) -> Result<(usize, BasicProperties), BrokerError> {
+    if header.len() < 12 {
+        return Err(protocol_err("content header too short"));
+    }
+    let mut size = [0u8; 8];
+    size.copy_from_slice(&header[4..12]);
+    let body_size = u64::from_be_bytes(size);
+    let (_, properties) = protocol::basic::parse_properties(&header[12..])
+        .map_err(|e| protocol_err(format!("content header properties: {e:?}")))?;
+    let body_size = usize::try_from(body_size).map_err(|_| protocol_err("body too large"))?;
+    Ok((body_size, properties))
+}
+
+pub(crate) fn parse_method(payload: &[u8]) -> Result<AMQPClass, BrokerError> {
     match protocol::parse_class(payload) {
         Ok(([], class)) => Ok(class),
         Ok(_) => Err(protocol_err("bytes left after a method")),

@@ -46,3 +46,20 @@ pub use options::{AmqpOptions, QueueType};
 pub use rpc::{RpcBackend, RpcOptions};
 pub use tls::TlsOptions;
 pub use url::AmqpUrl;
+
+/// Entry points of the fuzz targets (`fuzz/`): the decoders that read the
+/// broker's bytes, as the consumer's reader calls them. Not a stable API.
+#[doc(hidden)]
+pub mod fuzzing {
+    /// Parse a method frame's payload.
+    pub fn method(payload: &[u8]) -> Result<(), qcore::BrokerError> {
+        crate::direct::parse_method(payload).map(drop)
+    }
+
+    /// Parse a content header frame's payload and turn it, with `body`,
+    /// into the message a consumer hands to the worker.
+    pub fn content(header: &[u8], body: &[u8]) -> Result<qcore::Message, qcore::BrokerError> {
+        let (_, props) = crate::direct::parse_content_header(header)?;
+        Ok(crate::props::decode(&props, body.to_vec()).0)
+    }
+}

@@ -68,3 +68,12 @@ fn connect_backend<'a>(url: &'a str, cfg: &'a Config) -> BoxFuture<'a, Result<Ar
     })
 }
 pub use keys::{priority_step, DELIVERIES_HEADER, PRIORITY_STEPS, SEP};
+
+/// Entry points of the fuzz targets (`fuzz/`). Not a stable API.
+#[doc(hidden)]
+pub mod fuzzing {
+    /// Parse a `redis://` / `rediss://` URL; the error message on failure.
+    pub fn url(url: &str) -> Result<(), String> {
+        crate::url::parse(url).map(drop).map_err(|e| e.0)
+    }
+}

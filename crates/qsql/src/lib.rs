@@ -76,3 +76,13 @@ mod send_tests {
         assert_send(&crate::connect_broker("sqlite://x.db", o()));
     }
 }
+
+/// Entry points of the fuzz targets (`fuzz/`). Not a stable API.
+#[doc(hidden)]
+pub mod fuzzing {
+    /// Parse a `postgres://` / `sqlite://` URL with an optional schema
+    /// option; the error message on failure.
+    pub fn url(url: &str, schema: Option<&str>) -> Result<(), String> {
+        crate::options::parse_url(url, schema).map(drop)
+    }
+}
