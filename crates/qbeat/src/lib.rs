@@ -21,6 +21,7 @@
 mod beat;
 pub mod config;
 mod entry;
+mod lease;
 mod schedule;
 mod solar;
 mod store;
@@ -28,9 +29,11 @@ pub mod tz;
 
 pub use beat::{
     send_entry, Beat, BeatBuilder, BeatHandle, Clock, Status, SystemClock, TokioClock, DEFAULT_MAX_INTERVAL,
+    SLOT_HEADER,
 };
-pub use config::{entries_from_config, parse_schedule, run_from_config};
+pub use config::{entries_from_config, parse_schedule, run_from_config, run_until_signal};
 pub use entry::{CatchUp, Entry, EntryOptions, Expires, RunState, ALL_PER_TICK, SKIP_GRACE};
+pub use lease::{Fence, Lease, MemoryLease, DEFAULT_LEASE_TTL, FIRED_TTL};
 pub use schedule::{Clocked, CronField, Crontab, CrontabSpec, DayRule, Interval, Schedule};
 pub use solar::{Solar, SolarKind};
 pub use store::{Changes, Claim, MemoryStore, Snapshot, Store, Stored};
