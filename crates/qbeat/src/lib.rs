@@ -8,8 +8,10 @@
 //!   events; per-entry
 //!   IANA zones with one daylight-saving policy ([`tz`]).
 //! * [`CatchUp`] — what happens to slots missed while no beat ran.
-//! * [`Store`] — entries and run state, with an in-memory [`MemoryStore`];
-//!   the contract is written for Redis, SQL and leader-lease stores to come.
+//! * [`Store`] — entries and run state, with an in-memory [`MemoryStore`]
+//!   (server-backed stores live in the facade, `qtask::beat`).
+//! * [`Lease`] — replicas: one leader with a fencing token, each slot
+//!   fenced before it is sent ([`MemoryLease`]; `qtask::beat::RedisLease`).
 //! * [`config`] — the `beat_schedule` setting in Celery's names, and
 //!   [`run_from_config`], what `qtask beat` runs.
 //!
