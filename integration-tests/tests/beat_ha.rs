@@ -139,3 +139,48 @@ async fn three_replicas_fire_each_slot_once_through_kill_and_freeze() -> Result<
     std::fs::remove_dir_all(&dir)?;
     Ok(())
 }
+
+/// `qtask beat -n NODE` answers remote-control `ping` as NODE (Celery 5.7's
+/// beat node), to qtask's control client and to `celery inspect ping`, and
+/// ignores every other method.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qtask_beat_answers_ping_as_its_node() -> Result<()> {
+    use qtask::control::{Client, ControlRequest};
+    let url = redis_url();
+    let node = format!("celerybeat@{}", unique("ping"));
+    let dir = std::env::temp_dir().join(unique("beat_ping"));
+    std::fs::create_dir_all(&dir)?;
+    let queue = unique("beat_ping");
+    let file = dir.join("schedule.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[beat_schedule.hourly]\ntask = \"tasks.add\"\nschedule = 3600.0\noptions = {{ queue = \"{queue}\" }}\n"
+        ),
+    )?;
+    let mut cmd = std::process::Command::new(qtask_cli()?);
+    cmd.args(["--broker", &url, "beat", "-l", "info", "-n", &node, "--schedule"]).arg(&file);
+    let mut beat = Proc::spawn("qtask beat", cmd)?;
+    beat.wait_log("answering remote-control ping", Duration::from_secs(30))?;
+    let app = qtask::app(&url).await?;
+    let client = Client::new(app.broker().clone());
+    let replies = client.call(ControlRequest::new("ping").to([node.as_str()]), Duration::from_secs(10), None).await?;
+    assert_eq!(replies.len(), 1, "{replies:?}");
+    assert_eq!(replies[0].node, node);
+    assert_eq!(replies[0].value, serde_json::json!({"ok": "pong"}));
+    let stats = client.call(ControlRequest::new("stats").to([node.as_str()]), Duration::from_secs(2), None).await?;
+    assert!(stats.is_empty(), "a beat answers ping only: {stats:?}");
+    // Python Celery's command line sees it too.
+    let out = std::process::Command::new(integration_tests::python())
+        .args(["-m", "celery", "-b", &url, "inspect", "ping", "-t", "10", "-d", &node])
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("pong") && text.contains(&node),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    beat.terminate(Duration::from_secs(20))?;
+    std::fs::remove_dir_all(&dir)?;
+    Ok(())
+}

@@ -99,6 +99,7 @@ pub struct BeatBuilder {
     max_interval: Duration,
     timezone: Option<Tz>,
     lease: Option<Arc<dyn Lease>>,
+    remote_control: Option<String>,
 }
 
 /// Periodic tasks sent through an [`App`], inside any tokio service.
@@ -132,6 +133,7 @@ impl Beat {
             max_interval,
             timezone: None,
             lease: None,
+            remote_control: None,
         }
     }
 }
@@ -162,6 +164,15 @@ impl BeatBuilder {
     /// the [`SLOT_HEADER`] header.
     pub fn lease(mut self, lease: Arc<dyn Lease>) -> Self {
         self.lease = Some(lease);
+        self
+    }
+
+    /// Answer remote-control `ping` as `node` (Celery's beat node is
+    /// `celerybeat@<host>`) while the loop is healthy: its last tick at most
+    /// `max(2 × max_interval, 60 s)` old ([`crate::max_tick_age`]); silent
+    /// when stale, as Celery 5.7's beat. Other methods are ignored.
+    pub fn remote_control(mut self, node: impl Into<String>) -> Self {
+        self.remote_control = Some(node.into());
         self
     }
 
@@ -197,6 +208,7 @@ impl BeatBuilder {
             store.upsert(entry).await?;
         }
         let now = self.clock.now();
+        let app = self.app.clone();
         let mut scheduler = Scheduler::new(self.app, store.clone(), default_tz, self.max_interval);
         scheduler.status.leader = self.lease.is_none();
         if let Some(lease) = &self.lease {
@@ -207,8 +219,12 @@ impl BeatBuilder {
         let (stop_tx, stop_rx) = watch::channel(false);
         let (status_tx, status_rx) = watch::channel(scheduler.status.clone());
         tracing::info!(store = %store.describe(), entries = scheduler.entries.len(), "beat: starting");
+        let control = self.remote_control.map(|node| {
+            let max_age = crate::control::max_tick_age(self.max_interval);
+            tokio::spawn(crate::control::control_loop(app, node, status_rx.clone(), self.clock.clone(), max_age))
+        });
         let task = tokio::spawn(run(scheduler, self.clock, stop_rx, status_tx));
-        Ok(BeatHandle { stop: stop_tx, status: status_rx, task })
+        Ok(BeatHandle { stop: stop_tx, status: status_rx, task, control })
     }
 }
 
@@ -218,6 +234,7 @@ pub struct BeatHandle {
     stop: watch::Sender<bool>,
     status: watch::Receiver<Status>,
     task: JoinHandle<Result<(), Error>>,
+    control: Option<JoinHandle<()>>,
 }
 
 impl BeatHandle {
@@ -261,6 +278,9 @@ impl BeatHandle {
     /// Stop the loop (after the send in progress) and wait for it.
     pub async fn stop(self) -> Result<(), Error> {
         self.stop.send_replace(true);
+        if let Some(c) = &self.control {
+            c.abort();
+        }
         match self.task.await {
             Ok(r) => r,
             Err(e) => Err(Error::Config(format!("the beat task failed: {e}"))),
@@ -270,7 +290,11 @@ impl BeatHandle {
     /// Wait for the loop to end (it ends only when stopped or on a store
     /// error it cannot get past).
     pub async fn join(self) -> Result<(), Error> {
-        match self.task.await {
+        let ended = self.task.await;
+        if let Some(c) = &self.control {
+            c.abort();
+        }
+        match ended {
             Ok(r) => r,
             Err(e) => Err(Error::Config(format!("the beat task failed: {e}"))),
         }
@@ -299,6 +323,8 @@ async fn run(
                     }
                     wait.min(lease.ttl() / 3)
                 } else {
+                    // A standby's loop is alive too (remote-control ping).
+                    s.status.last_tick = Some(clock.now());
                     POLL_INTERVAL
                 }
             }

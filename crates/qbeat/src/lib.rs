@@ -22,6 +22,7 @@
 
 mod beat;
 pub mod config;
+mod control;
 mod entry;
 mod lease;
 mod schedule;
@@ -34,6 +35,7 @@ pub use beat::{
     SLOT_HEADER,
 };
 pub use config::{entries_from_config, parse_schedule, run_from_config, run_until_signal};
+pub use control::max_tick_age;
 pub use entry::{CatchUp, Entry, EntryOptions, Expires, RunState, ALL_PER_TICK, SKIP_GRACE};
 pub use lease::{Fence, Lease, MemoryLease, DEFAULT_LEASE_TTL, FIRED_TTL};
 pub use schedule::{Clocked, CronField, Crontab, CrontabSpec, DayRule, Interval, Schedule};

@@ -307,14 +307,12 @@ async fn beat(app: App, b: &BeatArgs) -> anyhow::Result<ExitCode> {
             }
             Some(other) => anyhow::bail!("unknown --scheduler {other:?}: expected django (or none, for beat_schedule)"),
         }
+        // Celery's beat node name; it answers remote-control ping.
+        let node = b.hostname.clone().unwrap_or_else(|| format!("celerybeat@{}", qcore::hostname()));
         if let Some(url) = b.lock.as_deref() {
-            let owner = format!(
-                "{}/{}",
-                b.hostname.clone().unwrap_or_else(|| format!("celerybeat@{}", qcore::hostname())),
-                std::process::id()
-            );
-            builder = builder.lease(redis_lease(url, &owner)?);
+            builder = builder.lease(redis_lease(url, &format!("{node}/{}", std::process::id()))?);
         }
+        builder = builder.remote_control(node);
         crate::beat::run_until_signal(builder).await?;
         Ok(ExitCode::SUCCESS)
     }
