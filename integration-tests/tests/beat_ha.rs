@@ -1,12 +1,13 @@
-//! Three `qtask beat --lock redis://…` replicas on a 1 s interval: the
+//! Three `qtask beat --lock …` replicas (Redis, then PostgreSQL) on a 1 s interval: the
 //! leader is killed (SIGKILL), the next one frozen (SIGSTOP) until a third
 //! takes over, then resumed (SIGCONT). Every message the replicas sent is
 //! read back from the queue with the slot it was sent for (the
 //! `qtask_beat_slot` header): no slot twice, and the only holes are the two
 //! failovers, each at most 15 s.
 //!
-//! The test owns its queue and its lease keys (`?prefix=` of the lock URL,
-//! random) on the shared Redis.
+//! Also: the beat answers remote-control `ping`, and `PgLease` fences an
+//! expired holder. The tests own their queues, lease keys (`?prefix=` of
+//! the lock URL, random) and PostgreSQL schemas.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -15,10 +16,51 @@ use anyhow::{Context, Result};
 use integration_tests::{qtask_cli, redis_cmd, redis_url, unique, wait_for, Proc};
 use qtask::ConsumeOptions;
 
-/// The pid in the lease's value (`"<token> <node>/<pid>"`), if held.
-fn leader(url: &str, key: &str) -> Result<Option<u32>> {
-    let v = redis_cmd(url, &["GET", key])?.text();
-    Ok(v.and_then(|v| v.rsplit_once('/').and_then(|(_, pid)| pid.parse().ok())))
+/// Where the replicas' lease lives, and how the test reads its holder.
+enum LockAt {
+    Redis { url: String, prefix: String },
+    Pg { base: String, schema: String, pool: qtask::sqlx::PgPool },
+}
+
+impl LockAt {
+    fn url(&self) -> String {
+        match self {
+            LockAt::Redis { url, prefix } => format!("{url}?prefix={prefix}"),
+            LockAt::Pg { base, schema, .. } => format!("{base}?schema={schema}"),
+        }
+    }
+
+    /// The pid in the holder's name (`<node>/<pid>`), while held.
+    async fn leader(&self) -> Result<Option<u32>> {
+        let owner = match self {
+            LockAt::Redis { url, prefix } => redis_cmd(url, &["GET", &format!("{prefix}:lease")])?
+                .text()
+                .and_then(|v| v.split_once(' ').map(|(_, o)| o.to_string())),
+            LockAt::Pg { schema, pool, .. } => {
+                let sql = format!("SELECT owner FROM {schema}.qtask_beat_lease WHERE expires_at > now()");
+                // An error: the first replica has not created the table yet.
+                let owner: Option<String> =
+                    qtask::sqlx::query_scalar(&sql).fetch_optional(pool).await.unwrap_or_default();
+                owner
+            }
+        };
+        Ok(owner.and_then(|o| o.rsplit_once('/').and_then(|(_, pid)| pid.parse().ok())))
+    }
+
+    async fn clean(&self) -> Result<()> {
+        match self {
+            LockAt::Redis { url, prefix } => {
+                redis_cmd(
+                    url,
+                    &["DEL", &format!("{prefix}:lease"), &format!("{prefix}:token"), &format!("{prefix}:last")],
+                )?;
+            }
+            LockAt::Pg { schema, pool, .. } => {
+                qtask::sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE")).execute(pool).await?;
+            }
+        }
+        Ok(())
+    }
 }
 
 async fn wait_queue(app: &qtask::App, queue: &str, at_least: u64) -> Result<()> {
@@ -30,28 +72,35 @@ async fn wait_queue(app: &qtask::App, queue: &str, at_least: u64) -> Result<()> 
     .await
 }
 
-async fn wait_new_leader(url: &str, key: &str, not: &[u32]) -> Result<u32> {
-    let mut found = None;
-    wait_for("a new leader", Duration::from_secs(30), || {
-        let l = leader(url, key);
-        let ok = matches!(&l, Ok(Some(pid)) if !not.contains(pid));
-        if let Ok(Some(pid)) = l {
-            if ok {
-                found = Some(pid);
-            }
+/// A holder of the lease other than `not`, within 30 s.
+async fn wait_new_leader(lock: &LockAt, not: &[u32]) -> Result<u32> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(pid) = lock.leader().await?.filter(|p| !not.contains(p)) {
+            return Ok(pid);
         }
-        async move { Ok(ok) }
-    })
-    .await?;
-    found.context("leader")
+        if tokio::time::Instant::now() > deadline {
+            anyhow::bail!("no new leader within 30 s (not {not:?})");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_replicas_fire_each_slot_once_through_kill_and_freeze() -> Result<()> {
+async fn three_replicas_on_a_redis_lease_fire_each_slot_once_through_kill_and_freeze() -> Result<()> {
+    replicas(LockAt::Redis { url: redis_url(), prefix: unique("beat_ha_lease") }).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_on_a_postgres_lease_fire_each_slot_once_through_kill_and_freeze() -> Result<()> {
+    let base = std::env::var("QTASK_TEST_PG_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let pool = qtask::sqlx::postgres::PgPoolOptions::new().max_connections(1).connect(&base).await?;
+    replicas(LockAt::Pg { base, schema: unique("beat_ha"), pool }).await
+}
+
+async fn replicas(lock: LockAt) -> Result<()> {
     let url = redis_url();
     let queue = unique("beat_ha");
-    let prefix = unique("beat_ha_lease");
-    let lease_key = format!("{prefix}:lease");
     let dir = std::env::temp_dir().join(unique("beat_ha"));
     std::fs::create_dir_all(&dir)?;
     let file = dir.join("schedule.toml");
@@ -63,11 +112,11 @@ async fn three_replicas_fire_each_slot_once_through_kill_and_freeze() -> Result<
         ),
     )?;
     let cli = qtask_cli()?;
-    let lock = format!("{url}?prefix={prefix}");
+    let lock_url = lock.url();
     let mut beats: Vec<Proc> = (0..3)
         .map(|i| {
             let mut cmd = std::process::Command::new(&cli);
-            cmd.args(["--broker", &url, "beat", "--lock", &lock, "-l", "info", "-n"])
+            cmd.args(["--broker", &url, "beat", "--lock", &lock_url, "-l", "info", "-n"])
                 .arg(format!("beat{i}@ha"))
                 .arg("--schedule")
                 .arg(&file);
@@ -78,18 +127,18 @@ async fn three_replicas_fire_each_slot_once_through_kill_and_freeze() -> Result<
     let by_pid = |beats: &[Proc], pid: u32| beats.iter().position(|b| b.pid() == pid).context("a leader of ours");
 
     // The first leader sends.
-    let first = wait_new_leader(&url, &lease_key, &[]).await?;
+    let first = wait_new_leader(&lock, &[]).await?;
     wait_queue(&app, &queue, 3).await?;
     // SIGKILL: its lease expires, another replica takes over.
     let i = by_pid(&beats, first)?;
     beats[i].kill();
-    let second = wait_new_leader(&url, &lease_key, &[first]).await?;
+    let second = wait_new_leader(&lock, &[first]).await?;
     let n = app.broker().queue_len(&queue).await?;
     wait_queue(&app, &queue, n + 3).await?;
     // SIGSTOP: frozen past its lease; the third takes over.
     let j = by_pid(&beats, second)?;
     beats[j].signal("STOP")?;
-    let third = wait_new_leader(&url, &lease_key, &[first, second]).await?;
+    let third = wait_new_leader(&lock, &[first, second]).await?;
     let n = app.broker().queue_len(&queue).await?;
     wait_queue(&app, &queue, n + 3).await?;
     // SIGCONT: the stale leader wakes up, finds its lease gone and stands by.
@@ -97,13 +146,12 @@ async fn three_replicas_fire_each_slot_once_through_kill_and_freeze() -> Result<
     beats[j].wait_log("standing by", Duration::from_secs(30))?;
     let n = app.broker().queue_len(&queue).await?;
     wait_queue(&app, &queue, n + 3).await?;
-    assert_eq!(leader(&url, &lease_key)?, Some(third), "the third replica still leads");
+    assert_eq!(lock.leader().await?, Some(third), "the third replica still leads");
     for (k, b) in beats.iter_mut().enumerate() {
         if k != i {
             b.terminate(Duration::from_secs(20))?;
         }
     }
-
     // Every message, by slot.
     let total = app.broker().queue_len(&queue).await?;
     let mut consumer = app.broker().consume(std::slice::from_ref(&queue), ConsumeOptions::new(100)).await?;
@@ -135,7 +183,7 @@ async fn three_replicas_fire_each_slot_once_through_kill_and_freeze() -> Result<
         instants.len(),
         holes.iter().map(|h| h.num_seconds()).collect::<Vec<_>>()
     );
-    redis_cmd(&url, &["DEL", &lease_key, &format!("{prefix}:token"), &format!("{prefix}:last")])?;
+    lock.clean().await?;
     std::fs::remove_dir_all(&dir)?;
     Ok(())
 }
@@ -182,5 +230,42 @@ async fn qtask_beat_answers_ping_as_its_node() -> Result<()> {
     );
     beat.terminate(Duration::from_secs(20))?;
     std::fs::remove_dir_all(&dir)?;
+    Ok(())
+}
+
+/// `PgLease` (`--lock postgres://…`): one holder at a time, tokens growing,
+/// and a holder whose lease expired is fenced: no fire, no renewal; the
+/// next holder sees the slots fired before. Expiry is forced by the test
+/// (it owns the schema), not waited for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_lease_fences_an_expired_holder() -> Result<()> {
+    use qtask::beat::{Claim, Fence, Lease, PgLease};
+    let base = std::env::var("QTASK_TEST_PG_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let schema = unique("beat_lease");
+    let url = format!("{base}?schema={schema}&prefix=replicas");
+    let a = PgLease::connect(&url, "a").await?;
+    let b = PgLease::connect(&url, "b").await?;
+    let ta = a.acquire().await?.context("a free lease is taken")?;
+    assert_eq!(b.acquire().await?, None, "one holder at a time");
+    assert!(a.renew(ta).await?);
+    let slot = chrono::DateTime::parse_from_rfc3339("2026-03-01T12:00:00Z")?.to_utc();
+    assert_eq!(a.fence(ta, &Claim::new("tick", slot)).await?, Fence::Fire);
+    assert_eq!(a.fence(ta, &Claim::new("tick", slot)).await?, Fence::Duplicate);
+    // The lease runs out (as when its holder is frozen).
+    let pool = qtask::sqlx::postgres::PgPoolOptions::new().max_connections(1).connect(&base).await?;
+    qtask::sqlx::query(&format!("UPDATE {schema}.qtask_beat_lease SET expires_at = now() - interval '1 second'"))
+        .execute(&pool)
+        .await?;
+    assert_eq!(a.fence(ta, &Claim::new("tick", slot + chrono::TimeDelta::seconds(1))).await?, Fence::NotLeader);
+    let tb = b.acquire().await?.context("an expired lease is taken")?;
+    assert!(tb > ta, "tokens grow: {ta} then {tb}");
+    assert!(!a.renew(ta).await?, "the old holder cannot renew");
+    assert_eq!(a.fence(ta, &Claim::new("tick", slot + chrono::TimeDelta::seconds(2))).await?, Fence::NotLeader);
+    assert_eq!(b.last_fired().await?.get("tick"), Some(&slot));
+    assert_eq!(b.fence(tb, &Claim::new("tick", slot)).await?, Fence::Duplicate, "a slot fired before stays fired");
+    assert_eq!(b.fence(tb, &Claim::new("tick", slot + chrono::TimeDelta::seconds(3))).await?, Fence::Fire);
+    b.release(tb).await?;
+    assert!(a.acquire().await?.is_some_and(|t| t > tb), "a released lease is free");
+    qtask::sqlx::query(&format!("DROP SCHEMA {schema} CASCADE")).execute(&pool).await?;
     Ok(())
 }

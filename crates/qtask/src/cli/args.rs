@@ -162,7 +162,7 @@ pub struct BeatArgs {
     #[arg(long, value_name = "URL")]
     pub db: Option<String>,
     /// Run as one of several replicas: send only while holding the leader lease at this URL
-    /// (`redis://…`).
+    /// (`redis://…` or `postgres://…`).
     #[arg(long, value_name = "URL")]
     pub lock: Option<String>,
     /// Node name of the beat (default `celerybeat@<host>`).

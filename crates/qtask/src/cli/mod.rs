@@ -310,7 +310,7 @@ async fn beat(app: App, b: &BeatArgs) -> anyhow::Result<ExitCode> {
         // Celery's beat node name; it answers remote-control ping.
         let node = b.hostname.clone().unwrap_or_else(|| format!("celerybeat@{}", qcore::hostname()));
         if let Some(url) = b.lock.as_deref() {
-            builder = builder.lease(redis_lease(url, &format!("{node}/{}", std::process::id()))?);
+            builder = builder.lease(lease(url, &format!("{node}/{}", std::process::id())).await?);
         }
         builder = builder.remote_control(node);
         crate::beat::run_until_signal(builder).await?;
@@ -333,14 +333,23 @@ async fn django_store(_url: &str) -> anyhow::Result<std::sync::Arc<dyn crate::be
     anyhow::bail!("this build of qtask has no SQL (cargo features `sqlite`, `postgres`): no --scheduler django")
 }
 
-#[cfg(all(feature = "beat", feature = "redis"))]
-fn redis_lease(url: &str, owner: &str) -> anyhow::Result<std::sync::Arc<dyn crate::beat::Lease>> {
-    Ok(std::sync::Arc::new(crate::beat::RedisLease::new(url, owner)?))
-}
-
-#[cfg(all(feature = "beat", not(feature = "redis")))]
-fn redis_lease(_url: &str, _owner: &str) -> anyhow::Result<std::sync::Arc<dyn crate::beat::Lease>> {
-    anyhow::bail!("this build of qtask has no Redis (cargo feature `redis`): no --lock")
+/// The lease of `--lock URL`: Redis or PostgreSQL, by the URL's scheme.
+#[cfg(feature = "beat")]
+async fn lease(url: &str, owner: &str) -> anyhow::Result<std::sync::Arc<dyn crate::beat::Lease>> {
+    let url = url.trim();
+    if url.starts_with("redis://") || url.starts_with("rediss://") {
+        #[cfg(feature = "redis")]
+        return Ok(std::sync::Arc::new(crate::beat::RedisLease::new(url, owner)?));
+        #[cfg(not(feature = "redis"))]
+        anyhow::bail!("this build of qtask has no Redis (cargo feature `redis`): no --lock redis://");
+    }
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        #[cfg(feature = "postgres")]
+        return Ok(std::sync::Arc::new(crate::beat::PgLease::connect(url, owner).await?));
+        #[cfg(not(feature = "postgres"))]
+        anyhow::bail!("this build of qtask has no PostgreSQL (cargo feature `postgres`): no --lock postgres://");
+    }
+    anyhow::bail!("--lock {}: expected a redis://, rediss:// or postgres:// URL", qcore::url::redact(url))
 }
 
 fn init_logging(args: &Args) {
