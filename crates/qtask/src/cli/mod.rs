@@ -337,6 +337,8 @@ async fn django_store(_url: &str) -> anyhow::Result<std::sync::Arc<dyn crate::be
 #[cfg(feature = "beat")]
 async fn lease(url: &str, owner: &str) -> anyhow::Result<std::sync::Arc<dyn crate::beat::Lease>> {
     let url = url.trim();
+    #[cfg(not(any(feature = "redis", feature = "postgres")))]
+    let _ = owner;
     if url.starts_with("redis://") || url.starts_with("rediss://") {
         #[cfg(feature = "redis")]
         return Ok(std::sync::Arc::new(crate::beat::RedisLease::new(url, owner)?));
