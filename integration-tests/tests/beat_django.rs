@@ -165,6 +165,7 @@ async fn scenario(db: &str) -> Result<()> {
     dj.call(json!({"op": "save", "name": "main", "fields": {"args": [7, 7]}})).await?;
     let stale = main_q.until(|m| header(m, "argsrepr") == &json!("[7, 7]")).await?;
     assert!(stale <= STALE_AT_MOST, "{stale} messages with the old args after save()");
+    eprintln!("beat_django {db}: {stale} message(s) with the old args after save() returned");
 
     // QuerySet.update(): no signal, no date_changed; another queue.
     dj.call(json!({"op": "update", "name": "main", "fields": {"queue": q_moved}})).await?;
@@ -182,6 +183,7 @@ async fn scenario(db: &str) -> Result<()> {
     }
     let after_disable = app.broker().queue_len(&q_moved).await?;
     assert!(after_disable >= 1, "main fired to the queue set by update()");
+    eprintln!("beat_django {db}: {after_disable} message(s) on the queue set by update() when 4 ticks passed after update(enabled=False)");
     for _ in 0..3 {
         tick_q.next().await?;
     }
