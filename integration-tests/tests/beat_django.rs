@@ -247,3 +247,33 @@ async fn django_celery_beat_tables_on_postgres() -> Result<()> {
     qtask::sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&admin).await?;
     result
 }
+
+/// The command line: `qtask beat --scheduler django --db URL` runs a row
+/// Django created, with `periodic_task_name`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qtask_beat_scheduler_django_command() -> Result<()> {
+    let url = redis_url();
+    let dir = std::env::temp_dir().join(unique("dcb_cli"));
+    std::fs::create_dir_all(&dir)?;
+    let db = format!("sqlite://{}", dir.join("django.sqlite3").display());
+    let queue = unique("dcb_cli");
+    let mut dj = Django::start(&db)?;
+    dj.call(json!({"op": "migrate"})).await?;
+    dj.call(json!({"op": "interval", "name": "from-django", "task": "tasks.add", "every": 1, "period": "seconds",
+                   "args": [5, 5], "queue": queue}))
+        .await?;
+    let mut cmd = std::process::Command::new(integration_tests::qtask_cli()?);
+    cmd.args(["--broker", &url, "beat", "--scheduler", "django", "--db", &db, "-l", "info"]);
+    let mut beat = integration_tests::Proc::spawn("qtask beat --scheduler django", cmd)?;
+    let app = qtask::app(&url).await?;
+    let mut q = Queue::new(&app, &queue).await?;
+    let m = q.next().await?;
+    assert_eq!(header(&m, "periodic_task_name"), &json!("from-django"));
+    assert_eq!(header(&m, "argsrepr"), &json!("[5, 5]"));
+    assert!(beat.log().contains("django-celery-beat tables at"), "{}", beat.log());
+    beat.terminate(Duration::from_secs(20))?;
+    let _ = dj.child.kill().await;
+    app.broker().purge(&queue).await?;
+    std::fs::remove_dir_all(&dir)?;
+    Ok(())
+}
