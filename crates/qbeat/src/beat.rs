@@ -12,6 +12,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::entry::{due_slots, Entry, Expires, RunState};
+use crate::lease::{Fence, Lease};
 use crate::store::{Claim, MemoryStore, Store, Stored};
 
 /// Where the beat reads the time. The loop sleeps with tokio's timer
@@ -76,6 +77,10 @@ pub struct Status {
     pub failed: u64,
     /// Entries loaded (enabled or not).
     pub entries: usize,
+    /// This beat holds the lease (always `true` without a [`Lease`]).
+    pub leader: bool,
+    /// The token of the lease it holds.
+    pub lease_token: Option<u64>,
 }
 
 /// Default of `beat_max_loop_interval` (Celery: 300 s): the longest the
@@ -93,6 +98,8 @@ pub struct BeatBuilder {
     clock: Arc<dyn Clock>,
     max_interval: Duration,
     timezone: Option<Tz>,
+    lease: Option<Arc<dyn Lease>>,
+    remote_control: Option<String>,
 }
 
 /// Periodic tasks sent through an [`App`], inside any tokio service.
@@ -125,6 +132,8 @@ impl Beat {
             clock: Arc::new(SystemClock),
             max_interval,
             timezone: None,
+            lease: None,
+            remote_control: None,
         }
     }
 }
@@ -147,6 +156,23 @@ impl BeatBuilder {
     /// [`MemoryStore`]).
     pub fn store(mut self, store: Arc<dyn Store>) -> Self {
         self.store = Some(store);
+        self
+    }
+
+    /// Run as one of several replicas: send only while holding `lease`
+    /// (see [`Lease`]). Messages then carry the slot they were sent for in
+    /// the [`SLOT_HEADER`] header.
+    pub fn lease(mut self, lease: Arc<dyn Lease>) -> Self {
+        self.lease = Some(lease);
+        self
+    }
+
+    /// Answer remote-control `ping` as `node` (Celery's beat node is
+    /// `celerybeat@<host>`) while the loop is healthy: its last tick at most
+    /// `max(2 × max_interval, 60 s)` old ([`crate::max_tick_age`]); silent
+    /// when stale, as Celery 5.7's beat. Other methods are ignored.
+    pub fn remote_control(mut self, node: impl Into<String>) -> Self {
+        self.remote_control = Some(node.into());
         self
     }
 
@@ -182,13 +208,23 @@ impl BeatBuilder {
             store.upsert(entry).await?;
         }
         let now = self.clock.now();
+        let app = self.app.clone();
         let mut scheduler = Scheduler::new(self.app, store.clone(), default_tz, self.max_interval);
+        scheduler.status.leader = self.lease.is_none();
+        if let Some(lease) = &self.lease {
+            tracing::info!(lease = %lease.describe(), "beat: a replica: sends only while it holds the lease");
+        }
+        scheduler.lease = self.lease;
         scheduler.load(now).await?;
         let (stop_tx, stop_rx) = watch::channel(false);
         let (status_tx, status_rx) = watch::channel(scheduler.status.clone());
         tracing::info!(store = %store.describe(), entries = scheduler.entries.len(), "beat: starting");
+        let control = self.remote_control.map(|node| {
+            let max_age = crate::control::max_tick_age(self.max_interval);
+            tokio::spawn(crate::control::control_loop(app, node, status_rx.clone(), self.clock.clone(), max_age))
+        });
         let task = tokio::spawn(run(scheduler, self.clock, stop_rx, status_tx));
-        Ok(BeatHandle { stop: stop_tx, status: status_rx, task })
+        Ok(BeatHandle { stop: stop_tx, status: status_rx, task, control })
     }
 }
 
@@ -198,6 +234,7 @@ pub struct BeatHandle {
     stop: watch::Sender<bool>,
     status: watch::Receiver<Status>,
     task: JoinHandle<Result<(), Error>>,
+    control: Option<JoinHandle<()>>,
 }
 
 impl BeatHandle {
@@ -241,6 +278,9 @@ impl BeatHandle {
     /// Stop the loop (after the send in progress) and wait for it.
     pub async fn stop(self) -> Result<(), Error> {
         self.stop.send_replace(true);
+        if let Some(c) = &self.control {
+            c.abort();
+        }
         match self.task.await {
             Ok(r) => r,
             Err(e) => Err(Error::Config(format!("the beat task failed: {e}"))),
@@ -250,7 +290,11 @@ impl BeatHandle {
     /// Wait for the loop to end (it ends only when stopped or on a store
     /// error it cannot get past).
     pub async fn join(self) -> Result<(), Error> {
-        match self.task.await {
+        let ended = self.task.await;
+        if let Some(c) = &self.control {
+            c.abort();
+        }
+        match ended {
             Ok(r) => r,
             Err(e) => Err(Error::Config(format!("the beat task failed: {e}"))),
         }
@@ -266,8 +310,29 @@ async fn run(
     let mut changes = s.store.watch();
     // A failed read of the changes is tried again within a second.
     let mut pending = false;
+    // When the lease was last taken or renewed.
+    let mut renewed: Option<tokio::time::Instant> = None;
     loop {
-        let wait = s.tick(clock.now()).await;
+        let mut wait = match s.lease.clone() {
+            Some(lease) => {
+                s.keep_lease(lease.as_ref(), clock.now(), &mut renewed).await;
+                if s.token.is_some() {
+                    let wait = s.tick(clock.now()).await;
+                    if s.lost {
+                        s.step_down("the lease was taken over: this beat sends nothing more");
+                    }
+                    wait.min(lease.ttl() / 3)
+                } else {
+                    // A standby's loop is alive too (remote-control ping).
+                    s.status.last_tick = Some(clock.now());
+                    POLL_INTERVAL
+                }
+            }
+            None => s.tick(clock.now()).await,
+        };
+        if s.lease.is_some() && s.token.is_none() {
+            wait = wait.min(POLL_INTERVAL);
+        }
         status.send_replace(s.status.clone());
         let mut closed = false;
         match changes.as_mut() {
@@ -297,6 +362,11 @@ async fn run(
             break;
         }
     }
+    if let (Some(lease), Some(token)) = (&s.lease, s.token) {
+        if let Err(e) = lease.release(token).await {
+            tracing::warn!(error = %e, "beat: cannot release the lease (it expires by itself)");
+        }
+    }
     tracing::info!("beat: stopped");
     Ok(())
 }
@@ -310,6 +380,9 @@ struct Slotted {
     failed: bool,
     /// A slot claimed but not yet published.
     unsent: Option<DateTime<Utc>>,
+    /// The slot this beat fenced last (so a retry after a failed claim
+    /// does not take its own mark for another leader's).
+    fenced: Option<DateTime<Utc>>,
 }
 
 /// The beat's state: entries by name and a heap of (next slot, generation,
@@ -326,6 +399,11 @@ pub(crate) struct Scheduler {
     generation: u64,
     cursor: u64,
     pub(crate) status: Status,
+    lease: Option<Arc<dyn Lease>>,
+    /// The lease token while this beat leads.
+    token: Option<u64>,
+    /// A fence answered that the lease is gone.
+    lost: bool,
 }
 
 impl Scheduler {
@@ -340,7 +418,83 @@ impl Scheduler {
             generation: 0,
             cursor: 0,
             status: Status::default(),
+            lease: None,
+            token: None,
+            lost: false,
         }
+    }
+
+    /// Take the lease when free, renew it when held (every third of its
+    /// time), step down when it is lost or could not be renewed in time.
+    async fn keep_lease(&mut self, lease: &dyn Lease, now: DateTime<Utc>, renewed: &mut Option<tokio::time::Instant>) {
+        let ttl = lease.ttl();
+        match self.token {
+            None => match lease.acquire().await {
+                Ok(Some(token)) => {
+                    *renewed = Some(tokio::time::Instant::now());
+                    match self.take_over(lease, now).await {
+                        Ok(()) => {
+                            tracing::info!(token, lease = %lease.describe(), "beat: took the lease: this beat sends");
+                            self.token = Some(token);
+                            self.lost = false;
+                            self.status.leader = true;
+                            self.status.lease_token = Some(token);
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "beat: took the lease but cannot load the schedule; giving it up");
+                            let _ = lease.release(token).await;
+                        }
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!(error = %e, "beat: cannot reach the lease; trying again"),
+            },
+            Some(token) => {
+                if renewed.is_some_and(|t| t.elapsed() < ttl / 3) {
+                    return;
+                }
+                match lease.renew(token).await {
+                    Ok(true) => *renewed = Some(tokio::time::Instant::now()),
+                    Ok(false) => self.step_down("the lease expired and another beat took it"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "beat: cannot renew the lease; trying again");
+                        if renewed.is_none_or(|t| t.elapsed() >= ttl) {
+                            self.step_down("the lease could not be renewed in time");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn step_down(&mut self, why: &str) {
+        if self.token.take().is_some() {
+            tracing::warn!("beat: {why}; standing by");
+        }
+        self.lost = false;
+        self.status.leader = false;
+        self.status.lease_token = None;
+    }
+
+    /// On taking the lease: the schedule and run state afresh from the
+    /// store, then the slots the earlier leaders fired.
+    async fn take_over(&mut self, lease: &dyn Lease, now: DateTime<Utc>) -> Result<(), Error> {
+        let fired = lease.last_fired().await?;
+        let snap = self.store.load().await?;
+        self.entries.clear();
+        self.heap.clear();
+        self.status.overdue = 0;
+        self.cursor = snap.cursor;
+        for mut stored in snap.entries {
+            if let Some(last) = fired.get(&stored.entry.name) {
+                if stored.state.last_run_at.is_none_or(|l| l < *last) {
+                    stored.state.last_run_at = Some(*last);
+                }
+            }
+            self.put(stored, now);
+        }
+        self.status.entries = self.entries.len();
+        Ok(())
     }
 
     pub(crate) async fn load(&mut self, now: DateTime<Utc>) -> Result<(), Error> {
@@ -388,17 +542,23 @@ impl Scheduler {
         } else {
             match state.last_run_at {
                 Some(last) => entry.schedule.after(last, tz),
-                None => entry.schedule.first(now, tz),
+                None => entry.schedule.first(entry.start_time.map_or(now, |s| s.max(now)), tz),
             }
+        };
+        // django-celery-beat's `start_time`: no slot before it.
+        let next = match (next, entry.start_time) {
+            (Some(n), Some(start)) if n < start => entry.schedule.first(start, tz),
+            (n, _) => n,
         };
         self.generation += 1;
         if let Some(at) = next {
             self.heap.push(Reverse((at, self.generation, entry.name.clone())));
         }
         let name = entry.name.clone();
-        let old = self
-            .entries
-            .insert(name, Slotted { entry, state, next, generation: self.generation, failed: false, unsent: None });
+        let old = self.entries.insert(
+            name,
+            Slotted { entry, state, next, generation: self.generation, failed: false, unsent: None, fenced: None },
+        );
         if old.is_some_and(|s| s.failed) {
             self.status.overdue -= 1;
         }
@@ -416,6 +576,9 @@ impl Scheduler {
                 continue;
             }
             self.fire(&name, now).await;
+            if self.lost {
+                break;
+            }
         }
         self.status.last_tick = Some(now);
         self.status.ticks += 1;
@@ -442,7 +605,11 @@ impl Scheduler {
         let next = slotted.next;
         let mut unsent = slotted.unsent;
         let mut state = slotted.state;
+        let mut fenced = slotted.fenced;
         let mut failed = false;
+        let slot_header = self.lease.is_some();
+        let expired = matches!(entry.options.expires, Some(Expires::At(at)) if at <= now);
+
         // A slot this beat claimed but could not publish: it is ours, so it
         // is published again (no second claim) while within grace.
         if let Some(slot) = unsent {
@@ -452,7 +619,7 @@ impl Scheduler {
                 self.status.skipped += 1;
                 unsent = None;
             } else {
-                match send_entry(&self.app, &entry).await {
+                match send_slot(&self.app, &entry, slot_header.then_some(slot)).await {
                     Ok(id) => {
                         self.status.sent += 1;
                         unsent = None;
@@ -466,15 +633,40 @@ impl Scheduler {
                 }
             }
         }
-        let mut new_next = next;
-        if let Some(due) = next.filter(|n| *n <= now && !failed) {
+        let mut new_next = if expired { None } else { next };
+        if expired && next.is_some_and(|n| n <= now) {
+            tracing::info!(entry = name, "beat: the entry expired: not sent");
+            self.status.skipped += 1;
+        }
+        if let Some(due) = next.filter(|n| *n <= now && !failed && !expired) {
             let (send, reached, dropped) = due_slots(&entry, tz, due, now);
             if dropped > 0 {
                 tracing::info!(entry = name, skipped = dropped, policy = ?entry.catch_up, "beat: missed slots not sent");
                 self.status.skipped += dropped;
             }
-            new_next = if entry.schedule.is_one_off() { None } else { entry.schedule.after(reached, tz) };
+            new_next = if entry.runs_once() { None } else { entry.schedule.after(reached, tz) };
             for slot in send {
+                if let (Some(lease), Some(token)) = (&self.lease, self.token) {
+                    match lease.fence(token, &Claim::new(name, slot)).await {
+                        Ok(Fence::Fire) => fenced = Some(slot),
+                        Ok(Fence::Duplicate) if fenced == Some(slot) => {}
+                        Ok(Fence::Duplicate) => {
+                            tracing::debug!(entry = name, slot = %slot, "beat: slot already fired by a leader");
+                            continue;
+                        }
+                        Ok(Fence::NotLeader) => {
+                            self.lost = true;
+                            new_next = Some(slot);
+                            break;
+                        }
+                        Err(e) => {
+                            tracing::warn!(entry = name, error = %e, "beat: cannot fence a slot; trying again");
+                            failed = true;
+                            new_next = Some(slot);
+                            break;
+                        }
+                    }
+                }
                 match self.store.claim(&Claim::new(name, slot)).await {
                     Ok(true) => {}
                     Ok(false) => {
@@ -490,7 +682,7 @@ impl Scheduler {
                 }
                 state.last_run_at = Some(slot);
                 state.total_run_count += 1;
-                match send_entry(&self.app, &entry).await {
+                match send_slot(&self.app, &entry, slot_header.then_some(slot)).await {
                     Ok(id) => {
                         self.status.sent += 1;
                         tracing::info!(entry = name, task = %entry.task, id = %id, slot = %slot, "beat: sent");
@@ -499,7 +691,7 @@ impl Scheduler {
                         self.status.failed += 1;
                         failed = true;
                         unsent = Some(slot);
-                        new_next = if entry.schedule.is_one_off() { None } else { entry.schedule.after(slot, tz) };
+                        new_next = if entry.runs_once() { None } else { entry.schedule.after(slot, tz) };
                         tracing::error!(entry = name, task = %entry.task, slot = %slot, error = %e, "beat: send failed");
                         break;
                     }
@@ -519,6 +711,7 @@ impl Scheduler {
         s.failed = failed;
         s.generation = generation;
         s.unsent = unsent;
+        s.fenced = fenced;
         s.state = state;
         s.next = new_next;
         // After a failure, try again in a second (the store or the broker
@@ -526,7 +719,7 @@ impl Scheduler {
         let wake = if failed { Some(now + chrono::TimeDelta::seconds(1)) } else { new_next };
         if let Some(at) = wake {
             self.heap.push(Reverse((at, generation, name.to_string())));
-        } else if entry.schedule.is_one_off() && unsent.is_none() {
+        } else if entry.runs_once() && unsent.is_none() {
             Arc::make_mut(&mut s.entry).enabled = false;
             if let Err(e) = self.store.set_enabled(name, false).await {
                 tracing::warn!(entry = name, error = %e, "beat: cannot disable a one-off entry");
@@ -539,9 +732,22 @@ impl Scheduler {
 /// entry's options and the `celery_beat_task` header (protocol 2 puts
 /// custom headers at the top level); `argsrepr` as beat's list form.
 pub async fn send_entry(app: &App, entry: &Entry) -> Result<String, Error> {
+    send_slot(app, entry, None).await
+}
+
+/// The header naming the slot (RFC 3339, UTC, milliseconds) of a message
+/// sent by a beat running with a [`Lease`]: with the entry's name
+/// (`periodic_task_name` for django-celery-beat entries) it is the fire's
+/// deduplication key, for consumers that want to check it too.
+pub const SLOT_HEADER: &str = "qtask_beat_slot";
+
+async fn send_slot(app: &App, entry: &Entry, slot: Option<DateTime<Utc>>) -> Result<String, Error> {
     let o = &entry.options;
     let mut opts =
         SendOptions::new().header("argsrepr", qcore::repr::list_repr(&entry.args)).header("celery_beat_task", true);
+    if let Some(slot) = slot {
+        opts = opts.header(SLOT_HEADER, slot.to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
+    }
     for (k, v) in &o.headers {
         opts = opts.header(k.clone(), v.clone());
     }

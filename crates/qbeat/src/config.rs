@@ -122,7 +122,13 @@ pub async fn run_from_config(app: App, schedule_file: Option<&Path>) -> Result<(
     if entries.is_empty() {
         tracing::warn!("beat: the schedule is empty (no beat_schedule entries)");
     }
-    let beat = crate::Beat::builder(app).schedule(entries).spawn().await?;
+    run_until_signal(crate::Beat::builder(app).schedule(entries)).await
+}
+
+/// Start `beat` and run it until Ctrl-C or SIGTERM, then stop it (what
+/// `qtask beat` does with a store or a lease of its flags).
+pub async fn run_until_signal(beat: crate::BeatBuilder) -> Result<(), Error> {
+    let beat = beat.spawn().await?;
     shutdown_signal().await;
     tracing::info!("beat: shutting down");
     beat.stop().await

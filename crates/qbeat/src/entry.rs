@@ -103,6 +103,11 @@ pub struct Entry {
     /// A disabled entry sends nothing (a clocked entry is disabled after
     /// its run).
     pub enabled: bool,
+    /// Runs once, then is disabled (django-celery-beat's `one_off`; a
+    /// clocked schedule always is).
+    pub one_off: bool,
+    /// No slot before this instant (django-celery-beat's `start_time`).
+    pub start_time: Option<DateTime<Utc>>,
 }
 
 impl Entry {
@@ -119,6 +124,8 @@ impl Entry {
             catch_up: CatchUp::default(),
             misfire_grace: None,
             enabled: true,
+            one_off: false,
+            start_time: None,
         }
     }
 
@@ -157,6 +164,23 @@ impl Entry {
     pub fn enabled(mut self, enabled: bool) -> Entry {
         self.enabled = enabled;
         self
+    }
+
+    /// Runs once only.
+    pub fn one_off(mut self, one_off: bool) -> Entry {
+        self.one_off = one_off;
+        self
+    }
+
+    /// No slot before `at`.
+    pub fn start_time(mut self, at: Option<DateTime<Utc>>) -> Entry {
+        self.start_time = at;
+        self
+    }
+
+    /// Whether it runs once only (`one_off`, or a clocked schedule).
+    pub fn runs_once(&self) -> bool {
+        self.one_off || self.schedule.is_one_off()
     }
 
     /// The grace that applies: the entry's, else the policy's default.

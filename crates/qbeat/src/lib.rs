@@ -8,8 +8,10 @@
 //!   events; per-entry
 //!   IANA zones with one daylight-saving policy ([`tz`]).
 //! * [`CatchUp`] — what happens to slots missed while no beat ran.
-//! * [`Store`] — entries and run state, with an in-memory [`MemoryStore`];
-//!   the contract is written for Redis, SQL and leader-lease stores to come.
+//! * [`Store`] — entries and run state, with an in-memory [`MemoryStore`]
+//!   (server-backed stores live in the facade, `qtask::beat`).
+//! * [`Lease`] — replicas: one leader with a fencing token, each slot
+//!   fenced before it is sent ([`MemoryLease`]; `qtask::beat::RedisLease`).
 //! * [`config`] — the `beat_schedule` setting in Celery's names, and
 //!   [`run_from_config`], what `qtask beat` runs.
 //!
@@ -20,7 +22,9 @@
 
 mod beat;
 pub mod config;
+mod control;
 mod entry;
+mod lease;
 mod schedule;
 mod solar;
 mod store;
@@ -28,9 +32,12 @@ pub mod tz;
 
 pub use beat::{
     send_entry, Beat, BeatBuilder, BeatHandle, Clock, Status, SystemClock, TokioClock, DEFAULT_MAX_INTERVAL,
+    SLOT_HEADER,
 };
-pub use config::{entries_from_config, parse_schedule, run_from_config};
+pub use config::{entries_from_config, parse_schedule, run_from_config, run_until_signal};
+pub use control::max_tick_age;
 pub use entry::{CatchUp, Entry, EntryOptions, Expires, RunState, ALL_PER_TICK, SKIP_GRACE};
+pub use lease::{Fence, Lease, MemoryLease, DEFAULT_LEASE_TTL, FIRED_TTL};
 pub use schedule::{Clocked, CronField, Crontab, CrontabSpec, DayRule, Interval, Schedule};
 pub use solar::{Solar, SolarKind};
 pub use store::{Changes, Claim, MemoryStore, Snapshot, Store, Stored};

@@ -83,14 +83,11 @@ impl Claim {
 ///   wake-up (as django-celery-beat's own `last_run_at` writes do not bump
 ///   its change marker).
 ///
-/// Stores to come plug in here without changing the beat: a Redis store
-/// (entries, a next-run sorted set, last-run hashes, pub/sub), an SQL store
-/// on django-celery-beat's own tables (`last_run_at`, `total_run_count`,
-/// one-off disable; changes from a change-time index, `LISTEN/NOTIFY` on
-/// PostgreSQL), and a leader lease with a fencing token for replicas,
-/// offered as a capability (an accessor returning `Option<&dyn …>`, as
-/// brokers offer dead letters) whose token the store checks in the same
-/// atomic step as the claim ([`Claim`] is non-exhaustive for that field).
+/// Stores backed by a server plug in here without changing the beat (in
+/// the facade, `qtask::beat`: `DjangoStore` on django-celery-beat's tables).
+/// Replicas add a [`Lease`](crate::Lease): its fence (lease token still
+/// held AND slot not fired, one atomic step) comes before the store's
+/// claim.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// For logs: the kind of store and where it is.

@@ -47,6 +47,8 @@
 //! Celery's commands (`worker`, `inspect`, `control`, `events`, `call`, ...);
 //! the `qtask` binary is the same command line without tasks.
 
+#[cfg(feature = "beat")]
+pub mod beat;
 pub mod cli;
 mod connect;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
@@ -58,9 +60,6 @@ pub use connect::{
 };
 #[cfg(feature = "amqp")]
 pub use qamqp;
-/// Periodic tasks: Celery beat's schedules and messages (crate `qbeat`).
-#[cfg(feature = "beat")]
-pub use qbeat as beat;
 pub use qcore::*;
 #[cfg(feature = "macros")]
 pub use qmacros::task;

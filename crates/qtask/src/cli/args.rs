@@ -154,6 +154,17 @@ pub struct BeatArgs {
     /// A settings file whose `beat_schedule` adds to (or overrides) the settings' one.
     #[arg(long, value_name = "FILE")]
     pub schedule: Option<std::path::PathBuf>,
+    /// Where the entries live: `django` reads django-celery-beat's tables in --db (Celery's
+    /// `django_celery_beat.schedulers:DatabaseScheduler` is accepted too); default: the settings.
+    #[arg(short = 'S', long, value_name = "SCHEDULER")]
+    pub scheduler: Option<String>,
+    /// The Django database of `--scheduler django` (`postgres://…`, `sqlite://path`).
+    #[arg(long, value_name = "URL")]
+    pub db: Option<String>,
+    /// Run as one of several replicas: send only while holding the leader lease at this URL
+    /// (`redis://…` or `postgres://…`).
+    #[arg(long, value_name = "URL")]
+    pub lock: Option<String>,
     /// Node name of the beat (default `celerybeat@<host>`).
     #[arg(short = 'n', long)]
     pub hostname: Option<String>,

@@ -276,8 +276,44 @@ impl Cli {
 async fn beat(app: App, b: &BeatArgs) -> anyhow::Result<ExitCode> {
     #[cfg(feature = "beat")]
     {
-        let _ = &b.hostname;
-        crate::beat::run_from_config(app, b.schedule.as_deref()).await?;
+        let mut builder = crate::beat::Beat::builder(app.clone());
+        match b.scheduler.as_deref().map(str::trim) {
+            None | Some("" | "default" | "memory") => {
+                if b.db.is_some() {
+                    anyhow::bail!("--db is the database of --scheduler django");
+                }
+                let entries = crate::beat::entries_from_config(app.config(), b.schedule.as_deref())?;
+                if entries.is_empty() {
+                    tracing::warn!("beat: the schedule is empty (no beat_schedule entries)");
+                }
+                builder = builder.schedule(entries);
+            }
+            Some(
+                "django"
+                | "django_celery_beat.schedulers:DatabaseScheduler"
+                | "django_celery_beat.schedulers.DatabaseScheduler",
+            ) => {
+                let Some(url) = b.db.as_deref() else {
+                    anyhow::bail!(
+                        "--scheduler django needs --db URL (the Django database: postgres://… or sqlite://path)"
+                    )
+                };
+                builder = builder.store(django_store(url).await?);
+                if b.schedule.is_some() || app.config().beat_schedule.is_some() {
+                    tracing::warn!(
+                        "beat: --scheduler django runs the entries of Django's tables; beat_schedule is not used"
+                    );
+                }
+            }
+            Some(other) => anyhow::bail!("unknown --scheduler {other:?}: expected django (or none, for beat_schedule)"),
+        }
+        // Celery's beat node name; it answers remote-control ping.
+        let node = b.hostname.clone().unwrap_or_else(|| format!("celerybeat@{}", qcore::hostname()));
+        if let Some(url) = b.lock.as_deref() {
+            builder = builder.lease(lease(url, &format!("{node}/{}", std::process::id())).await?);
+        }
+        builder = builder.remote_control(node);
+        crate::beat::run_until_signal(builder).await?;
         Ok(ExitCode::SUCCESS)
     }
     #[cfg(not(feature = "beat"))]
@@ -285,6 +321,37 @@ async fn beat(app: App, b: &BeatArgs) -> anyhow::Result<ExitCode> {
         let _ = (app, b);
         anyhow::bail!("this build of qtask has no beat (cargo feature `beat`)")
     }
+}
+
+#[cfg(all(feature = "beat", any(feature = "sqlite", feature = "postgres")))]
+async fn django_store(url: &str) -> anyhow::Result<std::sync::Arc<dyn crate::beat::Store>> {
+    Ok(std::sync::Arc::new(crate::beat::DjangoStore::connect(url).await?))
+}
+
+#[cfg(all(feature = "beat", not(any(feature = "sqlite", feature = "postgres"))))]
+async fn django_store(_url: &str) -> anyhow::Result<std::sync::Arc<dyn crate::beat::Store>> {
+    anyhow::bail!("this build of qtask has no SQL (cargo features `sqlite`, `postgres`): no --scheduler django")
+}
+
+/// The lease of `--lock URL`: Redis or PostgreSQL, by the URL's scheme.
+#[cfg(feature = "beat")]
+async fn lease(url: &str, owner: &str) -> anyhow::Result<std::sync::Arc<dyn crate::beat::Lease>> {
+    let url = url.trim();
+    #[cfg(not(any(feature = "redis", feature = "postgres")))]
+    let _ = owner;
+    if url.starts_with("redis://") || url.starts_with("rediss://") {
+        #[cfg(feature = "redis")]
+        return Ok(std::sync::Arc::new(crate::beat::RedisLease::new(url, owner)?));
+        #[cfg(not(feature = "redis"))]
+        anyhow::bail!("this build of qtask has no Redis (cargo feature `redis`): no --lock redis://");
+    }
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        #[cfg(feature = "postgres")]
+        return Ok(std::sync::Arc::new(crate::beat::PgLease::connect(url, owner).await?));
+        #[cfg(not(feature = "postgres"))]
+        anyhow::bail!("this build of qtask has no PostgreSQL (cargo feature `postgres`): no --lock postgres://");
+    }
+    anyhow::bail!("--lock {}: expected a redis://, rediss:// or postgres:// URL", qcore::url::redact(url))
 }
 
 fn init_logging(args: &Args) {

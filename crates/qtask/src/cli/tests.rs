@@ -196,6 +196,20 @@ fn beat_flags_and_the_beat_command() {
         Command::Beat(b) => {
             assert_eq!(b.schedule.as_deref(), Some(std::path::Path::new("s.toml")));
             assert_eq!((b.hostname.as_deref(), b.loglevel), (Some("b@h"), Some(LogLevel::Debug)));
+            assert!(b.scheduler.is_none() && b.db.is_none() && b.lock.is_none());
+        }
+        other => panic!("{other:?}"),
+    }
+    let a = parse(
+        &Cli::new("qtask"),
+        &["beat", "--scheduler", "django", "--db", "sqlite://dj.sqlite3", "--lock", "redis://h/0?prefix=p"],
+    )
+    .unwrap();
+    match a.command {
+        Command::Beat(b) => {
+            assert_eq!(b.scheduler.as_deref(), Some("django"));
+            assert_eq!(b.db.as_deref(), Some("sqlite://dj.sqlite3"));
+            assert_eq!(b.lock.as_deref(), Some("redis://h/0?prefix=p"));
         }
         other => panic!("{other:?}"),
     }
