@@ -530,6 +530,11 @@ impl WorkerHandle {
         self.shared.events.subscribe()
     }
 
+    /// The queues consumed now (the start-up ones, then those `add_consumer` added).
+    pub fn queues(&self) -> Vec<String> {
+        self.shared.queues.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
     /// The worker's node name.
     pub fn hostname(&self) -> &str {
         &self.shared.hostname
