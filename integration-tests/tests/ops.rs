@@ -142,6 +142,8 @@ async fn metrics_count_tasks_by_name() -> Result<()> {
     assert!(text.contains("# TYPE qtask_worker_active_tasks gauge"), "{text}");
     assert!(text.contains("# TYPE qtask_worker_prefetched_tasks gauge"), "{text}");
     assert!(text.contains("# TYPE qtask_broker_reconnects counter"), "{text}");
+    assert_eq!(sample(&text, &format!("qtask_queue_messages{{queue=\"{queue}\"}}")), 0.0, "{text}");
+    assert!(text.contains(&format!("qtask_queue_messages{{queue=\"{queue}\"}} 0")), "{text}");
     assert_eq!(http_get(port, "/nothing")?.0, 404);
     Ok(())
 }
@@ -226,6 +228,13 @@ async fn warm_shutdown(broker: &str, backend: &str, unacked: impl Fn() -> Result
     worker.wait_log(&format!("ops.sleep[{}] received", long.id()), Duration::from_secs(20))?;
     let next = app.delay(ops::add::s(1, 2)).await?;
     wait_status(port, "/readyz", 200, Duration::from_secs(10)).await?;
+    // The queue depth the autoscaler reads: the task waiting behind the long one.
+    let series = format!("qtask_queue_messages{{queue=\"{queue}\"}}");
+    wait_for("the queue depth in /metrics", Duration::from_secs(10), || {
+        let r = http_get(port, "/metrics").map(|(_, text)| sample(&text, &series) == 1.0);
+        std::future::ready(r)
+    })
+    .await?;
 
     worker.signal("TERM")?;
     wait_for("/readyz 503 or the worker gone", Duration::from_secs(20), || async {

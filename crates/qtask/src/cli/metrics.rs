@@ -36,6 +36,15 @@ struct TaskLabel {
     task: String,
 }
 
+/// The label of a queue's depth.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct QueueLabel {
+    queue: String,
+}
+
+/// How long a scrape waits for the broker to tell a queue's depth.
+const QUEUE_LEN_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// The label of the dropped-events counter: which reader fell behind.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DropLabel {
@@ -64,6 +73,7 @@ pub(super) struct Metrics {
     ready: Gauge,
     reconnects: Counter,
     dropped: Family<DropLabel, Counter>,
+    queue_messages: Family<QueueLabel, Gauge>,
     /// Last values read from the worker's stats (counters only go up by the difference).
     seen_reconnects: AtomicU64,
     seen_dropped: AtomicU64,
@@ -121,8 +131,16 @@ impl Metrics {
             "Events dropped because a reader fell behind (publisher: to the broker; metrics: this endpoint)",
             dropped.clone(),
         );
+        let queue_messages = Family::<QueueLabel, Gauge>::default();
+        registry.register(
+            "queue_messages",
+            "Messages waiting in each queue the worker consumes, read from the broker at scrape time \
+             (the autoscaling signal); absent when the broker did not answer",
+            queue_messages.clone(),
+        );
         Metrics {
             registry,
+            queue_messages,
             received,
             started,
             succeeded,
@@ -151,6 +169,20 @@ impl Metrics {
     /// Events the task observer could not read (it fell behind).
     pub(super) fn lagged(&self, n: u64) {
         self.dropped.get_or_create(&DropLabel { reader: "metrics" }).inc_by(n);
+    }
+
+    /// Read the depth of `queues` from the broker (each within [`QUEUE_LEN_WAIT`]).
+    async fn read_queues(&self, app: &qcore::App, queues: &[String]) {
+        self.queue_messages.clear();
+        for q in queues {
+            match tokio::time::timeout(QUEUE_LEN_WAIT, app.broker().queue_len(q)).await {
+                Ok(Ok(n)) => {
+                    self.queue_messages.get_or_create(&QueueLabel { queue: q.clone() }).set(n as i64);
+                }
+                Ok(Err(e)) => tracing::debug!(queue = %q, error = %e, "cannot read the queue's depth"),
+                Err(_) => tracing::debug!(queue = %q, "the broker did not tell the queue's depth in time"),
+            }
+        }
     }
 
     /// The exposition, with the gauges read from `stats` now.
@@ -319,6 +351,7 @@ fn observe_metrics(m: &Metrics, ev: &Event, name: &str, eta: Option<f64>, starte
 /// Serve `/metrics`, `/healthz` and `/readyz` on `listener` until dropped.
 /// `alive` is true while the worker loop runs.
 pub(super) async fn serve(
+    app: qcore::App,
     listener: tokio::net::TcpListener,
     metrics: Arc<Metrics>,
     worker: WorkerHandle,
@@ -329,8 +362,9 @@ pub(super) async fn serve(
         .route(
             "/metrics",
             get(move || {
-                let (m, w) = (metrics.clone(), w.clone());
+                let (m, w, app) = (metrics.clone(), w.clone(), app.clone());
                 async move {
+                    m.read_queues(&app, &w.queues()).await;
                     (
                         [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
                         m.render(&w.stats()),

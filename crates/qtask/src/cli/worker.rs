@@ -55,7 +55,7 @@ pub(super) async fn run(app: App, w: &WorkerArgs, task_log: bool, format: LogFor
     let server = match (listener, &metrics) {
         (Some(l), Some(m)) => {
             tracing::info!(address = %l.local_addr()?, "serving /metrics, /healthz and /readyz");
-            Some(tokio::spawn(metrics::serve(l, m.clone(), handle.clone(), alive.clone())))
+            Some(tokio::spawn(metrics::serve(app.clone(), l, m.clone(), handle.clone(), alive.clone())))
         }
         _ => None,
     };
