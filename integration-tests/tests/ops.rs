@@ -149,8 +149,9 @@ async fn metrics_count_tasks_by_name() -> Result<()> {
 }
 
 /// `/readyz` is 503 while the broker is gone (a private redis-server,
-/// killed) while `/healthz` stays 200; once the server is back and the
-/// worker takes a task again it is 200, and the reconnect is counted.
+/// killed) while `/healthz` stays 200; once the server is back it is 200
+/// again without a task to deliver (the worker's queue is idle), the
+/// reconnect is counted, and the worker takes tasks.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_follows_the_broker() -> Result<()> {
     let mut server = RedisServer::start(false)?;
@@ -166,14 +167,16 @@ async fn readyz_follows_the_broker() -> Result<()> {
     assert_eq!(http_get(port, "/healthz")?.0, 200, "alive while the broker is gone");
     let (_, body) = http_get(port, "/readyz")?;
     assert!(body.contains("broker"), "{body}");
+    let (_, text) = http_get(port, "/metrics")?;
+    assert_eq!(sample(&text, "qtask_worker_ready"), 0.0, "{text}");
 
     server.restart()?;
-    let app = producer(&url, &url, &queue).await?;
-    let r = app.delay(ops::add::s(1, 1)).await?;
-    assert_eq!(r.get(Duration::from_secs(60)).await?, 2);
     wait_status(port, "/readyz", 200, Duration::from_secs(30)).await?;
     let (_, text) = http_get(port, "/metrics")?;
     assert!(sample(&text, "qtask_broker_reconnects_total") >= 1.0, "{text}");
+    let app = producer(&url, &url, &queue).await?;
+    let r = app.delay(ops::add::s(1, 1)).await?;
+    assert_eq!(r.get(Duration::from_secs(60)).await?, 2);
     Ok(())
 }
 

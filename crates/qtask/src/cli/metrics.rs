@@ -186,10 +186,10 @@ impl Metrics {
     }
 
     /// The exposition, with the gauges read from `stats` now.
-    fn render(&self, stats: &qworker::WorkerStats) -> String {
+    fn render(&self, stats: &qworker::WorkerStats, ready: bool) -> String {
         self.active.set(stats.active as i64);
         self.prefetched.set(stats.reserved.saturating_sub(stats.active) as i64);
-        self.ready.set(i64::from(ready(stats)));
+        self.ready.set(i64::from(ready));
         let up = |seen: &AtomicU64, now: u64| now.saturating_sub(seen.swap(now, Ordering::Relaxed));
         self.reconnects.inc_by(up(&self.seen_reconnects, stats.reconnects));
         self.dropped
@@ -203,9 +203,24 @@ impl Metrics {
     }
 }
 
-/// Readiness: connected to the broker, consuming, and not shutting down.
-fn ready(stats: &qworker::WorkerStats) -> bool {
-    stats.running && stats.broker_ok
+/// Readiness: not shutting down, and connected to the broker: the last
+/// receive succeeded, or (after a failure, while the consumer waits on an
+/// idle queue and so cannot tell) the broker answers now.
+async fn ready(app: &qcore::App, worker: &WorkerHandle) -> Result<(), &'static str> {
+    let stats = worker.stats();
+    if !stats.running {
+        return Err("shutting down");
+    }
+    if stats.broker_ok {
+        return Ok(());
+    }
+    let Some(queue) = worker.queues().into_iter().next() else {
+        return Err("not connected to the broker");
+    };
+    match tokio::time::timeout(QUEUE_LEN_WAIT, app.broker().queue_len(&queue)).await {
+        Ok(Ok(_)) => Ok(()),
+        _ => Err("not connected to the broker"),
+    }
 }
 
 /// What the task observer keeps of a task between its events.
@@ -357,17 +372,18 @@ pub(super) async fn serve(
     worker: WorkerHandle,
     alive: Arc<AtomicBool>,
 ) {
-    let w = worker.clone();
+    let (w, a) = (worker.clone(), app.clone());
     let router = Router::new()
         .route(
             "/metrics",
             get(move || {
-                let (m, w, app) = (metrics.clone(), w.clone(), app.clone());
+                let (m, w, app) = (metrics.clone(), w.clone(), a.clone());
                 async move {
                     m.read_queues(&app, &w.queues()).await;
+                    let ready = ready(&app, &w).await.is_ok();
                     (
                         [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
-                        m.render(&w.stats()),
+                        m.render(&w.stats(), ready),
                     )
                 }
             }),
@@ -388,14 +404,11 @@ pub(super) async fn serve(
         .route(
             "/readyz",
             get(move || {
-                let stats = worker.stats();
+                let (app, worker) = (app.clone(), worker.clone());
                 async move {
-                    match (stats.running, stats.broker_ok) {
-                        (true, true) => (StatusCode::OK, "ready\n").into_response(),
-                        (false, _) => (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response(),
-                        (true, false) => {
-                            (StatusCode::SERVICE_UNAVAILABLE, "not connected to the broker\n").into_response()
-                        }
+                    match ready(&app, &worker).await {
+                        Ok(()) => (StatusCode::OK, "ready\n").into_response(),
+                        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")).into_response(),
                     }
                 }
             }),
