@@ -348,6 +348,11 @@ fn dockerfile_builds_what_the_deploy_files_run() -> Result<()> {
     Ok(())
 }
 
+/// The local PostgreSQL: `QTASK_TEST_PG_URL`, else the usual local port (trust auth).
+fn pg_url() -> String {
+    std::env::var("QTASK_TEST_PG_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_string())
+}
+
 /// The compose URLs and listen addresses, made local.
 struct Local {
     queue: String,
@@ -358,7 +363,7 @@ impl Local {
     fn url(&self, v: &str) -> String {
         v.replace("amqp://guest:guest@rabbitmq:5672//", &amqp_url())
             .replace("redis://redis:6379/0", &redis_url())
-            .replace("postgres://qtask:qtask@postgres:5432/qtask", "postgres://postgres@127.0.0.1:5432/test")
+            .replace("postgres://qtask:qtask@postgres:5432/qtask", &pg_url())
     }
 
     fn port(&mut self, service: &str) -> Result<u16> {

@@ -33,8 +33,10 @@
 //! on a current-thread runtime, `--threads N` on N threads, and the default
 //! is one thread per core; the client commands use two threads. Logs go to
 //! stderr through `tracing-subscriber` (`-l/--loglevel`, else the `QTASK_LOG`
-//! filter, else `info` for a worker and `warn` otherwise) unless the binary
-//! installed a subscriber of its own.
+//! filter, else `info` for a worker and `warn` otherwise; `--log-format
+//! json` for one JSON object per line) unless the binary installed a
+//! subscriber of its own. `worker --metrics-addr HOST:PORT` serves
+//! `/metrics` (Prometheus text), `/healthz` and `/readyz`.
 //!
 //! Exit codes: 0 done, 1 a task failed (`call --wait`, `result`), 2 a usage,
 //! configuration or connection error, 69 no worker replied (`inspect`,
