@@ -509,6 +509,34 @@ pub fn qtask_cli() -> Result<PathBuf> {
     Ok(DONE.get_or_init(|| built).clone())
 }
 
+/// A binary of another workspace package (`cargo build -p PACKAGE --bin
+/// BIN`), built once per test process into the running test's target
+/// directory and profile, as [`qtask_cli`] builds `qtask`.
+pub fn workspace_bin(package: &str, bin: &str) -> Result<PathBuf> {
+    static BUILT: Mutex<Vec<(String, PathBuf)>> = Mutex::new(Vec::new());
+    let mut built = BUILT.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((_, p)) = built.iter().find(|(b, _)| b == bin) {
+        return Ok(p.clone());
+    }
+    let exe = std::env::current_exe()?;
+    let profile_dir = exe.parent().and_then(Path::parent).ok_or_else(|| anyhow!("odd test path {exe:?}"))?;
+    let target = profile_dir.parent().unwrap_or(profile_dir);
+    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.current_dir(workspace_root())
+        .args(["build", "--quiet", "-p", package, "--bin", bin, "--target-dir"])
+        .arg(target);
+    if profile_dir.file_name().is_some_and(|n| n == "release") {
+        cmd.arg("--release");
+    }
+    let st = cmd.status().with_context(|| format!("cannot run {cmd:?}"))?;
+    let path = profile_dir.join(bin);
+    if !st.success() || !path.exists() {
+        bail!("{cmd:?} failed ({st})");
+    }
+    built.push((bin.to_string(), path.clone()));
+    Ok(path)
+}
+
 /// A reply of [`redis_cmd`].
 #[derive(Debug, Clone, PartialEq)]
 pub enum Resp {

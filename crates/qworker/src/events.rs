@@ -119,6 +119,11 @@ impl Events {
         }
     }
 
+    /// Events dropped so far because the publisher was behind.
+    pub(crate) fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
     /// Wait (at most `limit`) until everything emitted so far is published
     /// (the last `worker-offline` before the process exits).
     pub(crate) async fn flush(&self, limit: Duration) {

@@ -115,6 +115,9 @@ pub(crate) struct Shared {
     pub(crate) succeeded: AtomicU64,
     pub(crate) failed: AtomicU64,
     pub(crate) broker_ok: AtomicBool,
+    /// Times the consumer lost the broker (a failed receive after a good
+    /// one, or a consumer the broker closed).
+    pub(crate) reconnects: AtomicU64,
     pub(crate) shutdown_timeout: Duration,
 }
 
@@ -455,6 +458,12 @@ pub struct WorkerStats {
     pub failed: u64,
     /// Whether the last broker call succeeded (readiness).
     pub broker_ok: bool,
+    /// Whether the worker takes new work (false once a shutdown began).
+    pub running: bool,
+    /// Times the consumer lost the broker and started consuming again.
+    pub reconnects: u64,
+    /// Events the publisher could not keep up with and dropped (best effort, as in Celery).
+    pub events_dropped: u64,
 }
 
 /// Controls a running worker from elsewhere (signals, tests, remote control).
@@ -508,6 +517,9 @@ impl WorkerHandle {
             succeeded: s.succeeded.load(Ordering::Relaxed),
             failed: s.failed.load(Ordering::Relaxed),
             broker_ok: s.broker_ok.load(Ordering::Relaxed),
+            running: *s.phase.borrow() == Phase::Running,
+            reconnects: s.reconnects.load(Ordering::Relaxed),
+            events_dropped: s.events.dropped(),
         }
     }
 
@@ -516,6 +528,11 @@ impl WorkerHandle {
     /// Celery event messages stamped with the worker's clock.
     pub fn events(&self) -> broadcast::Receiver<Event> {
         self.shared.events.subscribe()
+    }
+
+    /// The queues consumed now (the start-up ones, then those `add_consumer` added).
+    pub fn queues(&self) -> Vec<String> {
+        self.shared.queues.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// The worker's node name.
@@ -640,6 +657,7 @@ impl WorkerBuilder {
             succeeded: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             broker_ok: AtomicBool::new(false),
+            reconnects: AtomicU64::new(0),
             shutdown_timeout,
         });
         Worker { shared, queues }
@@ -860,6 +878,7 @@ impl Worker {
                 Ok(None) => {
                     tracing::warn!("consumer closed by the broker; consuming again");
                     shared.broker_ok.store(false, Ordering::Relaxed);
+                    shared.reconnects.fetch_add(1, Ordering::Relaxed);
                     match self.consume(&mut phase).await {
                         Some(c) => consumer = c,
                         None => break,
@@ -867,6 +886,9 @@ impl Worker {
                 }
                 Err(e) => {
                     shared.broker_ok.store(false, Ordering::Relaxed);
+                    if attempt == 0 {
+                        shared.reconnects.fetch_add(1, Ordering::Relaxed);
+                    }
                     attempt += 1;
                     tracing::warn!(error = %e, attempt, "receiving from the broker failed; retrying");
                     tokio::select! {

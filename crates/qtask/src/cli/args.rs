@@ -31,6 +31,21 @@ pub struct Global {
     /// Result backend URL (`result_backend`).
     #[arg(long, visible_alias = "result-backend", global = true, value_name = "URL")]
     pub backend: Option<String>,
+    /// Log lines as text (default) or one JSON object per line (`json`:
+    /// with `task_id` and `task_name` fields on every task line).
+    #[arg(long, global = true, value_enum, default_value = "text", value_name = "FORMAT")]
+    pub log_format: LogFormat,
+}
+
+/// How log lines are written (`--log-format`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines (and the worker's start-up banner).
+    #[default]
+    Text,
+    /// One JSON object per line on stderr (no banner): `timestamp`, `level`,
+    /// `target`, `message` and the line's fields at the top level.
+    Json,
 }
 
 /// The subcommands.
@@ -146,6 +161,9 @@ pub struct WorkerArgs {
     /// A settings file whose `beat_schedule` adds to (or overrides) the settings' one (needs -B).
     #[arg(long, value_name = "FILE", requires = "beat")]
     pub schedule: Option<std::path::PathBuf>,
+    /// Serve `/metrics` (Prometheus text), `/healthz` and `/readyz` on HOST:PORT (default: off).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub metrics_addr: Option<String>,
 }
 
 /// `beat`: send the tasks of `beat_schedule` when they are due.

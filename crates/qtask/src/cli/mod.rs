@@ -33,8 +33,10 @@
 //! on a current-thread runtime, `--threads N` on N threads, and the default
 //! is one thread per core; the client commands use two threads. Logs go to
 //! stderr through `tracing-subscriber` (`-l/--loglevel`, else the `QTASK_LOG`
-//! filter, else `info` for a worker and `warn` otherwise) unless the binary
-//! installed a subscriber of its own.
+//! filter, else `info` for a worker and `warn` otherwise; `--log-format
+//! json` for one JSON object per line) unless the binary installed a
+//! subscriber of its own. `worker --metrics-addr HOST:PORT` serves
+//! `/metrics` (Prometheus text), `/healthz` and `/readyz`.
 //!
 //! Exit codes: 0 done, 1 a task failed (`call --wait`, `result`), 2 a usage,
 //! configuration or connection error, 69 no worker replied (`inspect`,
@@ -50,12 +52,14 @@ use qcore::{App, Config, Error};
 mod args;
 mod client;
 mod events;
+#[cfg(feature = "worker")]
+mod metrics;
 mod remote;
 #[cfg(feature = "worker")]
 mod worker;
 
 pub use args::{
-    Args, BeatArgs, CallArgs, Command, EventsArgs, Global, LogLevel, Pool, PurgeArgs, ResultArgs, WorkerArgs,
+    Args, BeatArgs, CallArgs, Command, EventsArgs, Global, LogFormat, LogLevel, Pool, PurgeArgs, ResultArgs, WorkerArgs,
 };
 
 /// Registers the binary's tasks on the app the command line builds.
@@ -251,7 +255,7 @@ impl Cli {
                 #[cfg(feature = "worker")]
                 {
                     let app = self.app(cfg).await?;
-                    worker::run(app, w, self.task_log).await
+                    worker::run(app, w, self.task_log, args.global.log_format).await
                 }
                 #[cfg(not(feature = "worker"))]
                 {
@@ -364,11 +368,21 @@ fn init_logging(args: &Args) {
     };
     let filter = tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|_| "info".into());
     // A binary that installed its own subscriber keeps it.
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
+    let _ = match args.global.log_format {
+        LogFormat::Text => tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .try_init(),
+        LogFormat::Json => tracing_subscriber::fmt()
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .try_init(),
+    };
 }
 
 fn runtime(args: &Args) -> std::io::Result<tokio::runtime::Runtime> {

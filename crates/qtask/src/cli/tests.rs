@@ -214,3 +214,40 @@ fn beat_flags_and_the_beat_command() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn operations_flags() {
+    let a = parse(&with_tasks(), &["worker", "--metrics-addr", "0.0.0.0:9808", "--log-format", "json"]).unwrap();
+    assert_eq!(a.global.log_format, LogFormat::Json);
+    assert_eq!(worker(a).metrics_addr.as_deref(), Some("0.0.0.0:9808"));
+    // Off by default, text logs.
+    let a = parse(&with_tasks(), &["worker"]).unwrap();
+    assert_eq!(a.global.log_format, LogFormat::Text);
+    assert_eq!(worker(a).metrics_addr, None);
+    // A global flag: before the command too, and for beat.
+    let a = parse(&with_tasks(), &["--log-format", "json", "beat"]).unwrap();
+    assert_eq!(a.global.log_format, LogFormat::Json);
+    let e = parse(&with_tasks(), &["worker", "--log-format", "yaml"]).unwrap_err();
+    assert!(e.contains("yaml"), "{e}");
+}
+
+/// A port already taken is a start-up error naming the flag, not a worker
+/// running without its endpoints.
+#[test]
+fn metrics_addr_taken_is_an_error() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let dir = std::env::temp_dir().join(format!("qtask-cli-metrics-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let broker = format!("sqlite://{}", dir.join("q.db").display());
+    let code = with_tasks().urls_from_flags_only(true).run_from([
+        "proj",
+        "worker",
+        "--broker",
+        &broker,
+        "--metrics-addr",
+        &addr,
+    ]);
+    assert_eq!(code, std::process::ExitCode::from(2));
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,20 +1,30 @@
 //! `worker`: the start-up banner, the task log lines, the worker itself.
 
-use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
-use tokio::sync::broadcast;
+use anyhow::Context as _;
 
-use qcore::event::{Event, EventData};
 use qcore::App;
 use qworker::Worker;
 
-use super::args::{Pool, WorkerArgs};
+use super::args::{LogFormat, Pool, WorkerArgs};
+use super::metrics::{self, Metrics, TaskLog};
 
 /// Build the worker the flags describe, print the banner, log the tasks and
 /// run until SIGTERM/SIGINT (warm shutdown; a second signal, cold).
-pub(super) async fn run(app: App, w: &WorkerArgs, task_log: bool) -> anyhow::Result<ExitCode> {
+pub(super) async fn run(app: App, w: &WorkerArgs, task_log: bool, format: LogFormat) -> anyhow::Result<ExitCode> {
+    // Bound before anything starts: a taken port is a start-up error.
+    let listener = match &w.metrics_addr {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr.as_str())
+                .await
+                .with_context(|| format!("--metrics-addr {addr}: cannot listen"))?,
+        ),
+        None => None,
+    };
     let mut builder = Worker::builder(app.clone()).heartbeat(!w.without_heartbeat);
     if w.task_events {
         builder = builder.send_events(true);
@@ -33,12 +43,29 @@ pub(super) async fn run(app: App, w: &WorkerArgs, task_log: bool) -> anyhow::Res
     }
     let worker = builder.build();
     let handle = worker.handle();
-    print!("{}", banner(&app, w, handle.hostname()));
+    if format == LogFormat::Text {
+        print!("{}", banner(&app, w, handle.hostname()));
+    }
     let beat = embedded_beat(&app, w).await?;
-    let logger = task_log.then(|| tokio::spawn(log_tasks(handle.events())));
+    let metrics = listener.as_ref().map(|_| Arc::new(Metrics::new(app.registered())));
+    let log = task_log.then_some(TaskLog { fields: format == LogFormat::Json });
+    let observer = (log.is_some() || metrics.is_some())
+        .then(|| tokio::spawn(metrics::observe(handle.events(), log, metrics.clone())));
+    let alive = Arc::new(AtomicBool::new(true));
+    let server = match (listener, &metrics) {
+        (Some(l), Some(m)) => {
+            tracing::info!(address = %l.local_addr()?, "serving /metrics, /healthz and /readyz");
+            Some(tokio::spawn(metrics::serve(app.clone(), l, m.clone(), handle.clone(), alive.clone())))
+        }
+        _ => None,
+    };
     let result = worker.run_until_signal().await;
-    if let Some(l) = logger {
-        l.abort();
+    alive.store(false, Ordering::Relaxed);
+    if let Some(o) = observer {
+        o.abort();
+    }
+    if let Some(s) = server {
+        s.abort();
     }
     #[cfg(feature = "beat")]
     if let Some(beat) = beat {
@@ -110,56 +137,4 @@ fn banner(app: &App, w: &WorkerArgs, hostname: &str) -> String {
     }
     b.push('\n');
     b
-}
-
-/// Log received, succeeded, failed, retried, revoked and rejected tasks at
-/// info level, as Celery's worker does (`Task NAME[ID] succeeded in 0.01s: 5`).
-async fn log_tasks(mut events: broadcast::Receiver<Event>) {
-    let mut names: HashMap<String, String> = HashMap::new();
-    loop {
-        let ev = match events.recv().await {
-            Ok(ev) => ev,
-            Err(broadcast::error::RecvError::Lagged(n)) => {
-                tracing::warn!("{n} task events were not logged (the log fell behind)");
-                continue;
-            }
-            Err(broadcast::error::RecvError::Closed) => return,
-        };
-        let Some(id) = ev.task_id() else { continue };
-        if let EventData::TaskReceived(f) = &ev.data {
-            tracing::info!(target: "qtask::worker::task", "Task {}[{id}] received", f.name);
-            names.insert(id.to_string(), f.name.clone());
-            continue;
-        }
-        let finished = !matches!(ev.data, EventData::TaskStarted(_) | EventData::TaskRetried(_));
-        let name = if finished { names.remove(id) } else { names.get(id).cloned() };
-        let name = name.unwrap_or_else(|| "?".to_string());
-        match &ev.data {
-            EventData::TaskSucceeded(f) => tracing::info!(
-                target: "qtask::worker::task",
-                "Task {name}[{id}] succeeded in {}s: {}",
-                f.runtime,
-                f.result
-            ),
-            EventData::TaskFailed(f) => {
-                tracing::info!(target: "qtask::worker::task", "Task {name}[{id}] failed: {}", f.exception)
-            }
-            EventData::TaskRetried(f) => {
-                tracing::info!(target: "qtask::worker::task", "Task {name}[{id}] retry: {}", f.exception)
-            }
-            EventData::TaskRevoked(f) => {
-                let how = match (f.terminated, f.expired) {
-                    (true, _) => "terminated",
-                    (_, true) => "expired",
-                    _ => "revoked",
-                };
-                tracing::info!(target: "qtask::worker::task", "Task {name}[{id}] {how}")
-            }
-            EventData::TaskRejected(f) => {
-                let what = if f.requeue { "rejected (requeued)" } else { "rejected" };
-                tracing::info!(target: "qtask::worker::task", "Task {name}[{id}] {what}")
-            }
-            _ => {}
-        }
-    }
 }
