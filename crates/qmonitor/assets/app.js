@@ -1,0 +1,39 @@
+// qmonitor live updates: when the event stream says something changed,
+// fetch this page again and swap in its <main>. Without JavaScript the
+// pages are plain HTML and a reload shows the same.
+(function () {
+  "use strict";
+  var url = document.body.getAttribute("data-stream");
+  if (!url || !window.EventSource) return;
+  var live = document.getElementById("live");
+  var pending = null;
+  var busy = false;
+  function editing() {
+    var a = document.activeElement;
+    var main = document.getElementById("main");
+    return a && main && main.contains(a) && /^(INPUT|SELECT|TEXTAREA)$/.test(a.tagName);
+  }
+  function refresh() {
+    pending = null;
+    if (busy || editing()) { pending = setTimeout(refresh, 1000); return; }
+    busy = true;
+    fetch(window.location.href, { credentials: "same-origin", headers: { "X-Requested-With": "qmonitor" } })
+      .then(function (r) { return r.ok ? r.text() : null; })
+      .then(function (text) {
+        if (!text) return;
+        var doc = new DOMParser().parseFromString(text, "text/html");
+        var fresh = doc.getElementById("main");
+        var main = document.getElementById("main");
+        if (fresh && main) main.innerHTML = fresh.innerHTML;
+      })
+      .catch(function () {})
+      .then(function () { busy = false; });
+  }
+  var es = new EventSource(url);
+  es.addEventListener("open", function () { if (live) live.className = "live on"; });
+  es.addEventListener("error", function () { if (live) live.className = "live"; });
+  es.addEventListener("update", function () {
+    if (live) live.className = "live on";
+    if (!pending) pending = setTimeout(refresh, 300);
+  });
+})();
