@@ -30,3 +30,36 @@ pub use monitor::{Monitor, MonitorError, Update};
 pub use state::{Task, Worker};
 pub use store::{Retention, Store, StoreError, TaskQuery};
 pub use web::{router, User, WebConfig};
+
+/// Serve `router` on `listener` until `shutdown` completes.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: axum::Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router).with_graceful_shutdown(shutdown).await
+}
+
+/// Keep the workers' state fresh as Flower does: ask them to send events
+/// (`enable_events`) and answer `inspect` (`stats`, `active_queues`,
+/// `registered`, `conf`) now and every `every`; a worker that was running
+/// before the monitor started is known at once, not at its next heartbeat.
+pub async fn keep_inspecting(
+    monitor: std::sync::Arc<Monitor>,
+    client: qcore::control::Client,
+    timeout: std::time::Duration,
+    every: std::time::Duration,
+) {
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tick.tick().await;
+        let enable = qcore::control::ControlRequest::new("enable_events");
+        if let Err(e) = client.cast(&enable, timeout).await {
+            tracing::warn!(error = %e, "cannot ask the workers to send events");
+        }
+        match monitor.refresh_inspect(&client, timeout).await {
+            Ok(n) => tracing::debug!(workers = n, "inspect answered"),
+            Err(e) => tracing::warn!(error = %e, "inspect failed"),
+        }
+    }
+}
