@@ -29,11 +29,24 @@
       .catch(function () {})
       .then(function () { busy = false; });
   }
-  var es = new EventSource(url);
-  es.addEventListener("open", function () { if (live) live.className = "live on"; });
-  es.addEventListener("error", function () { if (live) live.className = "live"; });
-  es.addEventListener("update", function () {
-    if (live) live.className = "live on";
-    if (!pending) pending = setTimeout(refresh, 300);
-  });
+  var es = null;
+  function connect() {
+    es = new EventSource(url);
+    // On (re)connecting, fetch once: what changed between this page's
+    // rendering and the stream's start would be missed otherwise.
+    es.addEventListener("open", function () {
+      if (live) live.className = "live on";
+      if (!pending) pending = setTimeout(refresh, 50);
+    });
+    es.addEventListener("error", function () { if (live) live.className = "live"; });
+    es.addEventListener("update", function () {
+      if (live) live.className = "live on";
+      if (!pending) pending = setTimeout(refresh, 300);
+    });
+  }
+  // A page left (or kept in the back/forward cache) closes its stream: the
+  // browser's few connections per host stay free for the next page.
+  window.addEventListener("pagehide", function () { if (es) { es.close(); es = null; } });
+  window.addEventListener("pageshow", function () { if (!es) connect(); });
+  connect();
 })();

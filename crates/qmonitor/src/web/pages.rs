@@ -103,7 +103,7 @@ fn workers_table(ctx: &Ctx, workers: &[Worker]) -> Markup {
                         td.num { (w.count("SUCCESS")) }
                         td.num { (w.count("FAILURE")) }
                         td.num { (w.count("RETRY")) }
-                        td { (w.loadavg.iter().map(|l| format!("{l:.2}")).collect::<Vec<_>>().join(" ")) }
+                        td { (w.loadavg.iter().map(|l| format!("{l:.2}")).collect::<Vec<_>>().join(" / ")) }
                         td { @if w.last_heartbeat > 0.0 { (format!("{:.0} s ago", (now - w.last_heartbeat).max(0.0))) } @else { "never" } }
                         td { (w.sw_ident) " " (w.sw_ver) }
                     }
@@ -139,14 +139,14 @@ fn task_row(ctx: &Ctx, t: &Task) -> Markup {
     html! {
         tr data-task=(t.uuid) {
             td { a href={ (p) "/task/" (t.uuid) } { (t.name.as_deref().unwrap_or("?")) } }
-            td.mono { a href={ (p) "/task/" (t.uuid) } { (t.uuid) } }
+            td.mono { a href={ (p) "/task/" (t.uuid) } title=(t.uuid) { (t.uuid) } }
             td { (state_badge(&t.state)) }
             td.mono.clip { (t.args.as_deref().unwrap_or("")) }
             td.mono.clip { (t.kwargs.as_deref().unwrap_or("")) }
             td.mono.clip { (t.result.as_deref().or(t.exception.as_deref()).unwrap_or("")) }
             td { (fmt_time(t.received.or(t.sent))) }
             td.num { @if let Some(r) = t.runtime { (format!("{r:.3}")) } }
-            td { @if let Some(w) = &t.worker { a href={ (p) "/worker/" (w) } { (w) } } }
+            td { @if let Some(w) = &t.worker { a href={ (p) "/worker/" (w) } title=(w) { (w) } } }
         }
     }
 }
