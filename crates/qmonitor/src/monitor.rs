@@ -229,27 +229,29 @@ impl Monitor {
     /// known even before its first heartbeat. Returns the nodes that
     /// answered `stats`.
     pub async fn refresh_inspect(&self, client: &Client, timeout: Duration) -> Result<usize, MonitorError> {
+        let methods = ["stats", "active_queues", "registered", "conf"];
+        // Asked together: one timeout for the four, not four in a row.
+        let asks = methods.map(|m| client.call(ControlRequest::new(m), timeout, None));
+        let answers = futures_util::future::join_all(asks).await;
+        let now = qcore::time::now_epoch();
         let mut answered = 0;
-        for method in ["stats", "active_queues", "registered", "conf"] {
-            let replies = client.call(ControlRequest::new(method), timeout, None).await?;
-            let now = qcore::time::now_epoch();
-            let mut changed = Vec::new();
-            {
-                let mut workers = self.workers.write().unwrap_or_else(|p| p.into_inner());
-                for r in replies {
+        let mut changed = BTreeMap::new();
+        {
+            let mut workers = self.workers.write().unwrap_or_else(|p| p.into_inner());
+            for (method, replies) in methods.into_iter().zip(answers) {
+                for r in replies? {
                     if method == "stats" {
                         answered += 1;
                     }
                     let w = workers.entry(r.node.clone()).or_insert_with(|| Worker::new(r.node.clone()));
-                    let value = redact_urls(r.value);
-                    w.inspect.insert(method.into(), value);
+                    w.inspect.insert(method.into(), redact_urls(r.value));
                     w.inspected_at = Some(now);
-                    changed.push(w.clone());
+                    changed.insert(w.hostname.clone(), w.clone());
                 }
             }
-            let refs: Vec<&Worker> = changed.iter().collect();
-            self.store.write(&[], &[], &refs).await?;
         }
+        let refs: Vec<&Worker> = changed.values().collect();
+        self.store.write(&[], &[], &refs).await?;
         Ok(answered)
     }
 

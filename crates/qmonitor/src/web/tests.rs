@@ -456,3 +456,11 @@ fn no_auth_off_loopback_is_refused() {
     assert!(User::parse_list("nopass").is_err());
     assert!(User::parse_list("a:").is_err());
 }
+
+#[tokio::test]
+async fn refresh_keeps_the_workers_when_none_answers() {
+    let (r, _, _) = setup(WebConfig { inspect_timeout: Duration::from_millis(50), ..WebConfig::default() }).await;
+    let w = get_json(&r, "/api/workers?refresh=1").await;
+    assert!(w["w1@h"]["timestamp"].is_null(), "never inspected: {w}");
+    assert_eq!(get(&r, "/api/workers?refresh=1&workername=w1@h").await.0, StatusCode::OK);
+}
