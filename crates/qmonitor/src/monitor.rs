@@ -13,7 +13,7 @@ use tokio::sync::{broadcast, Mutex};
 
 use crate::metrics::Metrics;
 use crate::state::{Task, Worker};
-use crate::store::{EventRow, Retention, Store, StoreError};
+use crate::store::{search_text, EventRow, Retention, Store, StoreError};
 
 /// Events read before a batch is written, at most.
 const BATCH: usize = 2000;
@@ -118,6 +118,7 @@ impl Monitor {
         ids.dedup();
         let mut tasks: HashMap<String, (i64, Task)> =
             self.store.tasks_by_id(&ids).await?.into_iter().map(|(s, t)| (t.uuid.clone(), (s, t))).collect();
+        let indexed: HashMap<String, String> = tasks.iter().map(|(id, (_, t))| (id.clone(), search_text(t))).collect();
         let mut rows: Vec<EventRow> = Vec::with_capacity(events.len());
         let mut changed_workers: BTreeMap<String, Worker> = BTreeMap::new();
         {
@@ -164,7 +165,14 @@ impl Monitor {
         }
         let task_rows: Vec<(i64, &Task)> = tasks.values().map(|(s, t)| (*s, t)).collect();
         let worker_rows: Vec<&Worker> = changed_workers.values().collect();
-        self.store.write(&rows, &task_rows, &worker_rows).await?;
+        // Re-index only the tasks whose searchable text changed.
+        let reindex: Vec<(i64, String)> = tasks
+            .iter()
+            .map(|(id, (seq, t))| (id, *seq, search_text(t)))
+            .filter(|(id, _, text)| indexed.get(*id) != Some(text))
+            .map(|(_, seq, text)| (seq, text))
+            .collect();
+        self.store.write(&rows, &task_rows, &worker_rows, &reindex).await?;
         drop(next_seq);
         self.events.fetch_add(events.len() as u64, Ordering::Relaxed);
         let _ = self
@@ -251,7 +259,7 @@ impl Monitor {
             }
         }
         let refs: Vec<&Worker> = changed.values().collect();
-        self.store.write(&[], &[], &refs).await?;
+        self.store.write(&[], &[], &refs, &[]).await?;
         Ok(answered)
     }
 

@@ -99,6 +99,10 @@ const SCHEMA: &[&str] = &[
     "CREATE INDEX IF NOT EXISTS qm_events_uuid ON qm_events(uuid)",
     "CREATE INDEX IF NOT EXISTS qm_events_ts ON qm_events(ts)",
     "CREATE TABLE IF NOT EXISTS qm_workers (hostname TEXT PRIMARY KEY, data TEXT NOT NULL)",
+    // The search index: a trigram full-text index over each task's id,
+    // args, kwargs, result and exception (rowid = the task's seq), so a
+    // substring search does not scan every row.
+    "CREATE VIRTUAL TABLE IF NOT EXISTS qm_search USING fts5(text, tokenize = 'trigram')",
     "CREATE TABLE IF NOT EXISTS qm_malformed (
         id INTEGER PRIMARY KEY AUTOINCREMENT, ts REAL NOT NULL, reason TEXT NOT NULL, body BLOB NOT NULL)",
 ];
@@ -170,8 +174,23 @@ impl Store {
         events: &[EventRow],
         tasks: &[(i64, &Task)],
         workers: &[&Worker],
+        reindex: &[(i64, String)],
     ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
+        for chunk in reindex.chunks(400) {
+            let mut q = QueryBuilder::<Sqlite>::new("DELETE FROM qm_search WHERE rowid IN (");
+            let mut sep = q.separated(", ");
+            for (seq, _) in chunk {
+                sep.push_bind(*seq);
+            }
+            q.push(")");
+            q.build().execute(&mut *tx).await?;
+            let mut q = QueryBuilder::<Sqlite>::new("INSERT INTO qm_search (rowid, text) ");
+            q.push_values(chunk, |mut b, (seq, text)| {
+                b.push_bind(*seq).push_bind(text);
+            });
+            q.build().execute(&mut *tx).await?;
+        }
         for chunk in events.chunks(150) {
             let mut q = QueryBuilder::<Sqlite>::new("INSERT INTO qm_events (uuid, hostname, type, ts, data) ");
             q.push_values(chunk, |mut b, (uuid, host, ty, ts, data)| {
@@ -310,14 +329,16 @@ impl Store {
             q.push(" AND seq < ").push_bind(b);
         }
         if let Some(s) = query.search.as_deref().filter(|s| !s.is_empty()) {
-            let pattern = format!("%{}%", s.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_"));
-            q.push(" AND (uuid = ").push_bind(s.to_string());
-            for field in ["args", "kwargs", "result", "exception"] {
-                q.push(format_args!(" OR json_extract(data, '$.{field}') LIKE "))
-                    .push_bind(pattern.clone())
-                    .push(" ESCAPE '\\'");
+            if s.chars().count() >= 3 {
+                // A phrase of the trigram index: any substring of 3+ characters.
+                let phrase = format!("\"{}\"", s.replace('"', "\"\""));
+                q.push(" AND seq IN (SELECT rowid FROM qm_search WHERE qm_search MATCH ").push_bind(phrase).push(")");
+            } else {
+                let pattern = format!("%{}%", s.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_"));
+                q.push(" AND seq IN (SELECT rowid FROM qm_search WHERE text LIKE ")
+                    .push_bind(pattern)
+                    .push(" ESCAPE '\\')");
             }
-            q.push(" OR uuid LIKE ").push_bind(pattern).push(" ESCAPE '\\')");
         }
         let order = match query.sort_by.as_deref() {
             Some(s) => {
@@ -370,6 +391,10 @@ impl Store {
         let mut deleted = 0;
         if let Some(age) = retention.max_age {
             let cutoff = qcore::time::now_epoch() - age.as_secs_f64();
+            sqlx::query("DELETE FROM qm_search WHERE rowid IN (SELECT seq FROM qm_tasks WHERE ts < ?)")
+                .bind(cutoff)
+                .execute(&self.pool)
+                .await?;
             deleted += sqlx::query("DELETE FROM qm_tasks WHERE ts < ?")
                 .bind(cutoff)
                 .execute(&self.pool)
@@ -384,6 +409,7 @@ impl Store {
                 .await?;
             if let Some(row) = row {
                 let seq: i64 = row.try_get(0)?;
+                sqlx::query("DELETE FROM qm_search WHERE rowid <= ?").bind(seq).execute(&self.pool).await?;
                 deleted += sqlx::query("DELETE FROM qm_tasks WHERE seq <= ?")
                     .bind(seq)
                     .execute(&self.pool)
@@ -396,6 +422,14 @@ impl Store {
         }
         Ok(deleted)
     }
+}
+
+/// What the search finds a task by: its id, args, kwargs, result and
+/// exception, one per line.
+pub(crate) fn search_text(t: &Task) -> String {
+    let parts =
+        [Some(t.uuid.as_str()), t.args.as_deref(), t.kwargs.as_deref(), t.result.as_deref(), t.exception.as_deref()];
+    parts.iter().flatten().copied().collect::<Vec<_>>().join("\n")
 }
 
 fn parse_task(data: String) -> Option<Task> {

@@ -464,3 +464,23 @@ async fn refresh_keeps_the_workers_when_none_answers() {
     assert!(w["w1@h"]["timestamp"].is_null(), "never inspected: {w}");
     assert_eq!(get(&r, "/api/workers?refresh=1&workername=w1@h").await.0, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn search_finds_substrings_with_any_characters() {
+    let (r, _, m) = setup(WebConfig::default()).await;
+    let s = EventSender::new("w1@h").with_pid(7).with_utcoffset(0.0);
+    m.apply(&[s.event(received("q", "tasks.echo", "('50% \"off\"', 'a_b')", None))]).await.unwrap();
+    for (q, expected) in [
+        ("(2,%203)", vec!["a"]),
+        ("50%25", vec!["q"]),
+        ("%22off%22", vec!["q"]),
+        ("a_b", vec!["q"]),
+        ("_", vec!["q"]),
+        ("%25", vec!["q"]),
+        ("Boom", vec!["b"]),
+        ("nothing-like-this", vec![]),
+    ] {
+        let found = get_json(&r, &format!("/api/tasks?search={q}")).await;
+        assert_eq!(found.as_object().unwrap().keys().collect::<Vec<_>>(), expected, "{q}");
+    }
+}
