@@ -253,3 +253,96 @@ async fn monitor_pages_in_a_browser() -> Result<()> {
     let _ = std::fs::remove_file(&s.db);
     Ok(())
 }
+
+/// The keys of a JSON object, sorted.
+fn keys(v: &Value) -> Vec<String> {
+    let mut k: Vec<String> = v.as_object().map(|m| m.keys().cloned().collect()).unwrap_or_default();
+    k.sort();
+    k
+}
+
+/// Same JSON type, `null` matching anything (a field one side has not
+/// heard yet).
+fn same_type(a: &Value, b: &Value) -> bool {
+    a.is_null() || b.is_null() || std::mem::discriminant(a) == std::mem::discriminant(b)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flower_and_the_monitor_answer_with_the_same_json_shapes() -> Result<()> {
+    let (s, running) = setup("flower").await;
+    let port = integration_tests::free_port()?;
+    let mut cmd = std::process::Command::new(integration_tests::python());
+    cmd.current_dir(integration_tests::python_dir())
+        .env("FLOWER_UNAUTHENTICATED_API", "1")
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .args(["-m", "celery", "-b", &redis_url(), "flower", "--address=127.0.0.1"])
+        .arg(format!("--port={port}"));
+    let mut flower = Proc::spawn("flower", cmd)?;
+    flower.wait_log("Visit me at", Duration::from_secs(60))?;
+    // Flower hears events once it sees the workers' heartbeats.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let status = http_get(port, "/api/workers?status=1")?;
+        if status[s.rs_node.as_str()] == true && status[s.py_node.as_str()] == true {
+            break;
+        }
+        ensure!(std::time::Instant::now() < deadline, "Flower never saw both workers: {status}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let ids = [
+        send(&s.app, "tasks.add", vec![json!(2), json!(3)], &s.rs_queue).await,
+        send(&s.app, "tasks.add", vec![json!(4), json!(5)], &s.py_queue).await,
+        send(&s.app, "tasks.fail", vec![json!("shape")], &s.py_queue).await,
+    ];
+    for (id, state) in ids.iter().zip(["SUCCESS", "SUCCESS", "FAILURE"]) {
+        let ours = wait_state(running.port, id, state).await;
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        let theirs = loop {
+            let t = http_get(port, &format!("/api/task/info/{id}")).unwrap_or(Value::Null);
+            if t["state"] == state {
+                break t;
+            }
+            ensure!(std::time::Instant::now() < deadline, "Flower never showed {id} as {state}: {t}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        ensure!(
+            keys(&ours) == keys(&theirs),
+            "task keys differ:\nqmonitor {:?}\nflower   {:?}",
+            keys(&ours),
+            keys(&theirs)
+        );
+        for k in keys(&theirs) {
+            ensure!(same_type(&ours[&k], &theirs[&k]), "{k}: qmonitor {} vs Flower {}", ours[&k], theirs[&k]);
+        }
+        for k in ["uuid", "name", "state", "args", "kwargs", "result", "exception", "worker", "retries", "root_id"] {
+            ensure!(ours[k] == theirs[k], "{k}: qmonitor {} vs Flower {}", ours[k], theirs[k]);
+        }
+    }
+    let ours = http_get(running.port, "/api/tasks")?;
+    let theirs = http_get(port, "/api/tasks")?;
+    for id in &ids {
+        ensure!(keys(&ours[id.as_str()]) == keys(&theirs[id.as_str()]), "/api/tasks entries differ for {id}");
+    }
+    // Workers, once both asked them (refresh).
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let (ours, theirs) = loop {
+        let o = http_get(running.port, "/api/workers?refresh=1")?;
+        let t = http_get(port, "/api/workers?refresh=1")?;
+        let full = |w: &Value| [&s.rs_node, &s.py_node].iter().all(|n| w[n.as_str()]["stats"].get("pool").is_some());
+        if full(&o) && full(&t) {
+            break (o, t);
+        }
+        ensure!(std::time::Instant::now() < deadline, "inspect never answered both sides:\n{o}\n{t}");
+    };
+    for node in [&s.rs_node, &s.py_node] {
+        let (o, t) = (&ours[node.as_str()], &theirs[node.as_str()]);
+        ensure!(keys(o) == keys(t), "{node}: qmonitor {:?} vs Flower {:?}", keys(o), keys(t));
+        for k in keys(t) {
+            ensure!(same_type(&o[&k], &t[&k]), "{node} {k}: qmonitor {} vs Flower {}", o[&k], t[&k]);
+        }
+        ensure!(o["registered"] == t["registered"], "{node}: registered differ");
+    }
+    running.stop();
+    let _ = std::fs::remove_file(&s.db);
+    Ok(())
+}
