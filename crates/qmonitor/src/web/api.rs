@@ -44,6 +44,9 @@ pub(super) fn routes() -> Router<Ctx> {
         .route("/api/v1/tasks", get(v1_tasks))
         .route("/api/v1/tasks/{id}", get(v1_task))
         .route("/api/v1/workers", get(v1_workers))
+        .route("/api/v1/tasks/{id}/retry", post(v1_retry))
+        .route("/api/v1/queues", get(v1_queues))
+        .route("/api/v1/queues/{queue}/{action}", post(v1_queue_action))
 }
 
 pub(crate) fn error(status: StatusCode, text: impl Into<String>) -> Response {
@@ -590,4 +593,105 @@ async fn v1_workers(State(ctx): State<Ctx>) -> Response {
         })
         .collect();
     Json(json!({ "workers": list })).into_response()
+}
+
+/// Re-send a task with its original arguments, read from the result
+/// backend (`result_extended` stores them). Event `args` are `repr()`
+/// strings, possibly cut, so they are never used: without stored
+/// arguments the retry is refused (409). Returns the new task id.
+pub(crate) async fn do_retry(ctx: &Ctx, actor: &Actor, id: &str) -> Result<String, Response> {
+    let app = app(ctx)?;
+    if app.backend().is_none() {
+        return Err(error(StatusCode::SERVICE_UNAVAILABLE, "no result backend to read the arguments from"));
+    }
+    let meta = app
+        .result::<Value>(id.to_string())
+        .meta()
+        .await
+        .map_err(|e| error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+    let known = ctx.monitor.store().task(id).await.ok().flatten();
+    let name = meta.name.clone().or_else(|| known.as_ref().and_then(|t| t.name.clone()));
+    let (Some(name), Some(Value::Array(args))) = (name, meta.args.clone()) else {
+        return Err(error(
+            StatusCode::CONFLICT,
+            "the result backend holds no arguments for this task (result_extended off, or expired): it cannot be re-sent faithfully",
+        ));
+    };
+    let kwargs = match meta.kwargs.clone() {
+        Some(Value::Object(m)) => m,
+        _ => Map::new(),
+    };
+    let mut opts = SendOptions::new();
+    if let Some(q) = meta.queue.clone().filter(|q| !q.is_empty()) {
+        opts = opts.queue(q);
+    }
+    let sent = app
+        .send_task(&name, args, kwargs, opts)
+        .await
+        .map_err(|e| error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+    tracing::info!(actor = %actor.0, task = id, new = sent.id(), "retry");
+    Ok(sent.id().to_string())
+}
+
+async fn v1_retry(State(ctx): State<Ctx>, Extension(actor): Extension<Actor>, Path(id): Path<String>) -> Response {
+    match do_retry(&ctx, &actor, &id).await {
+        Ok(new) => Json(json!({ "task-id": new, "retry-of": id })).into_response(),
+        Err(r) => r,
+    }
+}
+
+/// Purge a queue, or redrive / purge its dead letters.
+pub(crate) async fn do_queue_action(ctx: &Ctx, actor: &Actor, queue: &str, action: &str) -> Result<String, Response> {
+    let app = app(ctx)?;
+    let broker = app.broker();
+    let failed = |e: qcore::BrokerError| error(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
+    let dead =
+        || broker.dead_letters().ok_or_else(|| error(StatusCode::NOT_FOUND, "this broker keeps no dead letters"));
+    let text = match action {
+        "purge" => format!("{} messages purged", broker.purge(queue).await.map_err(failed)?),
+        "redrive" => {
+            format!("{} dead letters moved back to {queue}", dead()?.redrive(queue, usize::MAX).await.map_err(failed)?)
+        }
+        "purge_dead" => format!("{} dead letters deleted", dead()?.purge(queue).await.map_err(failed)?),
+        _ => return Err(error(StatusCode::NOT_FOUND, "unknown action")),
+    };
+    tracing::info!(actor = %actor.0, queue, action, result = %text, "queue action");
+    Ok(text)
+}
+
+async fn v1_queue_action(
+    State(ctx): State<Ctx>,
+    Extension(actor): Extension<Actor>,
+    Path((queue, action)): Path<(String, String)>,
+) -> Response {
+    match do_queue_action(&ctx, &actor, &queue, &action).await {
+        Ok(text) => message(text),
+        Err(r) => r,
+    }
+}
+
+/// Each known queue: waiting messages and dead letters (`None`: the broker
+/// keeps none).
+pub(crate) async fn queue_table(ctx: &Ctx) -> Result<Vec<(String, u64, Option<u64>)>, Response> {
+    let app = app(ctx)?;
+    let mut out = Vec::new();
+    for (q, n) in queue_lengths(ctx).await? {
+        let dead = match app.broker().dead_letters() {
+            Some(d) => Some(d.count(&q).await.map_err(|e| error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?),
+            None => None,
+        };
+        out.push((q, n, dead));
+    }
+    Ok(out)
+}
+
+async fn v1_queues(State(ctx): State<Ctx>) -> Response {
+    match queue_table(&ctx).await {
+        Ok(rows) => {
+            let list: Vec<Value> =
+                rows.into_iter().map(|(q, n, d)| json!({ "name": q, "messages": n, "dead_letters": d })).collect();
+            Json(json!({ "queues": list })).into_response()
+        }
+        Err(r) => r,
+    }
 }

@@ -17,7 +17,7 @@ use futures_util::stream::Stream;
 use maud::{html, Markup, DOCTYPE};
 use serde_json::Value;
 
-use super::api::{do_revoke, form_urlencoded, queue_lengths, v1_query, worker_action};
+use super::api::{do_queue_action, do_retry, do_revoke, form_urlencoded, queue_table, v1_query, worker_action};
 use super::{forbidden, form_csrf_ok, Actor, Csrf, Ctx};
 use crate::state::{Task, Worker};
 
@@ -32,6 +32,8 @@ pub(super) fn routes() -> Router<Ctx> {
         .route("/tasks", get(tasks))
         .route("/task/{id}", get(task))
         .route("/task/{id}/revoke", post(revoke))
+        .route("/task/{id}/retry", post(retry))
+        .route("/queue/{queue}/action", post(queue_post))
         .route("/workers", get(workers))
         .route("/worker/{node}", get(worker))
         .route("/worker/{node}/action", post(worker_post))
@@ -117,6 +119,7 @@ async fn dashboard(State(ctx): State<Ctx>) -> Response {
     let workers = ctx.monitor.workers();
     let counts = ctx.monitor.store().counts().await.unwrap_or_default();
     let total: i64 = counts.iter().map(|(_, n)| n).sum();
+    let queues = queue_table(&ctx).await.unwrap_or_default();
     let p = ctx.prefix.clone();
     let body = html! {
         h1 { "Dashboard" }
@@ -129,6 +132,17 @@ async fn dashboard(State(ctx): State<Ctx>) -> Response {
         }
         h2 { "Workers" }
         (workers_table(&ctx, &workers))
+        @if !queues.is_empty() {
+            h2 { "Queues" }
+            section.cards {
+                @for (q, n, dead) in &queues {
+                    a.card href={ (p) "/queues" } {
+                        div.n { (n) }
+                        div { (q) @if let Some(d) = dead.filter(|d| *d > 0) { " · " (d) " dead" } }
+                    }
+                }
+            }
+        }
         p.muted { (ctx.monitor.events_seen()) " events since start" }
     };
     layout(&ctx, "Dashboard", body)
@@ -247,6 +261,12 @@ async fn task(
                 button #revoke type="submit" { "Revoke" }
             }
         }
+        @if !ctx.cfg.read_only && matches!(t.state.as_str(), "FAILURE" | "REVOKED" | "REJECTED") {
+            form.actions method="post" action={ (p) "/task/" (t.uuid) "/retry" } {
+                input type="hidden" name="csrf" value=(csrf.0);
+                button #retry type="submit" { "Retry (same arguments)" }
+            }
+        }
         table.fields {
             (field("Args", t.args.as_deref()))
             (field("Kwargs", t.kwargs.as_deref()))
@@ -292,6 +312,42 @@ async fn revoke(
     let terminate = form.get("terminate").is_some_and(|v| v == "true");
     match do_revoke(&ctx, &actor, &id, terminate, "SIGTERM").await {
         Ok(()) => Redirect::to(&format!("{}/task/{id}?msg=Revoked", ctx.prefix)).into_response(),
+        Err(r) => r,
+    }
+}
+
+async fn retry(
+    State(ctx): State<Ctx>,
+    Extension(actor): Extension<Actor>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let form: HashMap<String, String> = form_urlencoded(&body).into_iter().collect();
+    if !form_csrf_ok(&headers, form.get("csrf").map_or("", String::as_str)) {
+        return forbidden("missing or wrong CSRF token");
+    }
+    match do_retry(&ctx, &actor, &id).await {
+        Ok(new) => Redirect::to(&format!("{}/task/{id}?msg={}", ctx.prefix, url_encode(&format!("Re-sent as {new}"))))
+            .into_response(),
+        Err(r) => r,
+    }
+}
+
+async fn queue_post(
+    State(ctx): State<Ctx>,
+    Extension(actor): Extension<Actor>,
+    Path(queue): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let form: HashMap<String, String> = form_urlencoded(&body).into_iter().collect();
+    if !form_csrf_ok(&headers, form.get("csrf").map_or("", String::as_str)) {
+        return forbidden("missing or wrong CSRF token");
+    }
+    let action = form.get("action").map_or("", String::as_str);
+    match do_queue_action(&ctx, &actor, &queue, action).await {
+        Ok(text) => Redirect::to(&format!("{}/queues?msg={}", ctx.prefix, url_encode(&text))).into_response(),
         Err(r) => r,
     }
 }
@@ -391,13 +447,37 @@ async fn worker_post(
     Redirect::to(&format!("{}/worker/{}?msg={}", ctx.prefix, url_encode(&node), url_encode(&text))).into_response()
 }
 
-async fn queues(State(ctx): State<Ctx>) -> Response {
-    let body = match queue_lengths(&ctx).await {
+async fn queues(State(ctx): State<Ctx>, Extension(csrf): Extension<Csrf>, RawQuery(q): RawQuery) -> Response {
+    let msg: Option<String> =
+        form_urlencoded(q.as_deref().unwrap_or("").as_bytes()).into_iter().find(|(k, _)| k == "msg").map(|(_, v)| v);
+    let p = ctx.prefix.clone();
+    let button = |queue: &str, action: &str, label: &str| {
+        html! {
+            form.actions method="post" action={ (p) "/queue/" (url_encode(queue)) "/action" } {
+                input type="hidden" name="csrf" value=(csrf.0);
+                input type="hidden" name="action" value=(action);
+                button type="submit" { (label) }
+            }
+        }
+    };
+    let body = match queue_table(&ctx).await {
         Ok(qs) => html! {
+            @if let Some(m) = &msg { p.flash { (m) } }
             h1 { "Queues" }
             table.queues {
-                thead { tr { th { "Queue" } th.num { "Messages" } } }
-                tbody { @for (q, n) in &qs { tr { td { (q) } td.num { (n) } } } }
+                thead { tr { th { "Queue" } th.num { "Messages" } th.num { "Dead letters" } @if !ctx.cfg.read_only { th { "Actions" } } } }
+                tbody { @for (q, n, dead) in &qs { tr {
+                    td { (q) }
+                    td.num { (n) }
+                    td.num { @if let Some(d) = dead { (d) } @else { "–" } }
+                    @if !ctx.cfg.read_only { td {
+                        (button(q, "purge", "Purge"))
+                        @if dead.is_some_and(|d| d > 0) {
+                            (button(q, "redrive", "Redrive dead letters"))
+                            (button(q, "purge_dead", "Delete dead letters"))
+                        }
+                    } }
+                } } }
             }
         },
         Err(_) => html! { h1 { "Queues" } p.muted { "The broker did not answer." } },

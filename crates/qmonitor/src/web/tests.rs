@@ -310,6 +310,10 @@ async fn read_only_refuses_every_action() {
         "/api/worker/pool/grow/w1@h",
         "/api/task/rate-limit/tasks.add?workername=w1@h&ratelimit=1/s",
         "/task/a/revoke",
+        "/task/b/retry",
+        "/api/v1/tasks/b/retry",
+        "/api/v1/queues/celery/purge",
+        "/queue/celery/action",
         "/worker/w1@h/action",
     ] {
         let (s, _, _) = send(&r, post(path).body(Body::empty()).unwrap()).await;
@@ -483,4 +487,50 @@ async fn search_finds_substrings_with_any_characters() {
         let found = get_json(&r, &format!("/api/tasks?search={q}")).await;
         assert_eq!(found.as_object().unwrap().keys().collect::<Vec<_>>(), expected, "{q}");
     }
+}
+
+#[tokio::test]
+async fn retry_resends_the_stored_arguments_only() {
+    let (r, app, _) = setup(WebConfig::default()).await;
+    // Nothing stored for b: a repr is not re-sent.
+    let (s, _, b) = send(&r, post("/api/v1/tasks/b/retry").body(Body::empty()).unwrap()).await;
+    assert_eq!(s, StatusCode::CONFLICT, "{b}");
+    assert_eq!(app.broker().queue_len("celery").await.unwrap(), 0);
+    let mut meta = qcore::ResultMeta::new("b", qcore::State::Failure, Value::Null);
+    meta.name = Some("tasks.fail".into());
+    meta.args = Some(serde_json::json!(["boom"]));
+    meta.kwargs = Some(serde_json::json!({}));
+    app.backend().unwrap().store(&meta, None).await.unwrap();
+    let (s, _, b) = send(&r, post("/api/v1/tasks/b/retry").body(Body::empty()).unwrap()).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let v: Value = serde_json::from_str(&b).unwrap();
+    assert_eq!(v["retry-of"], "b");
+    let mut consumer =
+        app.broker().consume(&["celery".to_string()], qcore::broker::ConsumeOptions::new(1)).await.unwrap();
+    let d = consumer.recv().await.unwrap().unwrap();
+    let tm = d.message.decode_task().unwrap();
+    assert_eq!((tm.task.as_str(), tm.args.clone()), ("tasks.fail", vec![Value::from("boom")]));
+    assert_eq!(Some(tm.id.as_str()), v["task-id"].as_str());
+    let (_, page) = get(&r, "/task/b").await;
+    assert!(page.contains("Retry (same arguments)"));
+}
+
+#[tokio::test]
+async fn queues_are_listed_and_purged() {
+    let (r, app, _) = setup(WebConfig::default()).await;
+    for _ in 0..3 {
+        app.send_task("tasks.add", vec![], Default::default(), Default::default()).await.unwrap();
+    }
+    let q = get_json(&r, "/api/v1/queues").await;
+    assert_eq!(q["queues"], serde_json::json!([{ "name": "celery", "messages": 3, "dead_letters": 0 }]));
+    let (_, page) = get(&r, "/").await;
+    assert!(page.contains("celery"), "the dashboard shows the queue");
+    let (s, _, b) = send(&r, post("/api/v1/queues/celery/purge").body(Body::empty()).unwrap()).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert!(b.contains("3 messages purged"), "{b}");
+    assert_eq!(app.broker().queue_len("celery").await.unwrap(), 0);
+    let (s, _, _) = send(&r, post("/api/v1/queues/celery/explode").body(Body::empty()).unwrap()).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, _, _) = send(&r, post("/queue/celery/action").body(Body::from("action=purge")).unwrap()).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "a page form without the CSRF token");
 }
