@@ -201,7 +201,8 @@ async fn monitor_pages_in_a_browser() -> Result<()> {
 
     // The task list shows the tasks with their states.
     c.goto(&format!("{base}/tasks")).await?;
-    let list = b.text("#tasks").await;
+    // (wait_text: a live refresh may swap the table between two reads)
+    let list = b.wait_text("#tasks", |t| t.contains(&rs_ok) && t.contains(&py_ok)).await;
     ensure!(list.contains(&rs_ok) && list.contains(&py_ok) && list.contains("SUCCESS"), "{list}");
     b.screenshot("monitor-tasks").await;
 
@@ -209,8 +210,9 @@ async fn monitor_pages_in_a_browser() -> Result<()> {
     let q = c.find(Locator::Css("input[name=q]")).await?;
     q.send_keys("31337").await?;
     c.find(Locator::Css("form.filters button")).await?.click().await?;
-    let found = b.wait_text("#tasks", |t| t.contains(&py_ok)).await;
-    ensure!(!found.contains(&rs_ok), "only the match: {found}");
+    // (the list before the search shows both: wait for the filtered one)
+    let found = b.wait_text("#tasks", |t| t.contains(&py_ok) && !t.contains(&rs_ok)).await;
+    ensure!(c.current_url().await?.query() == Some("state=&name=&worker=&q=31337"), "{found}");
     b.screenshot("monitor-search").await;
 
     // The list updates live when a new task runs (no reload: a marker set
@@ -232,7 +234,14 @@ async fn monitor_pages_in_a_browser() -> Result<()> {
     let slow = send(&s.app, "tasks.sleep", vec![json!(60)], &s.rs_queue).await;
     wait_state(port, &slow, "STARTED").await;
     c.goto(&format!("{base}/task/{slow}")).await?;
-    c.find(Locator::Css("input[name=terminate]")).await?.click().await?;
+    // Past the refresh a page does when its stream connects.
+    wait_for("the first live refresh", Duration::from_secs(30), || async move {
+        Ok(c.execute("return document.body.getAttribute('data-refreshed')", vec![]).await? != Value::Null)
+    })
+    .await?;
+    let terminate = c.find(Locator::Css("input[name=terminate]")).await?;
+    terminate.click().await?;
+    ensure!(terminate.prop("checked").await?.as_deref() == Some("true"), "the box stays ticked");
     c.find(Locator::Id("revoke")).await?.click().await?;
     let flash = b.wait_text(".flash", |t| !t.is_empty()).await;
     ensure!(flash == "Revoked", "{flash}");
@@ -245,7 +254,8 @@ async fn monitor_pages_in_a_browser() -> Result<()> {
 
     // The worker page answers inspect.
     c.goto(&format!("{base}/worker/{}", s.py_node)).await?;
-    let registered = b.text("main").await;
+    // (asked as the page renders; a late answer shows at the next live refresh)
+    let registered = b.wait_text("main", |t| t.contains("Grow pool") && t.contains("tasks.add")).await;
     ensure!(registered.contains("tasks.add") && registered.contains("Grow pool"), "{registered}");
     b.screenshot("monitor-worker").await;
     b.close().await;

@@ -8,10 +8,17 @@
   var live = document.getElementById("live");
   var pending = null;
   var busy = false;
+  var refreshed = 0;
+  // A form the user has touched is never swapped out from under them.
+  var touched = false;
+  document.addEventListener("change", function (e) {
+    var main = document.getElementById("main");
+    if (main && main.contains(e.target)) touched = true;
+  });
   function editing() {
     var a = document.activeElement;
     var main = document.getElementById("main");
-    return a && main && main.contains(a) && /^(INPUT|SELECT|TEXTAREA)$/.test(a.tagName);
+    return touched || (a && main && main.contains(a) && /^(INPUT|SELECT|TEXTAREA)$/.test(a.tagName));
   }
   function refresh() {
     pending = null;
@@ -24,10 +31,14 @@
         var doc = new DOMParser().parseFromString(text, "text/html");
         var fresh = doc.getElementById("main");
         var main = document.getElementById("main");
-        if (fresh && main) main.innerHTML = fresh.innerHTML;
+        if (fresh && main && !editing()) main.innerHTML = fresh.innerHTML;
       })
       .catch(function () {})
-      .then(function () { busy = false; });
+      .then(function () {
+        busy = false;
+        refreshed += 1;
+        document.body.setAttribute("data-refreshed", String(refreshed));
+      });
   }
   var es = null;
   function connect() {

@@ -435,3 +435,21 @@ pub(crate) fn search_text(t: &Task) -> String {
 fn parse_task(data: String) -> Option<Task> {
     serde_json::from_str(&data).ok()
 }
+
+impl Store {
+    /// Task events per minute since `since` (UNIX seconds), for `types`
+    /// (`task-succeeded`, ...): `(minute start, type, count)`, oldest first.
+    pub async fn rates(&self, since: f64, types: &[&str]) -> Result<Vec<(i64, String, i64)>, StoreError> {
+        let mut q = QueryBuilder::<Sqlite>::new(
+            "SELECT CAST(ts / 60 AS INTEGER) * 60 AS m, type, COUNT(*) FROM qm_events WHERE ts >= ",
+        );
+        q.push_bind(since).push(" AND type IN (");
+        let mut sep = q.separated(", ");
+        for t in types {
+            sep.push_bind(*t);
+        }
+        q.push(") GROUP BY m, type ORDER BY m");
+        let rows = q.build().fetch_all(&self.pool).await?;
+        rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?))).collect()
+    }
+}

@@ -46,6 +46,7 @@ pub(super) fn routes() -> Router<Ctx> {
         .route("/api/v1/workers", get(v1_workers))
         .route("/api/v1/tasks/{id}/retry", post(v1_retry))
         .route("/api/v1/queues", get(v1_queues))
+        .route("/api/v1/rates", get(v1_rates))
         .route("/api/v1/queues/{queue}/{action}", post(v1_queue_action))
 }
 
@@ -691,6 +692,46 @@ async fn v1_queues(State(ctx): State<Ctx>) -> Response {
             let list: Vec<Value> =
                 rows.into_iter().map(|(q, n, d)| json!({ "name": q, "messages": n, "dead_letters": d })).collect();
             Json(json!({ "queues": list })).into_response()
+        }
+        Err(r) => r,
+    }
+}
+
+/// The task event types the rates count.
+pub(crate) const RATE_TYPES: [&str; 3] = ["task-succeeded", "task-failed", "task-retried"];
+
+/// Finished tasks per minute over the last `minutes` (oldest first, every
+/// minute present): `(minute start, [succeeded, failed, retried])`.
+pub(crate) async fn rates(ctx: &Ctx, minutes: u32) -> Result<Vec<(i64, [i64; 3])>, Response> {
+    let now = qcore::time::now_epoch();
+    let first = ((now / 60.0).floor() as i64 - i64::from(minutes) + 1) * 60;
+    let rows = ctx
+        .monitor
+        .store()
+        .rates(first as f64, &RATE_TYPES)
+        .await
+        .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let mut out: Vec<(i64, [i64; 3])> = (0..i64::from(minutes)).map(|i| (first + i * 60, [0; 3])).collect();
+    for (m, ty, n) in rows {
+        let (Some(slot), Some(k)) = (out.iter_mut().find(|(t, _)| *t == m), RATE_TYPES.iter().position(|t| *t == ty))
+        else {
+            continue;
+        };
+        slot.1[k] += n;
+    }
+    Ok(out)
+}
+
+async fn v1_rates(State(ctx): State<Ctx>, RawQuery(q): RawQuery) -> Response {
+    let p = params(q.as_deref(), &HeaderMap::new(), b"");
+    let minutes = p.get("minutes").and_then(|m| m.parse().ok()).unwrap_or(60u32).clamp(1, 24 * 60);
+    match rates(&ctx, minutes).await {
+        Ok(rows) => {
+            let list: Vec<Value> = rows
+                .into_iter()
+                .map(|(t, [s, f, r])| json!({ "minute": t, "succeeded": s, "failed": f, "retried": r }))
+                .collect();
+            Json(json!({ "per_minute": list })).into_response()
         }
         Err(r) => r,
     }

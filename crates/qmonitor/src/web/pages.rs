@@ -17,7 +17,7 @@ use futures_util::stream::Stream;
 use maud::{html, Markup, DOCTYPE};
 use serde_json::Value;
 
-use super::api::{do_queue_action, do_retry, do_revoke, form_urlencoded, queue_table, v1_query, worker_action};
+use super::api::{do_queue_action, do_retry, do_revoke, form_urlencoded, queue_table, rates, v1_query, worker_action};
 use super::{forbidden, form_csrf_ok, Actor, Csrf, Ctx};
 use crate::state::{Task, Worker};
 
@@ -120,6 +120,7 @@ async fn dashboard(State(ctx): State<Ctx>) -> Response {
     let counts = ctx.monitor.store().counts().await.unwrap_or_default();
     let total: i64 = counts.iter().map(|(_, n)| n).sum();
     let queues = queue_table(&ctx).await.unwrap_or_default();
+    let per_minute = rates(&ctx, 60).await.unwrap_or_default();
     let p = ctx.prefix.clone();
     let body = html! {
         h1 { "Dashboard" }
@@ -132,6 +133,8 @@ async fn dashboard(State(ctx): State<Ctx>) -> Response {
         }
         h2 { "Workers" }
         (workers_table(&ctx, &workers))
+        h2 { "Finished tasks per minute, last hour" }
+        (rate_chart(&per_minute))
         @if !queues.is_empty() {
             h2 { "Queues" }
             section.cards {
@@ -146,6 +149,65 @@ async fn dashboard(State(ctx): State<Ctx>) -> Response {
         p.muted { (ctx.monitor.events_seen()) " events since start" }
     };
     layout(&ctx, "Dashboard", body)
+}
+
+/// One bar of the chart: `x`, `y`, width, height (SVG numbers) and colour.
+type Bar = (String, String, String, String, &'static str);
+
+/// Stacked bars (succeeded, failed, retried) per minute, as inline SVG:
+/// drawn on the server, so it shows without JavaScript.
+fn rate_chart(rows: &[(i64, [i64; 3])]) -> Markup {
+    const W: f64 = 900.0;
+    const H: f64 = 110.0;
+    const COLORS: [&str; 3] = ["#38a169", "#e53e3e", "#dd6b20"];
+    let max = rows.iter().map(|(_, c)| c.iter().sum::<i64>()).max().unwrap_or(0).max(1) as f64;
+    let bar = W / rows.len().max(1) as f64;
+    let total: [i64; 3] = rows.iter().fold([0; 3], |mut acc, (_, c)| {
+        for (a, n) in acc.iter_mut().zip(c) {
+            *a += n;
+        }
+        acc
+    });
+    // Per minute: its tooltip and its bars `(x, y, width, height, colour)`.
+    let bars: Vec<(String, Vec<Bar>)> = rows
+        .iter()
+        .enumerate()
+        .map(|(i, (t, counts))| {
+            let when =
+                chrono::DateTime::from_timestamp(*t, 0).map(|d| d.format("%H:%M").to_string()).unwrap_or_default();
+            let tip = format!("{when}: {} succeeded, {} failed, {} retried", counts[0], counts[1], counts[2]);
+            let mut y = H;
+            let mut rects = Vec::new();
+            for (k, n) in counts.iter().enumerate().filter(|(_, n)| **n > 0) {
+                let h = (*n as f64 / max) * (H - 4.0);
+                y -= h;
+                rects.push((
+                    format!("{:.1}", i as f64 * bar + 1.0),
+                    format!("{y:.1}"),
+                    format!("{:.1}", (bar - 2.0).max(1.0)),
+                    format!("{h:.1}"),
+                    COLORS[k],
+                ));
+            }
+            (tip, rects)
+        })
+        .collect();
+    html! {
+        svg.chart viewBox={ "0 0 " (W) " " (H + 2.0) } width="100%" height=(H + 2.0) role="img" aria-label="finished tasks per minute" {
+            line x1="0" y1=(H) x2=(W) y2=(H) stroke="#cbd2dc" {}
+            @for (tip, rects) in &bars {
+                g {
+                    title { (tip) }
+                    @for (x, y, w, h, fill) in rects { rect x=(x) y=(y) width=(w) height=(h) fill=(fill) {} }
+                }
+            }
+        }
+        p.muted.legend {
+            span style="color:#38a169" { "■" } " succeeded " (total[0]) " · "
+            span style="color:#e53e3e" { "■" } " failed " (total[1]) " · "
+            span style="color:#dd6b20" { "■" } " retried " (total[2]) " · peak " (max as i64) "/min"
+        }
+    }
 }
 
 fn task_row(ctx: &Ctx, t: &Task) -> Markup {

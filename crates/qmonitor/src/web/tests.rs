@@ -534,3 +534,15 @@ async fn queues_are_listed_and_purged() {
     let (s, _, _) = send(&r, post("/queue/celery/action").body(Body::from("action=purge")).unwrap()).await;
     assert_eq!(s, StatusCode::FORBIDDEN, "a page form without the CSRF token");
 }
+
+#[tokio::test]
+async fn rates_count_finished_tasks_per_minute() {
+    let (r, _, _) = setup(WebConfig::default()).await;
+    let v = get_json(&r, "/api/v1/rates?minutes=30").await;
+    let rows = v["per_minute"].as_array().unwrap();
+    assert_eq!(rows.len(), 30);
+    let sum = |k: &str| rows.iter().map(|m| m[k].as_i64().unwrap()).sum::<i64>();
+    assert_eq!((sum("succeeded"), sum("failed"), sum("retried")), (1, 1, 0));
+    let (_, page) = get(&r, "/").await;
+    assert!(page.contains("<svg") && page.contains("succeeded 1") && page.contains("failed 1"), "{page}");
+}
