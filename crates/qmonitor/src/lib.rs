@@ -28,7 +28,7 @@ mod web;
 pub use metrics::Metrics;
 pub use monitor::{Monitor, MonitorError, Update};
 pub use state::{Task, Worker};
-pub use store::{Retention, Store, StoreError, TaskQuery};
+pub use store::{Action, Retention, Store, StoreError, TaskQuery};
 pub use web::{router, User, WebConfig};
 
 /// Serve `router` on `listener` until `shutdown` completes.

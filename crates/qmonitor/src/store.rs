@@ -103,6 +103,9 @@ const SCHEMA: &[&str] = &[
     // args, kwargs, result and exception (rowid = the task's seq), so a
     // substring search does not scan every row.
     "CREATE VIRTUAL TABLE IF NOT EXISTS qm_search USING fts5(text, tokenize = 'trigram')",
+    "CREATE TABLE IF NOT EXISTS qm_actions (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, ts REAL NOT NULL, actor TEXT NOT NULL, action TEXT NOT NULL,
+        target TEXT NOT NULL)",
     "CREATE TABLE IF NOT EXISTS qm_malformed (
         id INTEGER PRIMARY KEY AUTOINCREMENT, ts REAL NOT NULL, reason TEXT NOT NULL, body BLOB NOT NULL)",
 ];
@@ -451,5 +454,45 @@ impl Store {
         q.push(") GROUP BY m, type ORDER BY m");
         let rows = q.build().fetch_all(&self.pool).await?;
         rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?))).collect()
+    }
+}
+
+/// One action taken through the monitor.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Action {
+    /// When (UNIX seconds).
+    pub ts: f64,
+    /// Who: a basic-auth user, `token`, or `anonymous`.
+    pub actor: String,
+    /// What: `revoke`, `retry`, `send-task`, `shutdown`, `purge`, ...
+    pub action: String,
+    /// On what: a task id, a worker, a queue, with the details.
+    pub target: String,
+}
+
+impl Store {
+    /// Record an action (the audit trail).
+    pub async fn record(&self, actor: &str, action: &str, target: &str) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO qm_actions (ts, actor, action, target) VALUES (?, ?, ?, ?)")
+            .bind(qcore::time::now_epoch())
+            .bind(actor)
+            .bind(action)
+            .bind(target)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// The latest actions, newest first.
+    pub async fn actions(&self, limit: u32) -> Result<Vec<Action>, StoreError> {
+        let rows = sqlx::query("SELECT ts, actor, action, target FROM qm_actions ORDER BY id DESC LIMIT ?")
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(Action { ts: r.try_get(0)?, actor: r.try_get(1)?, action: r.try_get(2)?, target: r.try_get(3)? })
+            })
+            .collect()
     }
 }

@@ -47,7 +47,23 @@ pub(super) fn routes() -> Router<Ctx> {
         .route("/api/v1/tasks/{id}/retry", post(v1_retry))
         .route("/api/v1/queues", get(v1_queues))
         .route("/api/v1/rates", get(v1_rates))
+        .route("/api/v1/actions", get(v1_actions))
         .route("/api/v1/queues/{queue}/{action}", post(v1_queue_action))
+}
+
+/// Log an action with who did it, and keep it in the audit trail.
+pub(crate) async fn audit(ctx: &Ctx, actor: &Actor, action: &str, target: &str) {
+    tracing::info!(actor = %actor.0, action, target, "action");
+    if let Err(e) = ctx.monitor.store().record(&actor.0, action, target).await {
+        tracing::error!(error = %e, "cannot record an action");
+    }
+}
+
+async fn v1_actions(State(ctx): State<Ctx>) -> Response {
+    match ctx.monitor.store().actions(100).await {
+        Ok(a) => Json(json!({ "actions": a })).into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
 }
 
 pub(crate) fn error(status: StatusCode, text: impl Into<String>) -> Response {
@@ -162,7 +178,7 @@ async fn control(
         return Err(error(StatusCode::NOT_FOUND, format!("Unknown worker '{node}'")));
     }
     let client = control_client(ctx)?;
-    tracing::info!(actor = %actor.0, worker = node, command = %request.method, "worker control");
+    audit(ctx, actor, &request.method, &format!("{node} {}", Value::Object(request.arguments.clone()))).await;
     let request = request.to([node]);
     if reply {
         match client.call(request, ctx.cfg.inspect_timeout, Some(1)).await {
@@ -445,7 +461,7 @@ async fn send_task(
     }
     match app.send_task(&name, args, kwargs, send).await {
         Ok(res) => {
-            tracing::info!(actor = %actor.0, task = %name, id = res.id(), "task sent");
+            audit(&ctx, &actor, "send-task", &format!("{name} as {}", res.id())).await;
             let mut m = Map::new();
             m.insert("task-id".into(), Value::String(res.id().to_string()));
             if app.backend().is_some() {
@@ -467,7 +483,8 @@ pub(crate) async fn do_revoke(
     signal: &str,
 ) -> Result<(), Response> {
     let app = app(ctx)?;
-    tracing::info!(actor = %actor.0, task = id, terminate, signal, "revoke");
+    let what = if terminate { format!("{id} (terminate, {signal})") } else { id.to_string() };
+    audit(ctx, actor, "revoke", &what).await;
     let result = if signal.eq_ignore_ascii_case("SIGTERM") || !terminate {
         app.revoke(id, terminate).await
     } else {
@@ -630,7 +647,7 @@ pub(crate) async fn do_retry(ctx: &Ctx, actor: &Actor, id: &str) -> Result<Strin
         .send_task(&name, args, kwargs, opts)
         .await
         .map_err(|e| error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
-    tracing::info!(actor = %actor.0, task = id, new = sent.id(), "retry");
+    audit(ctx, actor, "retry", &format!("{id} as {}", sent.id())).await;
     Ok(sent.id().to_string())
 }
 
@@ -656,7 +673,7 @@ pub(crate) async fn do_queue_action(ctx: &Ctx, actor: &Actor, queue: &str, actio
         "purge_dead" => format!("{} dead letters deleted", dead()?.purge(queue).await.map_err(failed)?),
         _ => return Err(error(StatusCode::NOT_FOUND, "unknown action")),
     };
-    tracing::info!(actor = %actor.0, queue, action, result = %text, "queue action");
+    audit(ctx, actor, action, &format!("{queue}: {text}")).await;
     Ok(text)
 }
 

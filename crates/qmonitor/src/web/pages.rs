@@ -121,6 +121,7 @@ async fn dashboard(State(ctx): State<Ctx>) -> Response {
     let total: i64 = counts.iter().map(|(_, n)| n).sum();
     let queues = queue_table(&ctx).await.unwrap_or_default();
     let per_minute = rates(&ctx, 60).await.unwrap_or_default();
+    let actions = ctx.monitor.store().actions(10).await.unwrap_or_default();
     let p = ctx.prefix.clone();
     let body = html! {
         h1 { "Dashboard" }
@@ -144,6 +145,13 @@ async fn dashboard(State(ctx): State<Ctx>) -> Response {
                         div { (q) @if let Some(d) = dead.filter(|d| *d > 0) { " · " (d) " dead" } }
                     }
                 }
+            }
+        }
+        @if !actions.is_empty() {
+            h2 { "Recent actions" }
+            table.actions {
+                thead { tr { th { "When" } th { "Who" } th { "Action" } th { "On" } } }
+                tbody { @for a in &actions { tr { td { (fmt_time(Some(a.ts))) } td { (a.actor) } td { (a.action) } td.mono { (a.target) } } } }
             }
         }
         p.muted { (ctx.monitor.events_seen()) " events since start" }

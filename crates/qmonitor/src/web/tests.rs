@@ -209,6 +209,13 @@ async fn revoke_reaches_the_workers() {
     assert_eq!(req.arguments["task_id"], "c");
     assert_eq!(req.arguments["terminate"], true);
     assert_eq!(req.arguments["signal"], "SIGKILL");
+    // Kept in the audit trail, with who did it, and shown on the dashboard.
+    let actions = get_json(&r, "/api/v1/actions").await;
+    assert_eq!(actions["actions"][0]["actor"], "anonymous");
+    assert_eq!(actions["actions"][0]["action"], "revoke");
+    assert_eq!(actions["actions"][0]["target"], "c (terminate, SIGKILL)");
+    let (_, page) = get(&r, "/").await;
+    assert!(page.contains("Recent actions") && page.contains("c (terminate, SIGKILL)"));
 }
 
 #[tokio::test]
@@ -368,6 +375,13 @@ async fn cross_site_posts_are_refused() {
         .unwrap();
     let (s, h, _) = send(&r, ok).await;
     assert_eq!(s, StatusCode::SEE_OTHER);
+    let who = Request::get("/api/v1/actions")
+        .header(header::AUTHORIZATION, basic("bob", "hunter22"))
+        .body(Body::empty())
+        .unwrap();
+    let (_, _, actions) = send(&r, who).await;
+    let actions: Value = serde_json::from_str(&actions).unwrap();
+    assert_eq!(actions["actions"][0]["actor"], "alice", "who revoked c");
     assert_eq!(h.get(header::LOCATION).unwrap(), "/task/c?msg=Revoked");
 }
 
