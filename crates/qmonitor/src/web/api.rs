@@ -289,6 +289,9 @@ worker_route!(autoscale, "autoscale");
 worker_route!(add_consumer, "add_consumer");
 worker_route!(cancel_consumer, "cancel_consumer");
 
+/// Flower's default `max_tasks`.
+const FLOWER_MAX_TASKS: u64 = 100_000;
+
 fn parse_time(s: &str) -> Option<f64> {
     NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M").ok().map(|t| t.and_utc().timestamp() as f64)
 }
@@ -306,7 +309,9 @@ async fn tasks(State(ctx): State<Ctx>, RawQuery(q): RawQuery) -> Response {
         search: p.get("search").filter(|s| !s.is_empty()).cloned(),
         sort_by: p.get("sort_by").filter(|s| !s.is_empty()).cloned(),
         offset: p.get("offset").and_then(|o| o.parse().ok()).unwrap_or(0),
-        limit: p.get("limit").and_then(|l| l.parse().ok()).unwrap_or(u64::MAX >> 1),
+        // Flower answers from at most `max_tasks` (100,000) tasks in memory:
+        // without a limit, the newest 100,000.
+        limit: p.get("limit").and_then(|l| l.parse().ok()).unwrap_or(FLOWER_MAX_TASKS),
         ..TaskQuery::default()
     };
     for (key, slot) in [("received_start", &mut query.received_start), ("received_end", &mut query.received_end)] {
