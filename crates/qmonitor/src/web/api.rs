@@ -262,6 +262,14 @@ pub(crate) async fn worker_action(
                 Err(r) => r,
             }
         }
+        "rate_limit" | "time_limit" => {
+            let Some(task) = p.get("task").filter(|t| !t.is_empty()) else {
+                return error(StatusCode::BAD_REQUEST, "task is required");
+            };
+            let mut q = p.clone();
+            q.insert("workername".into(), node.to_string());
+            task_limit(ctx, actor, task, &q, action == "rate_limit").await
+        }
         _ => error(StatusCode::NOT_FOUND, "unknown action"),
     }
 }

@@ -480,6 +480,15 @@ async fn worker(
             (form("pool_shrink", "Shrink pool", html! { input type="number" name="n" value="1" min="1"; }))
             (form("add_consumer", "Add consumer", html! { input type="text" name="queue" placeholder="queue"; }))
             (form("cancel_consumer", "Cancel consumer", html! { input type="text" name="queue" placeholder="queue"; }))
+            (form("rate_limit", "Set rate limit", html! {
+                input type="text" name="task" placeholder="task name";
+                input type="text" name="ratelimit" placeholder="10/m";
+            }))
+            (form("time_limit", "Set time limits", html! {
+                input type="text" name="task" placeholder="task name";
+                input type="number" name="soft" placeholder="soft s" min="0";
+                input type="number" name="hard" placeholder="hard s" min="0";
+            }))
             (form("shutdown", "Shut down", html! {}))
         }
     }

@@ -560,3 +560,31 @@ async fn rates_count_finished_tasks_per_minute() {
     let (_, page) = get(&r, "/").await;
     assert!(page.contains("<svg") && page.contains("succeeded 1") && page.contains("failed 1"), "{page}");
 }
+
+#[tokio::test]
+async fn limits_from_the_worker_page_reach_the_worker() {
+    let (r, app, _) = setup(WebConfig { inspect_timeout: Duration::from_millis(50), ..WebConfig::default() }).await;
+    let page = Request::get("/worker/w1@h").body(Body::empty()).unwrap();
+    let (_, h, body) = send(&r, page).await;
+    assert!(body.contains("Set rate limit") && body.contains("Set time limits"));
+    let token =
+        h[header::SET_COOKIE].to_str().unwrap().trim_start_matches("qm_csrf=").split(';').next().unwrap().to_string();
+    let mut pidbox = app.broker().subscribe(qcore::control::PIDBOX_EXCHANGE, "#").await.unwrap();
+    let form = format!("csrf={token}&action=rate_limit&task=tasks.add&ratelimit=10%2Fm");
+    let req = post("/worker/w1@h/action")
+        .header(header::COOKIE, format!("qm_csrf={token}"))
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .body(Body::from(form))
+        .unwrap();
+    let (s, h, _) = send(&r, req).await;
+    assert_eq!(s, StatusCode::SEE_OTHER);
+    assert!(h[header::LOCATION].to_str().unwrap().contains("did%20not%20answer"), "no worker here to answer");
+    let (_, msg) = pidbox.recv().await.unwrap().unwrap();
+    let req = qcore::control::ControlRequest::from_message(&msg).unwrap();
+    assert_eq!(req.method, "rate_limit");
+    assert_eq!(
+        (req.arguments["task_name"].as_str(), req.arguments["rate_limit"].as_str()),
+        (Some("tasks.add"), Some("10/m"))
+    );
+    assert_eq!(req.destination, Some(vec!["w1@h".to_string()]));
+}
