@@ -22,7 +22,7 @@ pub(crate) const STEPS: &[(&str, Step)] = &[
 ];
 
 /// The adapter and component features of the facade, each checked alone.
-const FEATURES: &[&str] = &["memory", "sqlite", "postgres", "redis", "amqp", "worker", "beat", "macros"];
+const FEATURES: &[&str] = &["memory", "sqlite", "postgres", "redis", "amqp", "worker", "beat", "monitor", "macros"];
 
 fn cargo(root: &Path) -> Command {
     let mut cmd = Command::new(env!("CARGO"));

@@ -96,8 +96,9 @@ const QCORE_DEPS: &[&str] = &[
 /// Server clients and HTTP stacks: the I/O of the adapters and the facade.
 const SERVER_IO: &[&str] = &["sqlx*", "redis*", "deadpool*", "lapin", "reqwest", "hyper*", "axum*", "tower*"];
 
-/// The same without axum and tower (qmonitor serves its web UI with them).
-const SERVER_IO_BUT_WEB: &[&str] = &["sqlx*", "redis*", "deadpool*", "lapin", "reqwest", "hyper*"];
+/// The same without axum and tower (qmonitor serves its web UI with them)
+/// and without sqlx (its own history store, not a broker or a backend).
+const SERVER_IO_BUT_WEB_AND_STORE: &[&str] = &["redis*", "deadpool*", "lapin", "reqwest", "hyper*"];
 
 const CORE: Allow = Only(&["qcore"]);
 const NONE: Allow = Only(&[]);
@@ -119,7 +120,13 @@ const RULES: &[Rule] = &[
     rule("qsql", CORE, Any, Any, ADAPTER),
     rule("qtask", Any, Any, Any, "the facade sees everything"),
     rule("qbeat", CORE, AnyBut(SERVER_IO), Any, "qbeat sends through the App and knows no adapter"),
-    rule("qmonitor", CORE, AnyBut(SERVER_IO_BUT_WEB), Any, "qmonitor knows no adapter (axum/tower serve its UI)"),
+    rule(
+        "qmonitor",
+        CORE,
+        AnyBut(SERVER_IO_BUT_WEB_AND_STORE),
+        Any,
+        "qmonitor knows no adapter (axum/tower serve its UI; sqlx holds its own history, never a broker's or backend's tables)",
+    ),
 ];
 
 /// Project crates every crate's tests may use.

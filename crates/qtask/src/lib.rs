@@ -65,6 +65,8 @@ pub use qcore::*;
 pub use qmacros::task;
 #[cfg(feature = "memory")]
 pub use qmemory;
+#[cfg(feature = "monitor")]
+pub use qmonitor as monitor;
 #[cfg(feature = "redis")]
 pub use qredis;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]

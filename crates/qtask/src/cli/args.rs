@@ -71,6 +71,9 @@ pub enum Command {
     Control(ControlArgs),
     /// Watch the events workers send (--dump: one JSON object per line).
     Events(EventsArgs),
+    /// Serve the web monitor (Flower's API and pages, with stored history).
+    #[cfg(feature = "monitor")]
+    Monitor(MonitorArgs),
 }
 
 /// How much a worker logs (Celery's `-l` names, any case).
@@ -344,4 +347,43 @@ fn autoscale(s: &str) -> Result<(usize, usize), String> {
         return Err(format!("MAX must be at least 1 and MIN at most MAX, got {s:?}"));
     }
     Ok((max, min))
+}
+
+/// `monitor`: the web monitor's options (Flower's, spelled with dashes).
+#[cfg(feature = "monitor")]
+#[derive(Debug, Clone, clap::Args)]
+pub struct MonitorArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1", value_name = "A")]
+    pub address: std::net::IpAddr,
+    /// Port to listen on.
+    #[arg(long, default_value_t = 5555, value_name = "P")]
+    pub port: u16,
+    /// A user allowed in, `user:pass` (repeat the flag, or separate users with commas).
+    #[arg(long = "basic-auth", value_name = "U:P")]
+    pub basic_auth: Vec<String>,
+    /// A bearer token accepted by the API (repeatable); the QMONITOR_API_TOKEN variable adds one.
+    #[arg(long = "api-token", value_name = "TOKEN")]
+    pub api_token: Vec<String>,
+    /// The history: a SQLite file (`path` or `sqlite://path`).
+    #[arg(long, default_value = "qtask-monitor.db", value_name = "URL")]
+    pub db: String,
+    /// Serve under this path (behind a reverse proxy), e.g. `/monitor`.
+    #[arg(long = "url-prefix", default_value = "", value_name = "P")]
+    pub url_prefix: String,
+    /// Refuse every action (revoke, send, worker control).
+    #[arg(long = "read-only")]
+    pub read_only: bool,
+    /// Allow serving without auth on an address other than loopback.
+    #[arg(long = "unsafe-no-auth")]
+    pub unsafe_no_auth: bool,
+    /// Keep at most this many tasks (the oldest go first).
+    #[arg(long = "max-tasks", value_name = "N")]
+    pub max_tasks: Option<u64>,
+    /// Forget tasks whose last event is older than SECS.
+    #[arg(long = "max-age", value_parser = seconds, value_name = "SECS")]
+    pub max_age: Option<Duration>,
+    /// How long to wait for workers' answers to inspect.
+    #[arg(long = "inspect-timeout", default_value = "1.0", value_parser = seconds, value_name = "SECS")]
+    pub inspect_timeout: Duration,
 }

@@ -54,10 +54,14 @@ mod client;
 mod events;
 #[cfg(feature = "worker")]
 mod metrics;
+#[cfg(feature = "monitor")]
+mod monitor;
 mod remote;
 #[cfg(feature = "worker")]
 mod worker;
 
+#[cfg(feature = "monitor")]
+pub use args::MonitorArgs;
 pub use args::{
     Args, BeatArgs, CallArgs, Command, EventsArgs, Global, LogFormat, LogLevel, Pool, PurgeArgs, ResultArgs, WorkerArgs,
 };
@@ -272,6 +276,8 @@ impl Cli {
             Command::Inspect(i) => remote::inspect(&self.app(cfg).await?, i).await,
             Command::Control(c) => remote::control(&self.app(cfg).await?, c).await,
             Command::Events(e) => events::run(&self.app(cfg).await?, e).await,
+            #[cfg(feature = "monitor")]
+            Command::Monitor(m) => monitor::run(self.app(cfg).await?, m).await,
         }
     }
 }
@@ -364,6 +370,8 @@ fn init_logging(args: &Args) {
         (Command::Beat(BeatArgs { loglevel: Some(l), .. }), _) => l.filter().to_string(),
         (_, Ok(f)) if !f.is_empty() => f,
         (Command::Worker(_) | Command::Beat(_), _) => "info".to_string(),
+        #[cfg(feature = "monitor")]
+        (Command::Monitor(_), _) => "info".to_string(),
         _ => "warn".to_string(),
     };
     let filter = tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|_| "info".into());

@@ -251,3 +251,42 @@ fn metrics_addr_taken_is_an_error() {
     assert_eq!(code, std::process::ExitCode::from(2));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[cfg(feature = "monitor")]
+#[test]
+fn monitor_flags() {
+    let a = parse(
+        &Cli::new("qtask"),
+        &[
+            "monitor",
+            "--broker",
+            "redis://h",
+            "--backend",
+            "redis://h/1",
+            "--address",
+            "0.0.0.0",
+            "--port",
+            "6000",
+            "--basic-auth",
+            "a:b,c:d",
+            "--basic-auth",
+            "e:f",
+            "--db",
+            "/tmp/h.db",
+            "--url-prefix",
+            "/mon",
+            "--read-only",
+        ],
+    )
+    .unwrap();
+    assert_eq!(a.global.broker.as_deref(), Some("redis://h"));
+    assert_eq!(a.global.backend.as_deref(), Some("redis://h/1"));
+    let Command::Monitor(m) = a.command else { panic!("not monitor") };
+    assert_eq!((m.address.to_string().as_str(), m.port), ("0.0.0.0", 6000));
+    assert_eq!(m.basic_auth, ["a:b,c:d", "e:f"]);
+    assert_eq!((m.db.as_str(), m.url_prefix.as_str(), m.read_only), ("/tmp/h.db", "/mon", true));
+    let d = parse(&Cli::new("qtask"), &["monitor"]).unwrap();
+    let Command::Monitor(d) = d.command else { panic!("not monitor") };
+    assert_eq!((d.address.to_string().as_str(), d.port, d.db.as_str()), ("127.0.0.1", 5555, "qtask-monitor.db"));
+    assert!(!d.read_only && !d.unsafe_no_auth && d.basic_auth.is_empty());
+}
