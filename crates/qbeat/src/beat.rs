@@ -557,5 +557,7 @@ pub async fn send_entry(app: &App, entry: &Entry) -> Result<String, Error> {
         None => {}
     }
     let result = app.send_task(&entry.task, entry.args.clone(), entry.kwargs.clone(), opts).await?;
+    // A run counts as sent once the broker holds it (RabbitMQ pipelines confirms).
+    app.flush().await?;
     Ok(result.id().to_string())
 }
