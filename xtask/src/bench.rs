@@ -612,7 +612,11 @@ pub(crate) fn amqp(root: &Path, python: &Path, args: &[String]) -> Result<()> {
         b.cleanup();
         server.stop()?;
         let out = out?;
-        println!("RabbitMQ producer benchmark: {}; N = {n}, round trips = {calls}", machine());
+        println!(
+            "RabbitMQ producer benchmark: {}, RabbitMQ {}; N = {n}, round trips = {calls}",
+            machine(),
+            rabbit_version()
+        );
         println!("command: cargo xtask bench amqp --producer --n {n} --calls {calls} --runs {runs}");
         println!(
             "raw sequential ceiling: one persistent publish awaiting its confirm (lapin); qtask publishes with \
@@ -651,12 +655,7 @@ pub(crate) fn amqp(root: &Path, python: &Path, args: &[String]) -> Result<()> {
     b.cleanup();
     server.stop()?;
     let out = out?;
-    let rabbit = Command::new("rabbitmqctl")
-        .args(["-q", "version"])
-        .output()
-        .ok()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_default();
+    let rabbit = rabbit_version();
 
     println!("RabbitMQ benchmark: {}, RabbitMQ {rabbit}; N = {n}, round trips = {calls}", machine());
     println!("command: cargo xtask bench amqp --n {n} --calls {calls} --runs {runs}");
@@ -763,6 +762,16 @@ fn print_producer(out: &[Vec<(f64, f64)>]) {
 pub(crate) fn release_bin(root: &Path, name: &str) -> std::path::PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), |d| root.join(d));
     target.join("release").join(name)
+}
+
+/// `rabbitmqctl version` (empty when it cannot be run).
+fn rabbit_version() -> String {
+    Command::new("rabbitmqctl")
+        .args(["-q", "version"])
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
 }
 
 fn median(mut v: Vec<f64>) -> f64 {

@@ -92,11 +92,12 @@ impl Broker for AmqpBroker {
 
     async fn publish_many(&self, items: &[(String, Message)]) -> Result<(), BrokerError> {
         if self.core.opts.confirm_publish == ConfirmPublish::Pipelined {
+            let mut batch = Vec::with_capacity(items.len());
             for (queue, message) in items {
                 let (exchange, key) = self.core.task_route(queue);
-                self.core.publish_pipelined(exchange, key, message.body.clone(), props::encode(message)?).await?;
+                batch.push((exchange, key, message.body.clone(), props::encode(message)?));
             }
-            return Ok(());
+            return self.core.publish_pipelined_many(batch).await;
         }
         let makers: Vec<_> = items.iter().map(|(_, m)| Self::props_for(m)).collect();
         let batch: Vec<(String, String, &[u8], MakeProps<'_>)> = items

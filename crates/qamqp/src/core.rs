@@ -358,6 +358,61 @@ impl Core {
         }
     }
 
+    /// [`publish_pipelined`](Self::publish_pipelined) for a batch: the
+    /// frames of up to 256 messages at a time are queued together on the
+    /// channel (one wake of the connection's writer instead of one per
+    /// message), in order. A message whose write fails is written again on
+    /// its own; if that fails too, the error is returned and the messages
+    /// after it are not sent.
+    pub(crate) async fn publish_pipelined_many(
+        &self,
+        items: Vec<(&str, &str, Vec<u8>, BasicProperties)>,
+    ) -> Result<(), BrokerError> {
+        let mut checked = Vec::with_capacity(items.len());
+        for (exchange, routing_key, body, props) in items {
+            checked.push((short(exchange, "exchange name")?, short(routing_key, "routing key")?, body, props));
+        }
+        let chunk = self.opts.max_unconfirmed.clamp(1, 256);
+        let mut rest = checked.into_iter().peekable();
+        while rest.peek().is_some() {
+            let mut batch = Vec::with_capacity(chunk);
+            for item in rest.by_ref().take(chunk) {
+                batch.push((self.unconfirmed.register().await?, item));
+            }
+            let written = match self.cached_channel(&self.pub_channel, true).await {
+                Ok(ch) => {
+                    let writes = batch.iter().map(|(_, (exchange, routing_key, body, props))| {
+                        let opts = BasicPublishOptions::default();
+                        ch.basic_publish(exchange.clone(), routing_key.clone(), opts, body, props.clone())
+                    });
+                    futures_util::future::join_all(writes).await.into_iter().map(Result::ok).collect()
+                }
+                Err(_) => Vec::new(),
+            };
+            let mut written = written.into_iter();
+            let mut batch = batch.into_iter();
+            while let Some((seq, (exchange, routing_key, body, props))) = batch.next() {
+                let confirm = match written.next().flatten() {
+                    Some(confirm) => confirm,
+                    None => match self.write(&exchange, &routing_key, &body, &props).await {
+                        Ok(confirm) => confirm,
+                        Err(e) => {
+                            // Never written: the caller has the error.
+                            self.unconfirmed.settle(seq, None);
+                            for (seq, _) in batch {
+                                self.unconfirmed.settle(seq, None);
+                            }
+                            return Err(e);
+                        }
+                    },
+                };
+                let deadline = tokio::time::Instant::now() + self.opts.confirm_timeout;
+                self.track(Pending { seq, sends: 1, exchange, routing_key, body, props, confirm, deadline });
+            }
+        }
+        Ok(())
+    }
+
     /// Hand a written message to the confirm tracker, starting it if needed.
     fn track(&self, pending: Pending) {
         let mut slot = self.tracker.lock().unwrap_or_else(|p| p.into_inner());
