@@ -8,6 +8,12 @@
 //!   (`--backend` omitted / Celery `task_ignore_result`);
 //! * round trip: M sequential `delay().get()`, p50 and p99.
 //!
+//! `--producer` (both brokers, with `--runs K`) measures only the producer:
+//! sequential enqueue against Celery's loop and the raw sequential ceiling
+//! (one LPUSH per round trip; one publish awaiting its confirm), on RabbitMQ
+//! also with `confirm_publish = each`, 10,000 `delay` futures in flight,
+//! `App::send_many` and a group of 1,000, and the round trips.
+//!
 //! qtask runs the release `interop-worker --concurrency 2` (prefetch
 //! multiplier 4; the end-to-end rows also at `--concurrency 16`: its tasks
 //! are async, so slots are cheap, like a gevent pool's) and `qtask-bench`;
@@ -140,7 +146,7 @@ struct Bench<'a> {
 
 impl Bench<'_> {
     fn bin(&self, name: &str) -> Command {
-        Command::new(self.root.join("target/release").join(name))
+        Command::new(release_bin(self.root, name))
     }
 
     fn flush(&self) -> Result<()> {
@@ -209,6 +215,16 @@ impl Bench<'_> {
         let c = get(&output_json(self.py("bench_enqueue", false).args(["bench.py", "enqueue", &n]))?, "rate")?;
         self.flush()?;
         Ok((q, c))
+    }
+
+    /// One producer measure of `qtask-bench` (`command`, N tasks), then FLUSHALL.
+    fn produce(&self, command: &str, n: usize, extra: &[&str]) -> Result<f64> {
+        let n = n.to_string();
+        let mut args = vec![command, "--queue", "bench_produce", "--n", &n];
+        args.extend_from_slice(extra);
+        let rate = get(&self.qtask_bench(&args)?, "rate")?;
+        self.flush()?;
+        Ok(rate)
     }
 
     /// Drain rate of a qtask worker with `concurrency` slots, or (None) of Celery.
@@ -281,13 +297,22 @@ fn machine() -> String {
 pub(crate) fn redis(root: &Path, python: &Path, args: &[String]) -> Result<()> {
     let mut n = 5000;
     let mut calls = 500;
+    let mut runs = 1usize;
+    let mut producer = false;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
             "--n" => n = it.next().ok_or_else(|| anyhow!("--n needs a value"))?.parse()?,
             "--calls" => calls = it.next().ok_or_else(|| anyhow!("--calls needs a value"))?.parse()?,
-            other => bail!("unknown option {other} (usage: cargo xtask bench redis [--n N] [--calls M])"),
+            "--runs" => runs = it.next().ok_or_else(|| anyhow!("--runs needs a value"))?.parse()?,
+            "--producer" => producer = true,
+            other => bail!(
+                "unknown option {other} (usage: cargo xtask bench redis [--n N] [--calls M] [--runs K] [--producer])"
+            ),
         }
+    }
+    if runs == 0 {
+        bail!("--runs must be at least 1");
     }
     crate::run(Command::new(env!("CARGO")).current_dir(root).args([
         "build",
@@ -303,6 +328,28 @@ pub(crate) fn redis(root: &Path, python: &Path, args: &[String]) -> Result<()> {
     let mut server = Proc::spawn("redis-server", cmd)?;
     server.wait_log("Ready to accept connections")?;
     let b = Bench { root, python, url: format!("redis://127.0.0.1:{port}/0"), port, n, calls };
+
+    if producer {
+        let run = |k: usize| {
+            eprintln!("xtask: bench redis --producer: run {k} of {runs}");
+            let celery = || {
+                let n = n.to_string();
+                let c = get(&output_json(b.py("bench_enqueue", false).args(["bench.py", "enqueue", &n]))?, "rate")?;
+                b.flush()?;
+                Ok(c)
+            };
+            producer_run(n, false, &|c, n, x| b.produce(c, n, x), &celery, &|celery| b.roundtrip(celery))
+        };
+        let out = (1..=runs).map(run).collect::<Result<Vec<_>>>();
+        server.stop()?;
+        let out = out?;
+        println!("Redis producer benchmark: {}; N = {n}, round trips = {calls}", machine());
+        println!("command: cargo xtask bench redis --producer --n {n} --calls {calls} --runs {runs}");
+        println!("raw sequential ceiling: one LPUSH per round trip on a plain socket; figures: medians of {runs} runs");
+        println!();
+        print_producer(&out);
+        return Ok(());
+    }
 
     eprintln!("xtask: bench: enqueue ({n} tasks)");
     let (enq_q, enq_c) = b.enqueue()?;
@@ -378,7 +425,7 @@ impl AmqpBench<'_> {
     }
 
     fn qtask_bench(&self, args: &[&str]) -> Result<serde_json_lite::Obj> {
-        let mut cmd = Command::new(self.root.join("target/release/qtask-bench"));
+        let mut cmd = Command::new(release_bin(self.root, "qtask-bench"));
         cmd.args(args).args(["--broker", &self.amqp, "--backend", &self.redis]);
         output_json(&mut cmd)
     }
@@ -399,7 +446,7 @@ impl AmqpBench<'_> {
     }
 
     fn qtask_worker(&self, queue: &str, backend: bool, concurrency: usize) -> Result<Proc> {
-        let mut cmd = Command::new(self.root.join("target/release/interop-worker"));
+        let mut cmd = Command::new(release_bin(self.root, "interop-worker"));
         let c = concurrency.to_string();
         cmd.args(["--broker", &self.amqp, "--queues", queue, "--concurrency", &c, "--prefetch-multiplier", "4"]);
         // A current-thread runtime: the delivery, the task and its ack never
@@ -429,6 +476,14 @@ impl AmqpBench<'_> {
         Ok(p)
     }
 
+    /// One producer measure of `qtask-bench` (`command`, N tasks) on a fresh queue.
+    fn produce(&self, command: &str, n: usize, extra: &[&str]) -> Result<f64> {
+        let (n, queue) = (n.to_string(), self.queue("produce"));
+        let mut args = vec![command, "--queue", &queue, "--n", &n];
+        args.extend_from_slice(extra);
+        get(&self.qtask_bench(&args)?, "rate")
+    }
+
     fn enqueue(&self) -> Result<(f64, f64)> {
         let n = self.n.to_string();
         let q = get(&self.qtask_bench(&["enqueue", "--queue", &self.queue("enqueue"), "--n", &n])?, "rate")?;
@@ -447,7 +502,7 @@ impl AmqpBench<'_> {
         }
         // The waiter runs beside the worker's start-up: it times from the
         // first message taken, so start-up is not counted.
-        let mut waiter = Command::new(self.root.join("target/release/qtask-bench"));
+        let mut waiter = Command::new(release_bin(self.root, "qtask-bench"));
         waiter.args(&args).args(["--broker", &self.amqp, "--backend", &self.redis]);
         let waiting = std::thread::spawn(move || output_json(&mut waiter));
         let worker = match qtask_concurrency {
@@ -504,13 +559,17 @@ pub(crate) fn amqp(root: &Path, python: &Path, args: &[String]) -> Result<()> {
     let mut n = 5000;
     let mut calls = 500;
     let mut runs = 1usize;
+    let mut producer = false;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
             "--n" => n = it.next().ok_or_else(|| anyhow!("--n needs a value"))?.parse()?,
             "--calls" => calls = it.next().ok_or_else(|| anyhow!("--calls needs a value"))?.parse()?,
             "--runs" => runs = it.next().ok_or_else(|| anyhow!("--runs needs a value"))?.parse()?,
-            other => bail!("unknown option {other} (usage: cargo xtask bench amqp [--n N] [--calls M] [--runs K])"),
+            "--producer" => producer = true,
+            other => bail!(
+                "unknown option {other} (usage: cargo xtask bench amqp [--n N] [--calls M] [--runs K] [--producer])"
+            ),
         }
     }
     if runs == 0 {
@@ -540,6 +599,34 @@ pub(crate) fn amqp(root: &Path, python: &Path, args: &[String]) -> Result<()> {
         calls,
         queues: Mutex::new(Vec::new()),
     };
+    if producer {
+        let run = |k: usize| {
+            eprintln!("xtask: bench amqp --producer: run {k} of {runs}");
+            let celery = || {
+                let n = n.to_string();
+                get(&output_json(b.py(&b.queue("enqueue"), false).args(["bench.py", "enqueue", &n]))?, "rate")
+            };
+            producer_run(n, true, &|c, n, x| b.produce(c, n, x), &celery, &|celery| b.roundtrip(celery))
+        };
+        let out = (1..=runs).map(run).collect::<Result<Vec<_>>>();
+        b.cleanup();
+        server.stop()?;
+        let out = out?;
+        println!(
+            "RabbitMQ producer benchmark: {}, RabbitMQ {}; N = {n}, round trips = {calls}",
+            machine(),
+            rabbit_version()
+        );
+        println!("command: cargo xtask bench amqp --producer --n {n} --calls {calls} --runs {runs}");
+        println!(
+            "raw sequential ceiling: one persistent publish awaiting its confirm (lapin); qtask publishes with \
+             pipelined confirms and every rate includes the final flush; Celery publishes without confirms; \
+             figures: medians of {runs} runs"
+        );
+        println!();
+        print_producer(&out);
+        return Ok(());
+    }
     // One run: (qtask, Celery) per row, in the table's order.
     let run = |k: usize| -> Result<Vec<(f64, f64)>> {
         eprintln!("xtask: bench amqp: run {k} of {runs}: enqueue ({n} tasks)");
@@ -568,12 +655,7 @@ pub(crate) fn amqp(root: &Path, python: &Path, args: &[String]) -> Result<()> {
     b.cleanup();
     server.stop()?;
     let out = out?;
-    let rabbit = Command::new("rabbitmqctl")
-        .args(["-q", "version"])
-        .output()
-        .ok()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_default();
+    let rabbit = rabbit_version();
 
     println!("RabbitMQ benchmark: {}, RabbitMQ {rabbit}; N = {n}, round trips = {calls}", machine());
     println!("command: cargo xtask bench amqp --n {n} --calls {calls} --runs {runs}");
@@ -609,6 +691,87 @@ pub(crate) fn amqp(root: &Path, python: &Path, args: &[String]) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The rows of `--producer`: (measure, unit, what the qtask figure is set against).
+const PRODUCER_ROWS: [(&str, &str, &str); 9] = [
+    ("enqueue, one producer, sequential", "tasks/s", "Celery's apply_async loop"),
+    ("enqueue, one producer, sequential", "tasks/s", "the raw sequential ceiling"),
+    ("enqueue, sequential, each publish awaiting its confirm", "tasks/s", "Celery's apply_async loop"),
+    ("raw sequential ceiling", "tasks/s", "Celery's apply_async loop"),
+    ("enqueue, 10,000 delay futures in flight", "tasks/s", "Celery's apply_async loop"),
+    ("App::send_many of 1,000", "tasks/s", "Celery's apply_async loop"),
+    ("a group of 1,000", "tasks/s", "Celery's apply_async loop"),
+    ("round trip `delay().get()` p50", "ms", "Celery"),
+    ("round trip `delay().get()` p99", "ms", "Celery"),
+];
+
+/// Runs `qtask-bench COMMAND` for N tasks with extra arguments: its rate.
+type Produce<'a> = dyn Fn(&str, usize, &[&str]) -> Result<f64> + 'a;
+
+/// One run of the producer measures, (qtask, reference) per row of
+/// [`PRODUCER_ROWS`]: `produce(command, n, extra args)` runs `qtask-bench`,
+/// `celery_enqueue` Celery's loop, `roundtrip(celery)` the round trips.
+fn producer_run(
+    n: usize,
+    amqp: bool,
+    produce: &Produce<'_>,
+    celery_enqueue: &dyn Fn() -> Result<f64>,
+    roundtrip: &dyn Fn(bool) -> Result<(f64, f64)>,
+) -> Result<Vec<(f64, f64)>> {
+    let raw = produce("raw-ceiling", n, &[])?;
+    let seq = produce("enqueue", n, &[])?;
+    let celery = celery_enqueue()?;
+    // Only RabbitMQ has a confirm mode; on Redis the row repeats `enqueue`.
+    let each = if amqp { produce("enqueue", n, &["--confirm", "each"])? } else { produce("enqueue", n, &[])? };
+    let concurrent = produce("enqueue-concurrent", 10_000, &[])?;
+    let many = produce("send-many", 1000, &[])?;
+    let group = produce("group", 1000, &[])?;
+    let ((p50_q, p99_q), (p50_c, p99_c)) = (roundtrip(false)?, roundtrip(true)?);
+    Ok(vec![
+        (seq, celery),
+        (seq, raw),
+        (each, celery),
+        (raw, celery),
+        (concurrent, celery),
+        (many, celery),
+        (group, celery),
+        (p50_q, p50_c),
+        (p99_q, p99_c),
+    ])
+}
+
+/// Print the `--producer` table: medians of the runs and each run's ratio.
+fn print_producer(out: &[Vec<(f64, f64)>]) {
+    println!("| measure | qtask | against | reference | ratio | ratio in each run |");
+    println!("|---|---:|---|---:|---:|---|");
+    for (i, (name, unit, against)) in PRODUCER_ROWS.iter().enumerate() {
+        let q = median(out.iter().map(|r| r[i].0).collect());
+        let c = median(out.iter().map(|r| r[i].1).collect());
+        let each: Vec<String> = out.iter().map(|r| format!("{:.2}", r[i].0 / r[i].1)).collect();
+        if *unit == "ms" {
+            println!("| {name} | {q:.3} ms | {against} | {c:.3} ms | {:.2} | {} |", q / c, each.join(", "));
+        } else {
+            println!("| {name} | {q:.0} {unit} | {against} | {c:.0} {unit} | {:.2}× | {} |", q / c, each.join(", "));
+        }
+    }
+}
+
+/// A release binary of the workspace, in `CARGO_TARGET_DIR` when set (as
+/// `cargo build` put it there), else in `<root>/target`.
+pub(crate) fn release_bin(root: &Path, name: &str) -> std::path::PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), |d| root.join(d));
+    target.join("release").join(name)
+}
+
+/// `rabbitmqctl version` (empty when it cannot be run).
+fn rabbit_version() -> String {
+    Command::new("rabbitmqctl")
+        .args(["-q", "version"])
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
 }
 
 fn median(mut v: Vec<f64>) -> f64 {

@@ -147,7 +147,7 @@ struct Bench<'a> {
 
 impl Bench<'_> {
     fn tool(&self) -> Command {
-        Command::new(self.root.join("target/release/qtask-sql-bench"))
+        Command::new(crate::bench::release_bin(self.root, "qtask-sql-bench"))
     }
 
     fn fresh(&self) -> Result<Database> {
@@ -215,7 +215,7 @@ impl Bench<'_> {
     }
 
     fn qtask_worker(&self, db: &Database, queue: &str, results: bool) -> Result<Proc> {
-        let mut cmd = Command::new(self.root.join("target/release/interop-worker"));
+        let mut cmd = Command::new(crate::bench::release_bin(self.root, "interop-worker"));
         cmd.args(["--broker", &db.qtask, "--queues", queue, "--concurrency", "2", "--prefetch-multiplier", "4"]);
         if results {
             cmd.args(["--backend", &db.qtask]);

@@ -14,7 +14,7 @@ use qcore::{
 use crate::consumer::{dead_queue, AmqpConsumer};
 use crate::core::{Core, ExchangeSpec, MakeProps};
 use crate::fields::{from_amqp, short};
-use crate::options::{AmqpOptions, QueueType};
+use crate::options::{AmqpOptions, ConfirmPublish, QueueType};
 use crate::props::{self, republish, H_DEAD_REASON};
 use crate::subscription::{AmqpSubscription, SubSpec};
 use crate::url::AmqpUrl;
@@ -82,10 +82,23 @@ impl Broker for AmqpBroker {
         // Celery publishes tasks to the default exchange, routing key = queue
         // (or to a topic/fanout exchange `task_queues` binds the queue to).
         let (exchange, key) = self.core.task_route(queue);
-        self.core.publish(exchange, key, &message.body, &Self::props_for(message)).await
+        match self.core.opts.confirm_publish {
+            ConfirmPublish::Pipelined => {
+                self.core.publish_pipelined(exchange, key, message.body.clone(), props::encode(message)?).await
+            }
+            ConfirmPublish::Each => self.core.publish(exchange, key, &message.body, &Self::props_for(message)).await,
+        }
     }
 
     async fn publish_many(&self, items: &[(String, Message)]) -> Result<(), BrokerError> {
+        if self.core.opts.confirm_publish == ConfirmPublish::Pipelined {
+            let mut batch = Vec::with_capacity(items.len());
+            for (queue, message) in items {
+                let (exchange, key) = self.core.task_route(queue);
+                batch.push((exchange, key, message.body.clone(), props::encode(message)?));
+            }
+            return self.core.publish_pipelined_many(batch).await;
+        }
         let makers: Vec<_> = items.iter().map(|(_, m)| Self::props_for(m)).collect();
         let batch: Vec<(String, String, &[u8], MakeProps<'_>)> = items
             .iter()
@@ -96,6 +109,12 @@ impl Broker for AmqpBroker {
             })
             .collect();
         self.core.publish_batch(&batch).await
+    }
+
+    /// Waits for the confirms of the messages published before (pipelined
+    /// mode, the default); see [`ConfirmPublish`].
+    async fn flush(&self) -> Result<(), BrokerError> {
+        self.core.flush().await
     }
 
     async fn consume(&self, queues: &[String], options: ConsumeOptions) -> Result<Box<dyn Consumer>, BrokerError> {

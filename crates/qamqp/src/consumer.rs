@@ -333,8 +333,13 @@ impl AmqpAcker {
 #[async_trait]
 impl Acker for AmqpAcker {
     /// Queues the ack in the channel's next batch (see [`AckBatcher`]) and
-    /// returns; the frame follows as soon as the batcher's task runs.
+    /// returns; the frame follows as soon as the batcher's task runs. Messages
+    /// this broker published before (pipelined, see
+    /// [`ConfirmPublish`](crate::ConfirmPublish)) are confirmed first, so a
+    /// task's follow-up messages (chain steps, retries) are held by RabbitMQ
+    /// before the message that sent them is acked.
     async fn ack(&self) -> Result<(), BrokerError> {
+        self.core.unconfirmed.settled_before().await;
         self.settle_with(|| async {
             if self.alive() {
                 self.acks.ack(self.tag);

@@ -4,18 +4,19 @@
 use std::collections::HashSet;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex as StdMutex};
+use std::sync::{Arc, Mutex as StdMutex, Weak};
 use std::time::Duration;
 
 use lapin::options::{
     BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind};
+use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind, PublisherConfirm};
 use qcore::config::ExchangeType;
 use qcore::{BrokerError, ErrorKind};
-use tokio::sync::Mutex;
+use tokio::sync::{mpsc, Mutex};
 
+use crate::confirms::{Unconfirmed, MAX_SENDS};
 use crate::error::{broker_err, classify, Fault};
 use crate::fields::short;
 use crate::options::{AmqpOptions, QueueType};
@@ -126,13 +127,33 @@ pub(crate) struct Core {
     admin_channel: Mutex<Option<Channel>>,
     /// Declarations made on the current publish connection.
     declared: StdMutex<(u64, HashSet<String>)>,
+    /// Pipelined publishes waiting for their confirm.
+    pub(crate) unconfirmed: Unconfirmed,
+    /// Hands written messages to the confirm tracker (started on first use,
+    /// again if the runtime it ran on is gone).
+    tracker: StdMutex<Option<mpsc::UnboundedSender<Pending>>>,
+    me: Weak<Core>,
+}
+
+/// A message written with [`Core::publish_pipelined`], kept until its
+/// confirm arrives.
+pub(crate) struct Pending {
+    seq: u64,
+    sends: u32,
+    exchange: ShortString,
+    routing_key: ShortString,
+    body: Vec<u8>,
+    props: BasicProperties,
+    confirm: PublisherConfirm,
+    deadline: tokio::time::Instant,
 }
 
 impl Core {
     pub(crate) fn new(url: AmqpUrl, opts: AmqpOptions) -> Arc<Self> {
         let publish_link = Link::new(&url, &opts.tls, format!("{}/publish", opts.connection_name));
         let consume_link = Link::new(&url, &opts.tls, format!("{}/consume", opts.connection_name));
-        Arc::new(Core {
+        let unconfirmed = Unconfirmed::new(opts.max_unconfirmed);
+        Arc::new_cyclic(|me| Core {
             url,
             opts,
             publish_link,
@@ -140,6 +161,9 @@ impl Core {
             pub_channel: Mutex::new(None),
             admin_channel: Mutex::new(None),
             declared: StdMutex::new((0, HashSet::new())),
+            unconfirmed,
+            tracker: StdMutex::new(None),
+            me: me.clone(),
         })
     }
 
@@ -274,6 +298,141 @@ impl Core {
                 }
             }
         }
+    }
+
+    /// Write one message on the publishing channel (retried on a fresh
+    /// channel when the channel or connection is found lost, twice) and
+    /// return its pending confirm.
+    async fn write(
+        &self,
+        exchange: &ShortString,
+        routing_key: &ShortString,
+        body: &[u8],
+        props: &BasicProperties,
+    ) -> Result<PublisherConfirm, BrokerError> {
+        let mut attempt = 0;
+        loop {
+            let ch = self.cached_channel(&self.pub_channel, true).await?;
+            let opts = BasicPublishOptions::default();
+            match ch.basic_publish(exchange.clone(), routing_key.clone(), opts, body, props.clone()).await {
+                Ok(confirm) => return Ok(confirm),
+                Err(e) => {
+                    let fault = classify(&e);
+                    self.forget_channel(&self.pub_channel, &ch).await;
+                    if matches!(fault, Fault::Channel | Fault::Connection) && attempt < 2 {
+                        attempt += 1;
+                        tracing::debug!(error = %e, attempt, "publish failed on a lost channel; retrying");
+                        continue;
+                    }
+                    return Err(broker_err(&format!("publishing to {exchange:?}/{routing_key:?}"), e));
+                }
+            }
+        }
+    }
+
+    /// Publish one message without waiting for its confirm: it returns once
+    /// the message is written, the message kept until the broker confirms
+    /// it (see [`crate::confirms`]); [`Core::flush`] waits for the confirms.
+    /// Waits while [`AmqpOptions::max_unconfirmed`] messages are unconfirmed.
+    pub(crate) async fn publish_pipelined(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: Vec<u8>,
+        props: BasicProperties,
+    ) -> Result<(), BrokerError> {
+        let exchange = short(exchange, "exchange name")?;
+        let routing_key = short(routing_key, "routing key")?;
+        let seq = self.unconfirmed.register().await?;
+        match self.write(&exchange, &routing_key, &body, &props).await {
+            Ok(confirm) => {
+                let deadline = tokio::time::Instant::now() + self.opts.confirm_timeout;
+                self.track(Pending { seq, sends: 1, exchange, routing_key, body, props, confirm, deadline });
+                Ok(())
+            }
+            Err(e) => {
+                // Never written: the caller has the error.
+                self.unconfirmed.settle(seq, None);
+                Err(e)
+            }
+        }
+    }
+
+    /// [`publish_pipelined`](Self::publish_pipelined) for a batch: the
+    /// frames of up to 256 messages at a time are queued together on the
+    /// channel (one wake of the connection's writer instead of one per
+    /// message), in order. A message whose write fails is written again on
+    /// its own; if that fails too, the error is returned and the messages
+    /// after it are not sent.
+    pub(crate) async fn publish_pipelined_many(
+        &self,
+        items: Vec<(&str, &str, Vec<u8>, BasicProperties)>,
+    ) -> Result<(), BrokerError> {
+        let mut checked = Vec::with_capacity(items.len());
+        for (exchange, routing_key, body, props) in items {
+            checked.push((short(exchange, "exchange name")?, short(routing_key, "routing key")?, body, props));
+        }
+        let chunk = self.opts.max_unconfirmed.clamp(1, 256);
+        let mut rest = checked.into_iter().peekable();
+        while rest.peek().is_some() {
+            let mut batch = Vec::with_capacity(chunk);
+            for item in rest.by_ref().take(chunk) {
+                batch.push((self.unconfirmed.register().await?, item));
+            }
+            let written = match self.cached_channel(&self.pub_channel, true).await {
+                Ok(ch) => {
+                    let writes = batch.iter().map(|(_, (exchange, routing_key, body, props))| {
+                        let opts = BasicPublishOptions::default();
+                        ch.basic_publish(exchange.clone(), routing_key.clone(), opts, body, props.clone())
+                    });
+                    futures_util::future::join_all(writes).await.into_iter().map(Result::ok).collect()
+                }
+                Err(_) => Vec::new(),
+            };
+            let mut written = written.into_iter();
+            let mut batch = batch.into_iter();
+            while let Some((seq, (exchange, routing_key, body, props))) = batch.next() {
+                let confirm = match written.next().flatten() {
+                    Some(confirm) => confirm,
+                    None => match self.write(&exchange, &routing_key, &body, &props).await {
+                        Ok(confirm) => confirm,
+                        Err(e) => {
+                            // Never written: the caller has the error.
+                            self.unconfirmed.settle(seq, None);
+                            for (seq, _) in batch {
+                                self.unconfirmed.settle(seq, None);
+                            }
+                            return Err(e);
+                        }
+                    },
+                };
+                let deadline = tokio::time::Instant::now() + self.opts.confirm_timeout;
+                self.track(Pending { seq, sends: 1, exchange, routing_key, body, props, confirm, deadline });
+            }
+        }
+        Ok(())
+    }
+
+    /// Hand a written message to the confirm tracker, starting it if needed.
+    fn track(&self, pending: Pending) {
+        let mut slot = self.tracker.lock().unwrap_or_else(|p| p.into_inner());
+        let pending = match slot.as_ref() {
+            Some(tx) => match tx.send(pending) {
+                Ok(()) => return,
+                Err(mpsc::error::SendError(p)) => p,
+            },
+            None => pending,
+        };
+        let (tx, rx) = mpsc::unbounded_channel();
+        let _ = tx.send(pending);
+        *slot = Some(tx);
+        tokio::spawn(track_confirms(self.me.clone(), rx));
+    }
+
+    /// Wait for the confirm of every message published before this call
+    /// (see [`qcore::Broker::flush`]).
+    pub(crate) async fn flush(&self) -> Result<(), BrokerError> {
+        self.unconfirmed.flush().await
     }
 
     /// Publish several messages on one channel, then wait for all confirms.
@@ -445,6 +604,62 @@ impl Core {
             self.admin(&what, |ch| async move { spec.declare(&ch).await })
         })
         .await
+    }
+}
+
+/// The confirm tracker: awaits the confirms of written messages in the
+/// order they were written (RabbitMQ confirms in that order, often several
+/// at once with `multiple`), settles the confirmed ones and writes again a
+/// message that was nacked, whose channel was lost, or whose confirm did not
+/// come within the timeout, up to [`MAX_SENDS`] writes.
+async fn track_confirms(core: Weak<Core>, mut rx: mpsc::UnboundedReceiver<Pending>) {
+    while let Some(p) = rx.recv().await {
+        let Pending { seq, sends, exchange, routing_key, body, props, confirm, deadline } = p;
+        let why = match tokio::time::timeout_at(deadline, confirm).await {
+            Ok(Ok(Confirmation::Nack(_))) => (ErrorKind::Other, "the broker refused it (basic.nack)".to_string()),
+            Ok(Ok(_)) => {
+                let Some(core) = core.upgrade() else { return };
+                core.unconfirmed.settle(seq, None);
+                continue;
+            }
+            Ok(Err(e)) => (ErrorKind::Connection, format!("its channel was lost before the confirm: {e}")),
+            Err(_) => (ErrorKind::Timeout, "no publisher confirm within the confirm timeout".to_string()),
+        };
+        let Some(core) = core.upgrade() else { return };
+        let id = props.correlation_id().as_ref().map(|s| s.to_string()).unwrap_or_default();
+        let failure = if sends >= MAX_SENDS {
+            Some(why)
+        } else {
+            tracing::debug!(id, exchange = %exchange, routing_key = %routing_key, reason = %why.1, "publishing again");
+            // The broker may be down for a while (a restart): try again with
+            // backoff for up to the confirm timeout before giving up.
+            let give_up = tokio::time::Instant::now() + core.opts.confirm_timeout;
+            let mut attempt = 0;
+            let written = loop {
+                match core.write(&exchange, &routing_key, &body, &props).await {
+                    Ok(confirm) => break Ok(confirm),
+                    Err(e) if e.is_retryable() && tokio::time::Instant::now() < give_up => {
+                        attempt += 1;
+                        tokio::time::sleep(crate::options::backoff(attempt, core.opts.reconnect_max_delay)).await;
+                    }
+                    Err(e) => break Err(e),
+                }
+            };
+            match written {
+                Ok(confirm) => {
+                    let deadline = tokio::time::Instant::now() + core.opts.confirm_timeout;
+                    let sends = sends + 1;
+                    core.track(Pending { seq, sends, exchange, routing_key, body, props, confirm, deadline });
+                    continue;
+                }
+                Err(e) => Some((e.kind(), format!("{}; writing it again failed: {e}", why.1))),
+            }
+        };
+        if let Some((kind, what)) = failure {
+            let what = format!("message {id:?} for {exchange:?}/{routing_key:?}: {what}");
+            tracing::error!(id, exchange = %exchange, routing_key = %routing_key, "a published message was not confirmed: {what}");
+            core.unconfirmed.settle(seq, Some((kind, what)));
+        }
     }
 }
 

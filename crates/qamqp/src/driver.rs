@@ -36,6 +36,9 @@ impl AmqpOptions {
         }
         o.queue_type = cfg.task_default_queue_type;
         o.task_queues = cfg.task_queues.clone();
+        if let Some(mode) = cfg.broker_transport_options.confirm_publish {
+            o = o.confirm_publish(mode);
+        }
         if let Some(m) = cfg.max_deliveries {
             o = o.max_deliveries(Some(m));
         }

@@ -24,6 +24,7 @@
 
 mod acks;
 mod broker;
+mod confirms;
 mod consumer;
 mod core;
 mod delay;
@@ -42,7 +43,7 @@ mod wire_tests;
 
 pub use broker::AmqpBroker;
 pub use driver::DRIVER;
-pub use options::{AmqpOptions, QueueType};
+pub use options::{AmqpOptions, ConfirmPublish, QueueType};
 pub use rpc::{RpcBackend, RpcOptions};
 pub use tls::TlsOptions;
 pub use url::AmqpUrl;

@@ -4,6 +4,9 @@ use std::time::Duration;
 
 use crate::tls::TlsOptions;
 
+/// How a publish waits for the broker's confirm: qcore's, the type of
+/// `broker_transport_options.confirm_publish`.
+pub use qcore::config::ConfirmPublish;
 /// The kind of queue [`declare_queue`](qcore::Broker::declare_queue) creates
 /// for tasks: qcore's, the type of Celery's `task_default_queue_type`.
 pub use qcore::config::QueueType;
@@ -43,8 +46,19 @@ pub struct AmqpOptions {
     /// Longest wait between two reconnection attempts (backoff is
     /// exponential from 100 ms, with jitter).
     pub reconnect_max_delay: Duration,
-    /// How long a publish waits for the broker's confirm.
+    /// How long a publish waits for the broker's confirm (with
+    /// [`ConfirmPublish::Pipelined`], how long a written message waits for
+    /// it before it is written again).
     pub confirm_timeout: Duration,
+    /// Whether a task publish returns once the broker confirmed it
+    /// ([`ConfirmPublish::Each`]) or once it is written, its confirm awaited
+    /// in the background ([`ConfirmPublish::Pipelined`], the default; see
+    /// [`Broker::flush`](qcore::Broker::flush) for the guarantee).
+    pub confirm_publish: ConfirmPublish,
+    /// With [`ConfirmPublish::Pipelined`], how many written messages may
+    /// wait for their confirm at once; a publish beyond waits for room.
+    /// Default: 10,000.
+    pub max_unconfirmed: usize,
     /// Certificates of `amqps://` connections (Celery's `broker_use_ssl`):
     /// by default the system's roots and no client certificate.
     pub tls: TlsOptions,
@@ -67,6 +81,8 @@ impl Default for AmqpOptions {
             node_name: None,
             reconnect_max_delay: Duration::from_secs(5),
             confirm_timeout: Duration::from_secs(30),
+            confirm_publish: ConfirmPublish::Pipelined,
+            max_unconfirmed: 10_000,
             tls: TlsOptions::default(),
             task_queues: Vec::new(),
         }
@@ -120,6 +136,18 @@ impl AmqpOptions {
     /// Set how long a publish waits for its confirm.
     pub fn confirm_timeout(mut self, d: Duration) -> Self {
         self.confirm_timeout = d;
+        self
+    }
+
+    /// Set how a publish waits for its confirm.
+    pub fn confirm_publish(mut self, mode: ConfirmPublish) -> Self {
+        self.confirm_publish = mode;
+        self
+    }
+
+    /// Set how many pipelined messages may wait for their confirm at once.
+    pub fn max_unconfirmed(mut self, n: usize) -> Self {
+        self.max_unconfirmed = n;
         self
     }
 

@@ -49,6 +49,7 @@ async fn task_queue_is_declared_as_celery_declares_it() {
     assert!(binding_exists(&q, &q, &q), "binding exchange {q} -> queue {q} with routing key {q}");
     // Tasks go to the default exchange with routing key = queue.
     b.publish(&q, &Message { body: b"[[], {}, {}]".to_vec(), ..Message::default() }).await.unwrap();
+    b.flush().await.unwrap();
     assert_eq!(b.queue_len(&q).await.unwrap(), 1);
 }
 
@@ -80,6 +81,7 @@ async fn task_queues_bind_to_their_exchange_with_their_routing_key() {
     let task = || Message { body: b"[[], {}, {}]".to_vec(), ..Message::default() };
     b.publish(&high, &task()).await.unwrap();
     b.publish(&topical, &task()).await.unwrap();
+    b.flush().await.unwrap();
     assert_eq!(
         (b.queue_len(&high).await.unwrap(), b.queue_len(&low).await.unwrap(), b.queue_len(&topical).await.unwrap()),
         (1, 0, 1)
@@ -127,6 +129,7 @@ async fn conflicting_redeclaration_is_a_clear_error_and_the_broker_keeps_working
     plain.declare_queue(&other).await.unwrap();
     plain.publish(&q, &Message { body: b"[]".to_vec(), ..Message::default() }).await.unwrap();
     plain.publish(&other, &Message { body: b"[]".to_vec(), ..Message::default() }).await.unwrap();
+    plain.flush().await.unwrap();
     assert_eq!(plain.queue_len(&q).await.unwrap(), 1);
     assert_eq!(plain.queue_len(&other).await.unwrap(), 1);
 }

@@ -211,6 +211,7 @@ async fn publisher_and_subscription_recover_after_connection_loss() {
     assert_eq!(close_connections(&format!("{name}/consume")), 1);
     // The next publish reconnects by itself (a retry on a fresh channel).
     b.publish(&q, &task("after")).await.unwrap();
+    b.flush().await.unwrap();
     assert_eq!(b.queue_len(&q).await.unwrap(), 2);
     // The subscription declares its queue again; events sent meanwhile are
     // lost (no persistence), so keep sending until one arrives.

@@ -70,6 +70,7 @@ async fn published_messages_arrive_with_celerys_content_header() {
         let q = unique("wire");
         b.declare_queue(&q).await.unwrap();
         b.publish(&q, &message(&decoded, body.clone())).await.unwrap();
+        b.flush().await.unwrap();
         ch.queue_declare(
             q.as_str().into(),
             QueueDeclareOptions { passive: true, ..Default::default() },

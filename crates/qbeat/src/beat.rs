@@ -763,5 +763,7 @@ async fn send_slot(app: &App, entry: &Entry, slot: Option<DateTime<Utc>>) -> Res
         None => {}
     }
     let result = app.send_task(&entry.task, entry.args.clone(), entry.kwargs.clone(), opts).await?;
+    // A run counts as sent once the broker holds it (RabbitMQ pipelines confirms).
+    app.flush().await?;
     Ok(result.id().to_string())
 }

@@ -265,6 +265,24 @@ pub trait Broker: AsAny + Send + Sync + 'static {
         Ok(())
     }
 
+    /// Wait until the broker holds every message [`publish`](Self::publish)
+    /// or [`publish_many`](Self::publish_many) returned for before this call.
+    ///
+    /// Most adapters return from a publish once the broker has the message,
+    /// and this returns at once. An adapter that pipelines (RabbitMQ's by
+    /// default: a publish returns once the message is written to the
+    /// connection, its publisher confirm awaited in the background, the
+    /// message kept in memory and written again on a `basic.nack`, a lost
+    /// connection or a confirm timeout) waits here for those confirms. An
+    /// error means some message could not be confirmed after the adapter's
+    /// retries (it was logged with its id); each such failure is reported by
+    /// one `flush`. Call it before the process exits: a message whose
+    /// confirm has not arrived when the process ends may be lost if the
+    /// broker did not store it.
+    async fn flush(&self) -> Result<(), BrokerError> {
+        Ok(())
+    }
+
     /// Start consuming from `queues` (earlier queues are not favoured).
     async fn consume(&self, queues: &[String], options: ConsumeOptions) -> Result<Box<dyn Consumer>, BrokerError>;
 

@@ -85,6 +85,8 @@ impl AfterCommit {
             }
         }
         broker.publish_many(&self.pending).await?;
+        // Held by the broker (confirmed) before the caller moves on.
+        broker.flush().await?;
         Ok(())
     }
 

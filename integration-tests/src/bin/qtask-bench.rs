@@ -7,13 +7,19 @@
 //! qtask-bench drain-wait --broker URL --from S --queue Q --n N [--results]
 //!                        RENAME S → Q (the worker already waits on Q), then time until Q
 //!                        and `unacked` are empty (and N results are stored with --results)
+//! qtask-bench enqueue-concurrent --broker URL --queue Q --n N  N delay futures in flight from one task
+//! qtask-bench send-many  --broker URL --queue Q --n N         App::send_many of N tasks.noop (one batch)
+//! qtask-bench group      --broker URL --queue Q --n N         one group of N tasks.noop
+//! qtask-bench raw-ceiling --broker URL --queue Q --n N        the broker's sequential ceiling: one LPUSH
+//!                        per round trip (Redis), one publish awaiting its confirm (RabbitMQ)
 //! qtask-bench roundtrip  --broker URL --queue Q --calls M     sequential delay().get() latencies
 //! qtask-bench ack-only   --broker URL --queue Q --n N --prefetch P
 //!                        the broker's ceiling: consume N messages and ack each at once, no
 //!                        worker and no task (timed from the first delivery)
 //! ```
 //!
-//! Each prints one JSON object on stdout. `--backend URL` stores results
+//! `--confirm each|pipelined` sets `broker_transport_options.confirm_publish`
+//! (RabbitMQ). Each prints one JSON object on stdout. `--backend URL` stores results
 //! elsewhere than the broker (default: the broker URL). On RabbitMQ
 //! (`--broker amqp://…`, for `cargo xtask bench amqp`) `prefill` fills the
 //! worker's queue before the worker starts and `drain-wait` (no `--from`)
@@ -46,6 +52,8 @@ struct Args {
     calls: usize,
     results: bool,
     prefetch: usize,
+    /// `broker_transport_options.confirm_publish` (`each` or `pipelined`).
+    confirm: Option<String>,
 }
 
 fn parse() -> Result<Args> {
@@ -64,6 +72,7 @@ fn parse() -> Result<Args> {
             "--calls" => a.calls = value()?.parse().context("--calls")?,
             "--results" => a.results = true,
             "--prefetch" => a.prefetch = value()?.parse().context("--prefetch")?,
+            "--confirm" => a.confirm = Some(value()?),
             other => bail!("unknown argument {other}"),
         }
     }
@@ -80,15 +89,128 @@ async fn app(a: &Args, backend: bool) -> Result<App> {
         cfg.result_backend = Some(a.backend.clone().unwrap_or_else(|| a.broker.clone()));
     }
     cfg.task_default_queue = a.queue.clone();
+    if let Some(mode) = &a.confirm {
+        cfg.set(
+            "broker_transport_options",
+            [("confirm_publish", mode.as_str())].into_iter().collect::<qtask::config::Value>(),
+        )?;
+    }
     Ok(qtask::app_from_config(cfg).await?)
 }
 
 async fn enqueue(a: &Args) -> Result<Value> {
     let app = app(a, false).await?;
     app.delay(noop::s()).await?; // connect and declare outside the timing
+    app.flush().await?;
     let t = Instant::now();
     for _ in 0..a.n {
         app.delay(noop::s()).await?;
+    }
+    // Until the broker holds every one (RabbitMQ: every confirm is in).
+    app.flush().await?;
+    let s = t.elapsed().as_secs_f64();
+    Ok(json!({"n": a.n, "seconds": s, "rate": a.n as f64 / s}))
+}
+
+async fn enqueue_concurrent(a: &Args) -> Result<Value> {
+    let app = app(a, false).await?;
+    app.delay(noop::s()).await?;
+    app.flush().await?;
+    let t = Instant::now();
+    let sends = (0..a.n).map(|_| app.delay(noop::s()));
+    for r in futures_util::future::join_all(sends).await {
+        r?;
+    }
+    app.flush().await?;
+    let s = t.elapsed().as_secs_f64();
+    Ok(json!({"n": a.n, "seconds": s, "rate": a.n as f64 / s}))
+}
+
+async fn send_many(a: &Args) -> Result<Value> {
+    let app = app(a, false).await?;
+    app.delay(noop::s()).await?;
+    app.flush().await?;
+    let t = Instant::now();
+    let sigs: Vec<qtask::Signature> = (0..a.n).map(|_| noop::s().into()).collect();
+    app.send_many(sigs).await?;
+    app.flush().await?;
+    let s = t.elapsed().as_secs_f64();
+    Ok(json!({"n": a.n, "seconds": s, "rate": a.n as f64 / s}))
+}
+
+async fn group_of(a: &Args) -> Result<Value> {
+    let app = app(a, false).await?;
+    app.delay(noop::s()).await?;
+    app.flush().await?;
+    let t = Instant::now();
+    app.delay(qtask::group((0..a.n).map(|_| noop::s().into()))).await?;
+    app.flush().await?;
+    let s = t.elapsed().as_secs_f64();
+    Ok(json!({"n": a.n, "seconds": s, "rate": a.n as f64 / s}))
+}
+
+/// A typical task message's body and headers weigh about this much.
+const RAW_PAYLOAD: usize = 700;
+
+/// One LPUSH per round trip on a plain socket (Redis), or one persistent
+/// publish awaiting its confirm on a confirm channel (RabbitMQ, lapin).
+async fn raw_ceiling(a: &Args) -> Result<Value> {
+    let payload = vec![b'x'; RAW_PAYLOAD];
+    if a.broker.starts_with("amqp") {
+        use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
+        let conn = lapin::Connection::connect(&a.broker, lapin::ConnectionProperties::default()).await?;
+        let ch = conn.create_channel().await?;
+        ch.confirm_select(ConfirmSelectOptions::default()).await?;
+        let opts = QueueDeclareOptions { durable: true, ..Default::default() };
+        ch.queue_declare(a.queue.as_str().into(), opts, Default::default()).await?;
+        let props = lapin::BasicProperties::default().with_delivery_mode(2);
+        let publish = || async {
+            ch.basic_publish(
+                "".into(),
+                a.queue.as_str().into(),
+                BasicPublishOptions::default(),
+                &payload,
+                props.clone(),
+            )
+            .await?
+            .await
+        };
+        publish().await?;
+        let t = Instant::now();
+        for _ in 0..a.n {
+            publish().await?;
+        }
+        let s = t.elapsed().as_secs_f64();
+        return Ok(json!({"n": a.n, "seconds": s, "rate": a.n as f64 / s}));
+    }
+    let rest = a.broker.strip_prefix("redis://").ok_or_else(|| anyhow!("not a redis URL"))?;
+    let (hostport, _) = rest.split_once('/').unwrap_or((rest, "0"));
+    let hostport = if hostport.contains(':') { hostport.to_string() } else { format!("{hostport}:6379") };
+    let mut stream = std::net::TcpStream::connect(&hostport)?;
+    stream.set_nodelay(true)?;
+    let mut cmd =
+        format!("*3\r\n$5\r\nLPUSH\r\n${}\r\n{}\r\n${}\r\n", a.queue.len(), a.queue, payload.len()).into_bytes();
+    cmd.extend_from_slice(&payload);
+    cmd.extend_from_slice(b"\r\n");
+    let mut buf = [0u8; 64];
+    let mut push = || -> Result<()> {
+        use std::io::{Read, Write};
+        stream.write_all(&cmd)?;
+        // The reply is one short line (":<length>\r\n").
+        let mut got = 0;
+        while got == 0 || buf[got - 1] != b'\n' {
+            let n = stream.read(&mut buf[got..])?;
+            if n == 0 {
+                bail!("redis closed the connection");
+            }
+            got += n;
+        }
+        Ok(())
+    };
+    push()?;
+    let t = Instant::now();
+    for _ in 0..a.n {
+        push()?;
     }
     let s = t.elapsed().as_secs_f64();
     Ok(json!({"n": a.n, "seconds": s, "rate": a.n as f64 / s}))
@@ -236,6 +358,10 @@ fn main() -> ExitCode {
     let out = rt.block_on(async {
         match a.command.as_str() {
             "enqueue" => enqueue(&a).await,
+            "enqueue-concurrent" => enqueue_concurrent(&a).await,
+            "send-many" => send_many(&a).await,
+            "group" => group_of(&a).await,
+            "raw-ceiling" => raw_ceiling(&a).await,
             "prefill" => prefill(&a).await,
             "drain-wait" if a.broker.starts_with("amqp") => drain_wait_amqp(&a).await,
             "drain-wait" => drain_wait(&a),

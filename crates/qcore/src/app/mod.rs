@@ -253,6 +253,14 @@ impl App {
         self.apply_async(sig, options).await
     }
 
+    /// Wait until the broker holds every message sent before this call
+    /// ([`Broker::flush`]): with RabbitMQ's pipelined publisher confirms (the
+    /// default), a send returns once the message is written and its confirm
+    /// is awaited in the background. Call it before the process exits.
+    pub async fn flush(&self) -> Result<(), Error> {
+        Ok(self.inner.broker.flush().await?)
+    }
+
     /// A handle on the result of a task id.
     pub fn result<T>(&self, task_id: impl Into<String>) -> AsyncResult<T> {
         AsyncResult::new(self.clone(), task_id.into())
@@ -287,7 +295,7 @@ impl App {
 
     /// Publish `task-sent` for a message just sent to `queue` (Celery's
     /// producer with `task_send_sent_event`): best effort, as Celery's.
-    async fn send_sent_event(&self, queue: &str, msg: &Message) {
+    pub(super) async fn send_sent_event(&self, queue: &str, msg: &Message) {
         use crate::event::{EventData, TaskSent, EVENT_EXCHANGE};
         let event = match msg.decode_task() {
             Ok(tm) => self.inner.sent_events.event(EventData::TaskSent(TaskSent::from_task(&tm, queue, "", queue))),

@@ -124,13 +124,32 @@ pub struct TransportOptions {
     pub visibility_timeout: Option<Duration>,
     /// `global_keyprefix`: Redis key prefix (kombu's).
     pub global_keyprefix: Option<String>,
+    /// `confirm_publish` (RabbitMQ): `true` or `"each"` makes every publish
+    /// wait for its own publisher confirm (kombu's `confirm_publish=True`);
+    /// `"pipelined"` (and `false`; qtask always asks for confirms) returns
+    /// once the message is written and awaits its confirm in the background.
+    /// Unset: pipelined.
+    pub confirm_publish: Option<ConfirmPublish>,
+}
+
+/// How a RabbitMQ publish waits for the broker's publisher confirm
+/// (`broker_transport_options.confirm_publish`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ConfirmPublish {
+    /// The publish returns once its frames are written; the confirm is
+    /// awaited in the background, the message written again on a `basic.nack`
+    /// or a lost connection, and [`Broker::flush`](crate::Broker::flush)
+    /// waits for every outstanding confirm.
+    #[default]
+    Pipelined,
+    /// Every publish waits for its own confirm (kombu's `confirm_publish=True`).
+    Each,
 }
 
 /// Keys of kombu's transport options that qtask knows but does not use.
 const KOMBU_TRANSPORT_OPTIONS: &[&str] = &[
     "ack_emulation",
     "client_name",
-    "confirm_publish",
     "fanout_patterns",
     "fanout_prefix",
     "health_check_interval",
@@ -529,6 +548,22 @@ fn as_bool(key: &str, v: &Value) -> Result<bool, Error> {
     }
 }
 
+/// `true`/`"each"` or `false`/`"pipelined"`.
+fn as_confirm_publish(key: &str, v: &Value) -> Result<ConfirmPublish, Error> {
+    if let Value::Str(s) = v {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "each" => return Ok(ConfirmPublish::Each),
+            "pipelined" => return Ok(ConfirmPublish::Pipelined),
+            _ => {}
+        }
+    }
+    match as_bool(key, v) {
+        Ok(true) => Ok(ConfirmPublish::Each),
+        Ok(false) => Ok(ConfirmPublish::Pipelined),
+        Err(_) => Err(cfg_err(key, "expected \"each\", \"pipelined\" or a boolean")),
+    }
+}
+
 fn as_f64(key: &str, v: &Value) -> Result<f64, Error> {
     let f = match v {
         Value::Int(i) => *i as f64,
@@ -807,9 +842,10 @@ impl Config {
             match k.as_str() {
                 "visibility_timeout" => o.visibility_timeout = as_opt_secs(&name, &v)?,
                 "global_keyprefix" => o.global_keyprefix = Some(as_string(&name, &v)?),
+                "confirm_publish" => o.confirm_publish = Some(as_confirm_publish(&name, &v)?),
                 other if KOMBU_TRANSPORT_OPTIONS.contains(&other) => self.note_unsupported(&name),
                 other => {
-                    let known = ["visibility_timeout", "global_keyprefix"].into_iter();
+                    let known = ["visibility_timeout", "global_keyprefix", "confirm_publish"].into_iter();
                     return Err(cfg_err(
                         key,
                         format!(

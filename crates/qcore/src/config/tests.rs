@@ -324,3 +324,18 @@ fn timezone_enable_utc_and_beat_schedule_are_settings() {
     assert_eq!(c.timezone.as_deref(), Some("America/New_York"));
     assert!(!c.enable_utc);
 }
+
+#[test]
+fn confirm_publish_takes_kombus_boolean_or_a_mode() {
+    let mode = |v: &str| {
+        Config::from_toml_str(&format!("broker_transport_options = {{ confirm_publish = {v} }}"))
+            .map(|c| c.broker_transport_options.confirm_publish)
+    };
+    assert_eq!(mode("true").unwrap(), Some(ConfirmPublish::Each));
+    assert_eq!(mode("\"each\"").unwrap(), Some(ConfirmPublish::Each));
+    assert_eq!(mode("false").unwrap(), Some(ConfirmPublish::Pipelined));
+    assert_eq!(mode("\"Pipelined\"").unwrap(), Some(ConfirmPublish::Pipelined));
+    let e = mode("\"sometimes\"").unwrap_err().to_string();
+    assert!(e.contains("broker_transport_options.confirm_publish") && e.contains("\"each\""), "{e}");
+    assert_eq!(Config::default().broker_transport_options.confirm_publish, None);
+}

@@ -32,6 +32,8 @@ pub(super) async fn call(app: &App, c: &CallArgs) -> anyhow::Result<ExitCode> {
         opts = opts.expires_in(d);
     }
     let res = app.send_task(&c.name, args, kwargs, opts).await?;
+    // Confirmed by the broker before the id is printed and the process ends.
+    app.flush().await?;
     println!("{}", res.id());
     if let Some(w) = c.wait {
         return print_result(res.get(w).await);
