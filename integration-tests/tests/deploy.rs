@@ -390,6 +390,8 @@ impl Local {
                 _ if after_port => self.port(service)?.to_string(),
                 "0.0.0.0:9808" => format!("127.0.0.1:{}", self.port(service)?),
                 "/etc/qtask/beat.toml" => deploy_dir().join("beat.toml").to_string_lossy().into_owned(),
+                // The monitor's volume: a file in the service's own directory.
+                "/data/qtask-monitor.db" => "qtask-monitor.db".to_string(),
                 "0.0.0.0" => "127.0.0.1".to_string(),
                 other => self.url(other),
             });
@@ -485,6 +487,10 @@ async fn compose_services_run_as_written() -> Result<()> {
         .await
         .with_context(|| m.log())?;
         assert!(m.is_running());
+        let (code, body) = http(mport, "GET", "/healthcheck", None)?;
+        assert_eq!((code, body.trim()), (200, "OK"), "monitor /healthcheck");
+        let (code, _) = http(mport, "GET", "/api/workers", None)?;
+        assert_eq!(code, 401, "the monitor's API without the users of QMONITOR_BASIC_AUTH");
         Some(m)
     } else {
         eprintln!("compose monitor: not run, this qtask has no `monitor` command yet");

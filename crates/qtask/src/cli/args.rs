@@ -359,7 +359,8 @@ pub struct MonitorArgs {
     /// Port to listen on.
     #[arg(long, default_value_t = 5555, value_name = "P")]
     pub port: u16,
-    /// A user allowed in, `user:pass` (repeat the flag, or separate users with commas).
+    /// A user allowed in, `user:pass` (repeat the flag, or separate users with commas); the
+    /// QMONITOR_BASIC_AUTH variable adds users the same way.
     #[arg(long = "basic-auth", value_name = "U:P")]
     pub basic_auth: Vec<String>,
     /// A bearer token accepted by the API (repeatable); the QMONITOR_API_TOKEN variable adds one.

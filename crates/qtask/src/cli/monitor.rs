@@ -1,5 +1,5 @@
 //! `monitor`: serve qmonitor (Flower's API and pages, with stored history)
-//! until Ctrl-C.
+//! until SIGINT (Ctrl-C) or SIGTERM.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -15,6 +15,13 @@ pub(super) async fn run(app: App, m: &MonitorArgs) -> anyhow::Result<ExitCode> {
     let mut users = Vec::new();
     for spec in &m.basic_auth {
         users.extend(User::parse_list(spec).map_err(anyhow::Error::msg)?);
+    }
+    // As Flower's FLOWER_BASIC_AUTH: users from the environment, so that
+    // passwords stay out of command lines (process lists, manifests).
+    if let Ok(spec) = std::env::var("QMONITOR_BASIC_AUTH") {
+        if !spec.is_empty() {
+            users.extend(User::parse_list(&spec).map_err(|e| anyhow::anyhow!("QMONITOR_BASIC_AUTH: {e}"))?);
+        }
     }
     let mut tokens = m.api_token.clone();
     if let Ok(t) = std::env::var("QMONITOR_API_TOKEN") {
@@ -64,11 +71,32 @@ pub(super) async fn run(app: App, m: &MonitorArgs) -> anyhow::Result<ExitCode> {
         if m.read_only { ", read-only" } else { "" }
     );
     let router = qmonitor::router(monitor, Some(app), cfg);
-    qmonitor::serve(listener, router, async {
-        let _ = tokio::signal::ctrl_c().await;
-    })
-    .await?;
+    qmonitor::serve(listener, router, stop_signal()).await?;
     ingest.abort();
     inspect.abort();
     Ok(ExitCode::SUCCESS)
+}
+
+/// SIGINT (Ctrl-C) or SIGTERM (how containers and systemd stop a service).
+async fn stop_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch SIGTERM; stopping on Ctrl-C only");
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
